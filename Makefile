@@ -1,0 +1,114 @@
+# libkvm: the 2008 libkvm C API, in Rust. See README.md.
+#
+#   make              release library (libkvm.a, libkvm.so) and include/libkvm.h
+#   make test         cargo tests and every C test
+#   make c-tests      the C tests only
+#   make demo         build and run examples/hello.c
+#   make install      PREFIX=/usr/local: library, header, libkvm.pc
+#   make clean
+
+CARGO ?= cargo
+CC ?= gcc
+CXX ?= g++
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+
+RELEASE := target/release
+STATIC_LIB := $(RELEASE)/libkvm.a
+SHARED_LIB := $(RELEASE)/libkvm.so
+HEADER := include/libkvm.h
+# What a C program needs besides libkvm.a (Rust's std runtime).
+LDLIBS := -lpthread -ldl -lm
+
+WARNINGS := -Wall -Wextra -Werror
+C_STRICT := -std=c99 $(WARNINGS) -pedantic
+TEST_CFLAGS := $(C_STRICT) -g -O1 -D_GNU_SOURCE -Iinclude -Ic-tests -Ic-tests/guests
+BUILD := c-tests/build
+EXAMPLES_BUILD := examples/build
+
+C_TEST_SOURCES := $(wildcard c-tests/test_*.c)
+C_TESTS := $(patsubst c-tests/%.c,$(BUILD)/%,$(C_TEST_SOURCES))
+HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header_cxx
+GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
+TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
+
+.PHONY: all header lib test cargo-test c-tests demo install clean FORCE
+
+all: header
+
+# Builds the release library and refreshes the committed header.
+header:
+	LIBKVM_WRITE_HEADER=1 $(CARGO) build --release --lib
+
+# Builds the release library; the header is only compared (by cargo test).
+lib:
+	$(CARGO) build --release --lib
+
+$(STATIC_LIB) $(SHARED_LIB): lib
+
+test: cargo-test c-tests
+
+cargo-test:
+	$(CARGO) test --release
+
+c-tests: lib $(C_TESTS) $(HEADER_TESTS)
+	c-tests/run.sh $(HEADER_TESTS) $(C_TESTS)
+
+$(BUILD) $(BUILD)/guests $(EXAMPLES_BUILD):
+	mkdir -p $@
+
+$(BUILD)/guests/%.o: c-tests/guests/%.S c-tests/guests/guest.inc c-tests/guests/layout.h | $(BUILD)/guests
+	$(CC) -c -Ic-tests/guests -o $@ $<
+
+$(BUILD)/guests.a: $(GUEST_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/guest.o: c-tests/guest.c c-tests/guest.h $(HEADER) | $(BUILD)
+	$(CC) $(TEST_CFLAGS) -c -o $@ $<
+
+$(BUILD)/test_%: c-tests/test_%.c c-tests/check.h $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
+	$(CC) $(TEST_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
+
+# The header must compile as strict C99, as C++11, and against kernel
+# headers new enough to have dropped struct kvm_debug_guest (made here
+# from the system's linux/kvm.h by deleting those definitions).
+$(BUILD)/header_c99: c-tests/header/header_check.c $(HEADER) $(STATIC_LIB) | $(BUILD)
+	$(CC) $(C_STRICT) -Iinclude -Ic-tests -o $@ $< $(STATIC_LIB) $(LDLIBS)
+
+$(BUILD)/newer-kernel/linux/kvm.h: /usr/include/linux/kvm.h
+	mkdir -p $(dir $@)
+	sed -e '/^struct kvm_breakpoint {/,/^};/d' -e '/^struct kvm_debug_guest {/,/^};/d' \
+	    -e '/__KVM_DEPRECATED_VCPU_W_0x87/d' $< > $@
+
+$(BUILD)/header_newer_kernel: c-tests/header/header_check.c $(HEADER) $(STATIC_LIB) $(BUILD)/newer-kernel/linux/kvm.h
+	$(CC) $(C_STRICT) -DEXPECT_NEWER_KERNEL_HEADERS -isystem $(BUILD)/newer-kernel -Iinclude -Ic-tests -o $@ $< \
+	    $(STATIC_LIB) $(LDLIBS)
+
+$(BUILD)/header_cxx: c-tests/header/header_check.cpp c-tests/header/header_check.c $(HEADER) $(STATIC_LIB) | $(BUILD)
+	$(CXX) -std=c++11 -Wall -Werror -Iinclude -Ic-tests -o $@ $< $(STATIC_LIB) $(LDLIBS)
+
+$(EXAMPLES_BUILD)/hello: examples/hello.c examples/hello-bios.S $(HEADER) $(STATIC_LIB) | $(EXAMPLES_BUILD)
+	$(CC) $(C_STRICT) -O2 -Iinclude -o $@ examples/hello.c examples/hello-bios.S $(STATIC_LIB) $(LDLIBS)
+
+demo: lib $(EXAMPLES_BUILD)/hello
+	$(EXAMPLES_BUILD)/hello
+
+libkvm.pc: FORCE
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \
+	    'Name: libkvm' 'Description: The 2008 libkvm API for KVM VMMs, with guest debugging' \
+	    'Version: $(VERSION)' 'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -lkvm' \
+	    'Libs.private: $(LDLIBS)' > $@
+
+install: lib libkvm.pc
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR)
+	install -m 644 $(STATIC_LIB) $(DESTDIR)$(LIBDIR)/libkvm.a
+	install -m 755 $(SHARED_LIB) $(DESTDIR)$(LIBDIR)/libkvm.so
+	install -m 644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/libkvm.h
+	install -m 644 libkvm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/libkvm.pc
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD) $(EXAMPLES_BUILD) libkvm.pc

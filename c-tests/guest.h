@@ -1,0 +1,72 @@
+/*
+ * Shared guest set-up for the C tests: a context with RAM, and vcpus in
+ * real mode or in the flat 64-bit long mode that works on every KVM host
+ * (identity-mapped 1 GiB with 2 MiB pages).
+ *
+ * Guest memory layout (guest-physical, 64-bit guests):
+ *   0x0500  GDT: null, 64-bit code (selector 0x08), data (selector 0x10)
+ *   0x1000  PML4, 0x2000 PDPT, 0x3000 PD (2 MiB pages)
+ *   0x6000  IDT (256 gates)
+ *   0x10000 guest code (GUEST_CODE), loaded from a guests/ *.S program
+ *   0x80000 - vcpu * 0x4000: initial stack
+ */
+#ifndef GUEST_H
+#define GUEST_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "libkvm.h"
+#include "guests/layout.h"
+
+/* A context with RAM and vcpu 0. */
+struct test_vm {
+    kvm_context_t kvm;
+    uint8_t *mem;
+    unsigned long mem_size;
+};
+
+/* Options for test_vm_create. */
+enum {
+    TEST_VM_IRQCHIP = 1, /* keep the in-kernel irqchip and PIT (hlt then blocks) */
+};
+
+/* kvm_init + kvm_create with `mem_size` bytes of RAM. Without
+ * TEST_VM_IRQCHIP the irqchip and PIT are disabled so `hlt` exits.
+ * Returns 0 or a negative errno. */
+int test_vm_create(struct test_vm *vm, struct kvm_callbacks *callbacks, void *opaque, unsigned long mem_size,
+                   int flags);
+
+/* kvm_finalize. */
+void test_vm_destroy(struct test_vm *vm);
+
+/* Copies [start, end) to guest-physical `gpa`. */
+void test_vm_load(struct test_vm *vm, uint64_t gpa, const void *start, const void *end);
+
+/* Loads a guest program assembled with GUEST_BEGIN(name) at GUEST_CODE. */
+#define TEST_VM_LOAD_GUEST(vm, name) test_vm_load((vm), GUEST_CODE, name##_start, name##_end)
+
+/* Declares the symbols of guest program `name`. */
+#define DECLARE_GUEST(name) extern const uint8_t name##_start[], name##_end[]
+/* Declares a label inside guest program `name`. */
+#define DECLARE_GUEST_LABEL(name, label) extern const uint8_t name##_##label[]
+/* Guest address of a label of a program loaded at GUEST_CODE. */
+#define GUEST_LABEL_ADDR(name, label) \
+    ((uint64_t)(GUEST_CODE + ((uintptr_t)name##_##label - (uintptr_t)name##_start)))
+
+/* Puts `vcpu` in 64-bit long mode at `rip`, writing the page tables, GDT
+ * and an empty IDT, and setting the host's supported CPUID. */
+int test_vcpu_long_mode(struct test_vm *vm, int vcpu, uint64_t rip);
+
+/* Points IDT vector `vector` at `handler` (64-bit interrupt gate). */
+void test_vm_set_idt_gate(struct test_vm *vm, int vector, uint64_t handler);
+
+/* Puts `vcpu` in real mode at `cs:ip` with all data segments = `cs`. */
+int test_vcpu_real_mode(struct test_vm *vm, int vcpu, uint16_t cs, uint16_t ip);
+
+/* Number of open file descriptors of this process. */
+int test_count_fds(void);
+
+/* Resident set size of this process in KiB. */
+long test_rss_kib(void);
+
+#endif

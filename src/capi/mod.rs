@@ -1,0 +1,153 @@
+//! The C boundary: the only code that touches raw pointers from C.
+//!
+//! Every exported function body runs inside one of the `*_result` wrappers
+//! below, which catch panics, so a bug in the library becomes an error
+//! return and never unwinds into (and aborts) the VMM. Pointers are checked
+//! with the `checked_*` helpers before anything else happens.
+//!
+//! Errors: functions returning `int` return a negative errno; functions
+//! returning a pointer return NULL and set `errno`; functions returning
+//! `void` or a plain value set `errno` and do nothing (or return 0).
+//! A NULL context is `-EINVAL`; a NULL pointer argument is `-EFAULT`; a
+//! vcpu index out of range is `-EINVAL`, one not created yet `-ENOENT`.
+
+mod vm;
+mod registers;
+mod memory;
+mod debug;
+
+use std::ffi::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::context::Context;
+use crate::error::{Errno, Result};
+use crate::vcpu::Vcpu;
+
+pub use vm::*;
+pub use registers::*;
+pub use memory::*;
+pub use debug::*;
+
+/// `#BP`/`int3` software breakpoint (`debug` callback `break_type`).
+pub const KVM_GDB_BREAKPOINT_SW: c_int = 0;
+/// Debug-register execution breakpoint.
+pub const KVM_GDB_BREAKPOINT_HW: c_int = 1;
+/// Data watchpoint on writes.
+pub const KVM_GDB_WATCHPOINT_WRITE: c_int = 2;
+/// Data watchpoint on reads (on x86 it also fires on writes).
+pub const KVM_GDB_WATCHPOINT_READ: c_int = 3;
+/// Data watchpoint on reads and writes.
+pub const KVM_GDB_WATCHPOINT_ACCESS: c_int = 4;
+/// Extension: a single step completed (`#DB` with DR6.BS).
+pub const KVM_GDB_SINGLESTEP: c_int = 5;
+
+/// The library's state for one VM. Opaque to C.
+pub struct kvm_context {
+    ctx: Context,
+}
+
+/// A handle on a libkvm context, from `kvm_init`.
+pub type kvm_context_t = *mut kvm_context;
+
+/// Sets the calling thread's `errno`.
+pub(crate) fn set_errno(e: Errno) {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() = e.0 };
+}
+
+/// Runs `f` for a function returning `int`: the value, or the negated errno.
+pub(crate) fn int_result(f: impl FnOnce() -> Result<c_int>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => e.negated(),
+        Err(_) => Errno::IO.negated(),
+    }
+}
+
+/// Runs `f` for a function returning `int` that is 0 on success.
+pub(crate) fn status_result(f: impl FnOnce() -> Result<()>) -> c_int {
+    int_result(|| f().map(|()| 0))
+}
+
+/// Runs `f` for a function returning a pointer: NULL with `errno` on failure.
+pub(crate) fn ptr_result<T>(f: impl FnOnce() -> Result<*mut T>) -> *mut T {
+    value_result(std::ptr::null_mut(), f)
+}
+
+/// Runs `f` for a function returning a plain value: `fallback` with `errno`
+/// on failure.
+pub(crate) fn value_result<T>(fallback: T, f: impl FnOnce() -> Result<T>) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => {
+            set_errno(e);
+            fallback
+        }
+        Err(_) => {
+            set_errno(Errno::IO);
+            fallback
+        }
+    }
+}
+
+/// Runs `f` for a function returning `void`: `errno` on failure.
+pub(crate) fn void_result(f: impl FnOnce() -> Result<()>) {
+    value_result((), f)
+}
+
+/// The context behind a handle; `EINVAL` for NULL.
+///
+/// # Safety
+/// A non-NULL `kvm` must come from `kvm_init` and not be finalized.
+pub(crate) unsafe fn checked_context<'a>(kvm: kvm_context_t) -> Result<&'a Context> {
+    // SAFETY: the caller's promise above.
+    unsafe { kvm.as_ref() }.map(|k| &k.ctx).ok_or(Errno::INVAL)
+}
+
+/// The context and vcpu `vcpu` of it.
+///
+/// # Safety
+/// As for [`checked_context`].
+pub(crate) unsafe fn checked_vcpu<'a>(kvm: kvm_context_t, vcpu: c_int) -> Result<(&'a Context, &'a Vcpu)> {
+    // SAFETY: forwarded to the caller.
+    let ctx = unsafe { checked_context(kvm) }?;
+    Ok((ctx, ctx.vcpu(vcpu)?))
+}
+
+/// A shared reference from a C pointer; `EFAULT` for NULL.
+///
+/// # Safety
+/// A non-NULL `p` must point to a valid, initialised `T` for `'a`.
+pub(crate) unsafe fn checked_ref<'a, T>(p: *const T) -> Result<&'a T> {
+    // SAFETY: the caller's promise above.
+    unsafe { p.as_ref() }.ok_or(Errno::FAULT)
+}
+
+/// An exclusive reference from a C pointer; `EFAULT` for NULL.
+///
+/// # Safety
+/// A non-NULL `p` must point to a valid `T` that nothing else uses for `'a`.
+pub(crate) unsafe fn checked_mut<'a, T>(p: *mut T) -> Result<&'a mut T> {
+    // SAFETY: the caller's promise above.
+    unsafe { p.as_mut() }.ok_or(Errno::FAULT)
+}
+
+/// A slice from a C pointer and element count; `EFAULT` for NULL with a
+/// non-zero count, `EINVAL` for a negative or absurd count.
+///
+/// # Safety
+/// A non-NULL `p` must point to `len` valid `T`s that nothing else uses.
+pub(crate) unsafe fn checked_slice_mut<'a, T>(p: *mut T, len: c_int) -> Result<&'a mut [T]> {
+    let len = usize::try_from(len).map_err(|_| Errno::INVAL)?;
+    if len.checked_mul(std::mem::size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
+        return Err(Errno::INVAL);
+    }
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() {
+        return Err(Errno::FAULT);
+    }
+    // SAFETY: non-NULL, and the caller's promise above covers `len` elements.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+}

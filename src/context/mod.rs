@@ -1,0 +1,189 @@
+//! One VM: the `/dev/kvm` fd, the VM fd, its vcpus, memory and callbacks.
+
+mod ram;
+
+pub use ram::bitmap_bytes;
+mod vm;
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::callbacks::{kvm_callbacks, Callbacks};
+use crate::error::{Errno, Result};
+use crate::lock;
+use crate::memory::GuestMemory;
+use crate::vcpu::Vcpu;
+
+/// The only KVM API version there has ever been.
+const KVM_API_VERSION: i32 = 12;
+
+/// Where `kvm_create` puts the TSS that VMX needs for real mode: three pages
+/// below the BIOS, as qemu-kvm did.
+pub(crate) const TSS_ADDRESS: u64 = 0xfffb_d000;
+
+/// A VM and everything the library keeps for it.
+pub struct Context {
+    kvm: Kvm,
+    callbacks: Callbacks,
+    vm: OnceLock<VmFd>,
+    vcpus: Box<[OnceLock<Box<Vcpu>>]>,
+    memory: Mutex<GuestMemory>,
+    /// Serialises the calls that create things (`kvm_create`, vcpus, irqchip).
+    setup: Mutex<()>,
+    want_irqchip: AtomicBool,
+    want_pit: AtomicBool,
+    irqchip_in_kernel: AtomicBool,
+    pit_in_kernel: AtomicBool,
+}
+
+impl Context {
+    /// Opens `/dev/kvm` and checks the API version (`kvm_init`).
+    pub fn new(callbacks: kvm_callbacks, opaque: *mut c_void) -> Result<Context> {
+        let kvm = Kvm::new().map_err(Errno::from)?;
+        if kvm.get_api_version() != KVM_API_VERSION {
+            return Err(Errno(libc::EINVAL));
+        }
+        let max_vcpus = kvm.get_max_vcpus();
+        let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
+        Ok(Context {
+            kvm,
+            callbacks: Callbacks::new(callbacks, opaque),
+            vm: OnceLock::new(),
+            vcpus: (0..max_vcpus).map(|_| OnceLock::new()).collect(),
+            memory: Mutex::new(GuestMemory::new(max_slots)),
+            setup: Mutex::new(()),
+            want_irqchip: AtomicBool::new(true),
+            want_pit: AtomicBool::new(true),
+            irqchip_in_kernel: AtomicBool::new(false),
+            pit_in_kernel: AtomicBool::new(false),
+        })
+    }
+
+    /// The VMM's callbacks.
+    pub fn callbacks(&self) -> &Callbacks {
+        &self.callbacks
+    }
+
+    /// The `/dev/kvm` handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The VM fd; `ENODEV` before `kvm_create_vm`.
+    pub fn vm(&self) -> Result<&VmFd> {
+        self.vm.get().ok_or(Errno::NODEV)
+    }
+
+    /// The guest memory table, locked.
+    pub fn memory(&self) -> MutexGuard<'_, GuestMemory> {
+        lock(&self.memory)
+    }
+
+    /// `kvm_disable_irqchip_creation`.
+    pub fn disable_irqchip_creation(&self) {
+        self.want_irqchip.store(false, Ordering::Relaxed);
+    }
+
+    /// `kvm_disable_pit_creation`.
+    pub fn disable_pit_creation(&self) {
+        self.want_pit.store(false, Ordering::Relaxed);
+    }
+
+    /// True once the in-kernel irqchip exists.
+    pub fn irqchip_in_kernel(&self) -> bool {
+        self.irqchip_in_kernel.load(Ordering::Acquire)
+    }
+
+    /// True once the in-kernel PIT exists.
+    pub fn pit_in_kernel(&self) -> bool {
+        self.pit_in_kernel.load(Ordering::Acquire)
+    }
+
+    /// `KVM_CHECK_EXTENSION` on `/dev/kvm`.
+    pub fn check_extension(&self, extension: u32) -> i32 {
+        self.kvm.check_extension_raw(libc::c_ulong::from(extension))
+    }
+
+    /// Creates the VM fd (`kvm_create_vm`); `EEXIST` the second time.
+    pub fn create_vm(&self) -> Result<&VmFd> {
+        let _setup = lock(&self.setup);
+        self.create_vm_locked()
+    }
+
+    fn create_vm_locked(&self) -> Result<&VmFd> {
+        if self.vm.get().is_some() {
+            return Err(Errno::EXIST);
+        }
+        let vm = self.kvm.create_vm().map_err(Errno::from)?;
+        Ok(self.vm.get_or_init(|| vm))
+    }
+
+    /// `kvm_create`: the VM, its TSS, RAM of `phys_mem_bytes` as one host
+    /// mapping, the irqchip and PIT unless disabled, and vcpu 0. Returns the
+    /// host address of guest-physical 0.
+    pub fn create(&self, phys_mem_bytes: u64) -> Result<*mut u8> {
+        let _setup = lock(&self.setup);
+        let vm = self.create_vm_locked()?;
+        vm.set_tss_address(TSS_ADDRESS as usize).map_err(Errno::from)?;
+        let ram = self.create_default_ram(phys_mem_bytes)?;
+        if self.want_irqchip.load(Ordering::Relaxed) {
+            self.create_irqchip_locked()?;
+        }
+        if self.want_pit.load(Ordering::Relaxed) && self.irqchip_in_kernel() {
+            vm.create_pit2(kvm_bindings::kvm_pit_config::default()).map_err(Errno::from)?;
+            self.pit_in_kernel.store(true, Ordering::Release);
+        }
+        self.create_vcpu_locked(0)?;
+        Ok(ram)
+    }
+
+    /// `kvm_create_irqchip`: the in-kernel PIC, IOAPIC and LAPICs where the
+    /// host has them. Must come before the vcpus.
+    pub fn create_irqchip(&self) -> Result<()> {
+        let _setup = lock(&self.setup);
+        self.create_irqchip_locked()
+    }
+
+    fn create_irqchip_locked(&self) -> Result<()> {
+        if self.irqchip_in_kernel() {
+            return Ok(());
+        }
+        if self.check_extension(kvm_bindings::KVM_CAP_IRQCHIP) <= 0 {
+            return Err(Errno::NOTSUP);
+        }
+        self.vm()?.create_irq_chip().map_err(Errno::from)?;
+        self.irqchip_in_kernel.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// `kvm_create_vcpu`: creates vcpu `index` and maps its `kvm_run`.
+    pub fn create_vcpu(&self, index: u32) -> Result<&Vcpu> {
+        let _setup = lock(&self.setup);
+        self.create_vcpu_locked(index)
+    }
+
+    fn create_vcpu_locked(&self, index: u32) -> Result<&Vcpu> {
+        let cell = self.vcpus.get(index as usize).ok_or(Errno::INVAL)?;
+        if cell.get().is_some() {
+            return Err(Errno::EXIST);
+        }
+        let vm = self.vm()?;
+        let fd = vm.create_vcpu(u64::from(index)).map_err(Errno::from)?;
+        let vcpu = Vcpu::new(index, fd, vm.run_size());
+        Ok(cell.get_or_init(|| Box::new(vcpu)))
+    }
+
+    /// Vcpu `index`: `EINVAL` when out of range, `ENOENT` when not created.
+    pub fn vcpu(&self, index: i32) -> Result<&Vcpu> {
+        let cell = usize::try_from(index).ok().and_then(|i| self.vcpus.get(i)).ok_or(Errno::INVAL)?;
+        cell.get().map(|b| &**b).ok_or(Errno::NOENT)
+    }
+
+    /// Every created vcpu.
+    pub fn vcpus(&self) -> impl Iterator<Item = &Vcpu> {
+        self.vcpus.iter().filter_map(|c| c.get().map(|b| &**b))
+    }
+}

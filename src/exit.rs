@@ -1,0 +1,207 @@
+//! VM exits, copied out of the shared `kvm_run` page into plain values.
+//!
+//! The run loop decodes an exit while it holds the vcpu, then releases it
+//! before calling the VMM, so handlers may call back into the library.
+
+use kvm_bindings::*;
+
+/// The direction of a port I/O exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDirection {
+    /// `in`/`ins`: the VMM supplies the data.
+    In,
+    /// `out`/`outs`: the guest supplies the data.
+    Out,
+}
+
+/// One VM exit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Exit {
+    /// Port I/O of `count` elements of `size` bytes at `data_offset` in the
+    /// vcpu mapping.
+    Io {
+        /// In or out.
+        direction: IoDirection,
+        /// The port.
+        port: u16,
+        /// Bytes per element: 1, 2 or 4.
+        size: u8,
+        /// Elements (more than one for `rep ins`/`rep outs`).
+        count: u32,
+        /// Offset of the data from the start of `kvm_run`.
+        data_offset: u64,
+    },
+    /// An access to unbacked guest-physical memory.
+    Mmio {
+        /// Guest-physical address.
+        addr: u64,
+        /// Bytes accessed, at most 8.
+        len: u32,
+        /// True for a store.
+        is_write: bool,
+        /// The stored bytes, for a store.
+        data: [u8; 8],
+    },
+    /// `hlt` with no in-kernel irqchip.
+    Hlt,
+    /// Triple fault or another shutdown.
+    Shutdown,
+    /// The interrupt window requested by `request_interrupt_window` is open.
+    IrqWindowOpen,
+    /// CR8 was written.
+    SetTpr,
+    /// A TPR access while reporting is on.
+    TprAccess {
+        /// Guest RIP of the access.
+        rip: u64,
+        /// True for a write.
+        is_write: bool,
+    },
+    /// `KVM_EXIT_DEBUG`.
+    Debug(kvm_debug_exit_arch),
+    /// `KVM_EXIT_INTERNAL_ERROR` (on this project's host: an `int3`).
+    InternalError(InternalError),
+    /// `KVM_EXIT_INTR`: a signal arrived.
+    Interrupted,
+    /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason.
+    FailEntry(u64),
+    /// Any other exit reason.
+    Other(u32),
+}
+
+/// The payload of `KVM_EXIT_INTERNAL_ERROR`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InternalError {
+    /// `KVM_INTERNAL_ERROR_*`.
+    pub suberror: u32,
+    /// Valid entries of `data`.
+    pub ndata: u32,
+    /// Raw data; for an emulation failure, flags then the instruction.
+    pub data: [u64; 16],
+}
+
+impl InternalError {
+    /// The bytes of the instruction the emulator failed on, when the kernel
+    /// reported them (`KVM_INTERNAL_ERROR_EMULATION` with the
+    /// instruction-bytes flag).
+    pub fn instruction_bytes(&self) -> Option<([u8; 15], usize)> {
+        let has_bytes = self.suberror == KVM_INTERNAL_ERROR_EMULATION
+            && self.ndata >= 2
+            && self.data[0] & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
+        if !has_bytes {
+            return None;
+        }
+        // Layout: flags, then { u8 insn_size; u8 insn_bytes[15]; } over data[1..3].
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.data[1].to_ne_bytes());
+        raw[8..].copy_from_slice(&self.data[2].to_ne_bytes());
+        let len = usize::from(raw[0]).min(15);
+        let mut bytes = [0u8; 15];
+        bytes.copy_from_slice(&raw[1..]);
+        Some((bytes, len))
+    }
+}
+
+/// Decodes the exit described by `run` after a successful `KVM_RUN`.
+pub fn decode(run: &kvm_run) -> Exit {
+    // SAFETY (every union read below): the kernel wrote `exit_reason`, which
+    // names the union member it filled; all members are plain integers.
+    match run.exit_reason {
+        KVM_EXIT_IO => {
+            let io = unsafe { run.__bindgen_anon_1.io };
+            let direction = if u32::from(io.direction) == KVM_EXIT_IO_IN { IoDirection::In } else { IoDirection::Out };
+            Exit::Io { direction, port: io.port, size: io.size, count: io.count, data_offset: io.data_offset }
+        }
+        KVM_EXIT_MMIO => {
+            let mmio = unsafe { run.__bindgen_anon_1.mmio };
+            Exit::Mmio { addr: mmio.phys_addr, len: mmio.len.min(8), is_write: mmio.is_write != 0, data: mmio.data }
+        }
+        KVM_EXIT_HLT => Exit::Hlt,
+        KVM_EXIT_SHUTDOWN => Exit::Shutdown,
+        KVM_EXIT_IRQ_WINDOW_OPEN => Exit::IrqWindowOpen,
+        KVM_EXIT_SET_TPR => Exit::SetTpr,
+        KVM_EXIT_TPR_ACCESS => {
+            let tpr = unsafe { run.__bindgen_anon_1.tpr_access };
+            Exit::TprAccess { rip: tpr.rip, is_write: tpr.is_write != 0 }
+        }
+        KVM_EXIT_DEBUG => Exit::Debug(unsafe { run.__bindgen_anon_1.debug.arch }),
+        KVM_EXIT_INTERNAL_ERROR => {
+            let internal = unsafe { run.__bindgen_anon_1.internal };
+            Exit::InternalError(InternalError {
+                suberror: internal.suberror,
+                ndata: internal.ndata,
+                data: internal.data,
+            })
+        }
+        KVM_EXIT_INTR => Exit::Interrupted,
+        KVM_EXIT_FAIL_ENTRY => Exit::FailEntry(unsafe { run.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason }),
+        other => Exit::Other(other),
+    }
+}
+
+/// A human-readable name of a `KVM_EXIT_*` reason, for diagnostics.
+pub fn reason_name(reason: u32) -> &'static str {
+    match reason {
+        KVM_EXIT_UNKNOWN => "KVM_EXIT_UNKNOWN",
+        KVM_EXIT_EXCEPTION => "KVM_EXIT_EXCEPTION",
+        KVM_EXIT_HYPERCALL => "KVM_EXIT_HYPERCALL",
+        KVM_EXIT_FAIL_ENTRY => "KVM_EXIT_FAIL_ENTRY",
+        KVM_EXIT_NMI => "KVM_EXIT_NMI",
+        KVM_EXIT_INTERNAL_ERROR => "KVM_EXIT_INTERNAL_ERROR",
+        KVM_EXIT_SYSTEM_EVENT => "KVM_EXIT_SYSTEM_EVENT",
+        KVM_EXIT_IOAPIC_EOI => "KVM_EXIT_IOAPIC_EOI",
+        KVM_EXIT_X86_RDMSR => "KVM_EXIT_X86_RDMSR",
+        KVM_EXIT_X86_WRMSR => "KVM_EXIT_X86_WRMSR",
+        KVM_EXIT_MEMORY_FAULT => "KVM_EXIT_MEMORY_FAULT",
+        _ => "unknown exit reason",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(reason: u32) -> kvm_run {
+        kvm_run { exit_reason: reason, ..Default::default() }
+    }
+
+    #[test]
+    fn string_io_keeps_size_count_and_offset() {
+        let mut run = run_with(KVM_EXIT_IO);
+        run.__bindgen_anon_1.io =
+            kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 0, size: 1, port: 0x3f8, count: 5, data_offset: 4096 };
+        assert_eq!(
+            decode(&run),
+            Exit::Io { direction: IoDirection::In, port: 0x3f8, size: 1, count: 5, data_offset: 4096 }
+        );
+    }
+
+    #[test]
+    fn mmio_store_keeps_its_bytes_and_clamps_the_length() {
+        let mut run = run_with(KVM_EXIT_MMIO);
+        run.__bindgen_anon_1.mmio =
+            kvm_run__bindgen_ty_1__bindgen_ty_6 { phys_addr: 0xd000_0000, data: [1, 2, 3, 4, 0, 0, 0, 0], len: 99, is_write: 1 };
+        let Exit::Mmio { addr, len, is_write, data } = decode(&run) else { panic!("not mmio") };
+        assert_eq!((addr, len, is_write, data[..4].to_vec()), (0xd000_0000, 8, true, vec![1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn emulation_failure_exposes_the_instruction_bytes() {
+        let mut run = run_with(KVM_EXIT_INTERNAL_ERROR);
+        let mut data = [0u64; 16];
+        data[0] = 1; // instruction bytes present
+        data[1] = u64::from_ne_bytes([1, 0xcc, 0x90, 0, 0, 0, 0, 0]);
+        run.__bindgen_anon_1.internal = kvm_run__bindgen_ty_1__bindgen_ty_13 { suberror: 1, ndata: 4, data };
+        let Exit::InternalError(e) = decode(&run) else { panic!("not an internal error") };
+        let (bytes, len) = e.instruction_bytes().unwrap();
+        assert_eq!((len, bytes[0], bytes[1]), (1, 0xcc, 0x90));
+    }
+
+    #[test]
+    fn other_internal_errors_have_no_instruction() {
+        let e = InternalError { suberror: 3, ndata: 4, data: [1; 16] };
+        assert!(e.instruction_bytes().is_none());
+        let e = InternalError { suberror: 1, ndata: 4, data: [0; 16] };
+        assert!(e.instruction_bytes().is_none(), "flag clear: bytes not valid");
+    }
+}

@@ -1,0 +1,123 @@
+//! The `KVM_RUN` loop of `kvm_run`: callbacks around each entry, and every
+//! exit dispatched to the VMM. Nothing here allocates.
+
+use std::ffi::c_int;
+
+use crate::context::Context;
+use crate::error::{Errno, Result};
+use crate::exit::{Exit, IoDirection};
+use crate::vcpu::{RunnerGuard, Vcpu, IO_DATA_MAX};
+use crate::x86;
+
+/// Runs vcpu `vcpu` until a handler returns non-zero (that value is
+/// returned) or an error occurs (a negative errno is returned).
+pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
+    let runner = match vcpu.claim_runner() {
+        Ok(guard) => guard,
+        Err(e) => return e.negated(),
+    };
+    let mut io_data = [0u8; IO_DATA_MAX];
+    loop {
+        let r = run_once(ctx, vcpu, &runner, &mut io_data);
+        if r != 0 {
+            return r;
+        }
+    }
+}
+
+/// One trip through the guest: the VMM's pre-run hooks, `KVM_RUN`, the
+/// post-run hook, and the exit's handler. Returns 0 to keep going.
+fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> c_int {
+    let callbacks = ctx.callbacks();
+    let index = vcpu.index();
+    let request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
+    let r = callbacks.pre_kvm_run(index);
+    if r != 0 {
+        return r;
+    }
+    let exit = vcpu.enter(runner, request_window, io_data);
+    callbacks.post_kvm_run(index);
+    match exit {
+        Ok(exit) => handle_exit(ctx, vcpu, exit, io_data),
+        Err(Errno(libc::EINTR | libc::EAGAIN)) => callbacks.io_window(),
+        Err(e) => {
+            eprintln!("kvm_run: vcpu {index}: KVM_RUN failed: {e}");
+            e.negated()
+        }
+    }
+}
+
+fn handle_exit(ctx: &Context, vcpu: &Vcpu, exit: Exit, io_data: &mut [u8; IO_DATA_MAX]) -> c_int {
+    let callbacks = ctx.callbacks();
+    let index = vcpu.index();
+    match exit {
+        Exit::Io { direction, port, size, count, data_offset } => {
+            let result = handle_port_io(ctx, vcpu, direction, port, size, count, io_data);
+            if direction == IoDirection::In {
+                if let Err(e) = vcpu.complete_port_in(size, count, data_offset, io_data) {
+                    return e.negated();
+                }
+            }
+            result
+        }
+        Exit::Mmio { addr, len, is_write: true, mut data } => callbacks.mmio_write(addr, &mut data[..len as usize]),
+        Exit::Mmio { addr, len, is_write: false, .. } => {
+            let mut data = [0u8; 8];
+            let r = callbacks.mmio_read(addr, &mut data[..len as usize]);
+            vcpu.complete_mmio_read(&data[..len as usize]);
+            r
+        }
+        Exit::Hlt => callbacks.halt(index),
+        Exit::Shutdown => callbacks.shutdown(index),
+        Exit::IrqWindowOpen | Exit::SetTpr | Exit::Interrupted => 0,
+        Exit::TprAccess { rip, is_write } => callbacks.tpr_access(index, rip, is_write),
+        Exit::Debug(arch) => result_code(crate::debug::on_debug_exit(ctx, vcpu, &arch)),
+        Exit::InternalError(error) => match crate::debug::on_emulation_failure(ctx, vcpu, &error) {
+            Some(outcome) => result_code(outcome),
+            None => unexpected_exit(vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
+        },
+        Exit::FailEntry(reason) => unexpected_exit(vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
+        Exit::Other(reason) => unexpected_exit(vcpu, crate::exit::reason_name(reason), reason.into()),
+    }
+}
+
+/// Calls the port handler once per element; stops at the first non-zero result.
+fn handle_port_io(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    direction: IoDirection,
+    port: u16,
+    size: u8,
+    count: u32,
+    io_data: &mut [u8; IO_DATA_MAX],
+) -> c_int {
+    let callbacks = ctx.callbacks();
+    let size = usize::from(size);
+    let len = size * count as usize;
+    if !matches!(size, 1 | 2 | 4) || len > IO_DATA_MAX {
+        return unexpected_exit(vcpu, "KVM_EXIT_IO with a bad size", size as u64);
+    }
+    for element in io_data[..len].chunks_exact_mut(size) {
+        let r = match direction {
+            IoDirection::In => callbacks.port_in(port, element),
+            IoDirection::Out => callbacks.port_out(port, element),
+        };
+        if r != 0 {
+            return r;
+        }
+    }
+    0
+}
+
+/// Turns the outcome of a library handler into `kvm_run`'s result.
+fn result_code(outcome: Result<c_int>) -> c_int {
+    outcome.unwrap_or_else(Errno::negated)
+}
+
+/// An exit the library cannot handle: show the vcpu state and end
+/// `kvm_run` with `-EFAULT` (the guest did something the host could not run).
+fn unexpected_exit(vcpu: &Vcpu, what: &str, detail: u64) -> c_int {
+    eprintln!("kvm_run: vcpu {}: unhandled exit {what} (0x{detail:x})", vcpu.index());
+    x86::show_regs(vcpu);
+    Errno::FAULT.negated()
+}

@@ -1,0 +1,174 @@
+//! One vcpu: its fd, its mapped `kvm_run`, and entering the guest.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::VcpuFd;
+
+use crate::error::{Errno, Result};
+use crate::exit::{self, Exit, IoDirection};
+use crate::lock;
+
+/// The largest port I/O payload of one exit: the kernel's I/O page.
+pub(crate) const IO_DATA_MAX: usize = 4096;
+
+/// A vcpu of a [`Context`](crate::context::Context).
+///
+/// The fd sits behind a mutex: the thread in `kvm_run` holds it only for
+/// `KVM_RUN` and the copy of the exit, so other threads (and the VMM's
+/// handlers, on the running thread) can use the vcpu between exits. The
+/// kernel serialises vcpu ioctls the same way.
+pub struct Vcpu {
+    index: u32,
+    fd: Mutex<VcpuFd>,
+    /// The `kvm_run` mapping, for the one writer that cannot take the
+    /// mutex: the kick signal handler setting `immediate_exit`.
+    run_page: NonNull<kvm_run>,
+    mmap_size: usize,
+    running: AtomicBool,
+    /// Bumped whenever the guest runs or the VMM writes vcpu state, so
+    /// that copies of that state (the paging registers) know they are stale.
+    state_epoch: AtomicU64,
+}
+
+// SAFETY: `run_page` points into the mmap owned by `fd`, which lives as long
+// as this value; it is only written through `kick_from_signal_handler`.
+unsafe impl Send for Vcpu {}
+// SAFETY: as above; everything else is behind a mutex or atomic.
+unsafe impl Sync for Vcpu {}
+
+/// Proof that the calling thread is the one running this vcpu.
+pub struct RunnerGuard<'a> {
+    vcpu: &'a Vcpu,
+}
+
+impl Drop for RunnerGuard<'_> {
+    fn drop(&mut self) {
+        self.vcpu.running.store(false, Ordering::Release);
+    }
+}
+
+impl Vcpu {
+    /// Wraps a freshly created vcpu fd whose mapping is `mmap_size` bytes.
+    pub fn new(index: u32, mut fd: VcpuFd, mmap_size: usize) -> Vcpu {
+        let run_page = NonNull::from(fd.get_kvm_run());
+        Vcpu {
+            index,
+            fd: Mutex::new(fd),
+            run_page,
+            mmap_size,
+            running: AtomicBool::new(false),
+            state_epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The vcpu index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Calls `f` with exclusive use of the vcpu fd.
+    pub fn with_fd<R>(&self, f: impl FnOnce(&mut VcpuFd) -> R) -> R {
+        f(&mut lock(&self.fd))
+    }
+
+    /// Runs an ioctl-style call on the fd, mapping its error to an errno.
+    pub fn ioctl<R, E: Into<Errno>>(&self, f: impl FnOnce(&mut VcpuFd) -> std::result::Result<R, E>) -> Result<R> {
+        self.with_fd(f).map_err(Into::into)
+    }
+
+    /// Reads a field of the shared `kvm_run` page.
+    pub fn run_field<R>(&self, f: impl FnOnce(&kvm_run) -> R) -> R {
+        self.with_fd(|fd| f(fd.get_kvm_run()))
+    }
+
+    /// Writes a field of the shared `kvm_run` page (takes effect at the next `KVM_RUN`).
+    pub fn set_run_field(&self, f: impl FnOnce(&mut kvm_run)) {
+        self.with_fd(|fd| f(fd.get_kvm_run()))
+    }
+
+    /// Records that the vcpu's registers may have changed.
+    pub fn state_changed(&self) {
+        self.state_epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever the vcpu's registers may have changed.
+    pub fn state_epoch(&self) -> u64 {
+        self.state_epoch.load(Ordering::Acquire)
+    }
+
+    /// Marks the calling thread as the one running this vcpu; `EBUSY` when
+    /// another thread already is.
+    pub fn claim_runner(&self) -> Result<RunnerGuard<'_>> {
+        self.running
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .map(|_| RunnerGuard { vcpu: self })
+            .map_err(|_| Errno::BUSY)
+    }
+
+    /// Enters the guest once and returns the exit. Port output data is
+    /// copied into `io_data` (elements back to back).
+    pub fn enter(&self, _runner: &RunnerGuard<'_>, request_interrupt_window: bool, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Exit> {
+        let mut fd = lock(&self.fd);
+        self.state_changed();
+        fd.get_kvm_run().request_interrupt_window = u8::from(request_interrupt_window);
+        if let Err(e) = fd.run() {
+            // A kick may have set immediate_exit to make this run return at once.
+            fd.get_kvm_run().immediate_exit = 0;
+            return Err(e.into());
+        }
+        let run = fd.get_kvm_run();
+        let exit = exit::decode(run);
+        if let Exit::Io { direction: IoDirection::Out, size, count, data_offset, .. } = exit {
+            let len = self.io_data_len(size, count, data_offset)?;
+            // SAFETY: io_data_len checked that the payload lies inside the
+            // vcpu mapping, which the locked fd keeps alive.
+            let src = unsafe { std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(data_offset as usize), len) };
+            io_data[..len].copy_from_slice(src);
+        }
+        Ok(exit)
+    }
+
+    /// Stores the data of a port input exit where the kernel reads it when
+    /// the vcpu next runs.
+    pub fn complete_port_in(&self, size: u8, count: u32, data_offset: u64, data: &[u8]) -> Result<()> {
+        let len = self.io_data_len(size, count, data_offset)?;
+        let mut fd = lock(&self.fd);
+        let run = fd.get_kvm_run();
+        // SAFETY: as in `enter`; the kernel does not touch the page while
+        // the vcpu is not in KVM_RUN, and we hold its fd.
+        let dst = unsafe { std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(data_offset as usize), len) };
+        dst.copy_from_slice(&data[..len]);
+        Ok(())
+    }
+
+    /// Stores the data of an MMIO read exit.
+    pub fn complete_mmio_read(&self, data: &[u8]) {
+        self.set_run_field(|run| {
+            // SAFETY: the last exit was KVM_EXIT_MMIO, so `mmio` is the live member.
+            let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+            let n = data.len().min(mmio.data.len());
+            mmio.data[..n].copy_from_slice(&data[..n]);
+        })
+    }
+
+    fn io_data_len(&self, size: u8, count: u32, data_offset: u64) -> Result<usize> {
+        let len = usize::from(size) * count as usize;
+        let fits = len <= IO_DATA_MAX && (data_offset as usize).checked_add(len).is_some_and(|end| end <= self.mmap_size);
+        if fits && matches!(size, 1 | 2 | 4) {
+            Ok(len)
+        } else {
+            Err(Errno(libc::EPROTO))
+        }
+    }
+
+    /// Makes the next or current `KVM_RUN` of this vcpu return at once.
+    /// Only for the kick signal handler running on the vcpu's own thread.
+    pub fn kick_from_signal_handler(&self) {
+        // SAFETY: the page is mapped while self lives; a single-byte
+        // volatile store is what the kernel's API documents for this flag.
+        unsafe { std::ptr::addr_of_mut!((*self.run_page.as_ptr()).immediate_exit).write_volatile(1) }
+    }
+}
