@@ -34,7 +34,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test cargo-test c-tests demo install clean FORCE
+.PHONY: all header lib test cargo-test c-tests check-install demo install clean FORCE
 
 all: header
 
@@ -48,7 +48,7 @@ lib:
 
 $(STATIC_LIB) $(SHARED_LIB): lib
 
-test: cargo-test c-tests
+test: cargo-test c-tests check-install
 
 cargo-test:
 	$(CARGO) test --release
@@ -108,6 +108,17 @@ install: lib libkvm.pc
 	install -m 755 $(SHARED_LIB) $(DESTDIR)$(LIBDIR)/libkvm.so
 	install -m 644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/libkvm.h
 	install -m 644 libkvm.pc $(DESTDIR)$(LIBDIR)/pkgconfig/libkvm.pc
+
+# Installs into a scratch prefix, then builds and runs the demo the way a
+# user would: compiler flags from pkg-config, against the shared library.
+check-install: lib
+	rm -rf $(BUILD)/prefix
+	$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(BUILD)/prefix >/dev/null
+	$(CC) $(C_STRICT) -o $(BUILD)/hello-installed examples/hello.c examples/hello-bios.S \
+	    $$(PKG_CONFIG_PATH=$(BUILD)/prefix/lib/pkgconfig pkg-config --cflags --libs libkvm) \
+	    -Wl,-rpath,$(CURDIR)/$(BUILD)/prefix/lib
+	$(BUILD)/hello-installed | grep -q 'Hello from a real-mode guest'
+	@echo "check-install: pkg-config build against the installed libkvm.so runs the demo"
 
 clean:
 	$(CARGO) clean

@@ -106,10 +106,11 @@ int test_vcpu_long_mode(struct test_vm *vm, int vcpu, uint64_t rip)
     struct kvm_regs regs;
     int i, r;
 
-    /* Identity map of the first 1 GiB with 2 MiB pages. */
+    /* Identity map of the low 4 GiB with 2 MiB pages (the LAPIC is at 0xfee00000). */
     write_u64(vm, GUEST_PML4, GUEST_PDPT | 0x3);
-    write_u64(vm, GUEST_PDPT, GUEST_PD | 0x3);
-    for (i = 0; i < 512; i++)
+    for (i = 0; i < 4; i++)
+        write_u64(vm, GUEST_PDPT + 8 * i, (GUEST_PD + 0x1000 * (uint64_t)i) | 0x3);
+    for (i = 0; i < 4 * 512; i++)
         write_u64(vm, GUEST_PD + 8 * i, ((uint64_t)i << 21) | 0x83);
     write_u64(vm, GUEST_GDT, 0);
     write_u64(vm, GUEST_GDT + 8, 0x00af9b000000ffffULL);  /* 64-bit code */

@@ -1,12 +1,12 @@
 /*
  * Shared guest set-up for the C tests: a context with RAM, and vcpus in
  * real mode or in the flat 64-bit long mode that works on every KVM host
- * (identity-mapped 1 GiB with 2 MiB pages).
+ * (the low 4 GiB identity-mapped with 2 MiB pages).
  *
  * Guest memory layout (guest-physical, 64-bit guests):
  *   0x0500  GDT: null, 64-bit code (selector 0x08), data (selector 0x10)
- *   0x1000  PML4, 0x2000 PDPT, 0x3000 PD (2 MiB pages)
- *   0x6000  IDT (256 gates)
+ *   0x1000  PML4, 0x2000 PDPT, 0x3000-0x6fff four PDs (2 MiB pages, 4 GiB)
+ *   0x8000  IDT (256 gates)
  *   0x10000 guest code (GUEST_CODE), loaded from a guests/ *.S program
  *   0x80000 - vcpu * 0x4000: initial stack
  */

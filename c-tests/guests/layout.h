@@ -5,8 +5,8 @@
 #define GUEST_GDT 0x500
 #define GUEST_PML4 0x1000
 #define GUEST_PDPT 0x2000
-#define GUEST_PD 0x3000
-#define GUEST_IDT 0x6000
+#define GUEST_PD 0x3000 /* four page directories: 0x3000-0x6fff map 4 GiB */
+#define GUEST_IDT 0x8000
 #define GUEST_CODE 0x10000
 #define GUEST_STACK_TOP 0x80000
 #define GUEST_STACK_SIZE 0x4000

@@ -46,3 +46,13 @@ LABEL(wait_for_irq, handler)
     out %al, $0x40
     hlt
 GUEST_END(wait_for_irq)
+
+/* Reads and then writes the LAPIC's TPR register, each followed by an out. */
+GUEST_BEGIN(touch_tpr)
+    mov $0xfee00080, %ebx
+    mov (%rbx), %eax
+    out %al, $0x10
+    movl $0x10, (%rbx)
+    out %al, $0x11
+    hlt
+GUEST_END(touch_tpr)
