@@ -67,6 +67,9 @@ struct kvm_debug_guest {
 // Extension: a single step completed (`#DB` with DR6.BS).
 #define KVM_GDB_SINGLESTEP 5
 
+// The `int3` opcode.
+#define INT3 204
+
 // The library's state for one VM. Opaque to C.
 struct kvm_context;
 
@@ -121,6 +124,46 @@ struct kvm_callbacks {
 // length and bitmap (one bit per 4 KiB page, least significant bit first).
 // A non-zero return stops the walk and is returned.
 typedef int (*kvm_slot_bitmap_cb)(unsigned long start, unsigned long len, void *bitmap, void *opaque);
+
+// Everything decoded from the last debug event reported on a vcpu.
+struct kvm_debug_exit_info {
+    // `KVM_GDB_*`: what the `debug` callback was told.
+    int break_type;
+    // The debug register (0-3) that hit, or -1.
+    int hw_index;
+    // The exception: 1 (`#DB`) or 3 (`#BP`, also for an `int3` that
+    // reached the library as an emulation failure).
+    uint32_t exception;
+    // Always 0.
+    uint32_t reserved;
+    // Linear address of the instruction: the breakpoint, or the next
+    // instruction after a step or a data watchpoint.
+    uint64_t pc;
+    // For a watchpoint: the watched address, else 0.
+    uint64_t watch_addr;
+    // For a watchpoint: the watched length, else 0.
+    uint64_t watch_len;
+    // DR6 as KVM reported it (0 for `#BP`).
+    uint64_t dr6;
+    // DR7 as KVM reported it (0 for `#BP`).
+    uint64_t dr7;
+};
+
+// A guest virtual address translated with `kvm_translate_gva_ex`.
+struct kvm_gva_translation {
+    // The guest-physical address.
+    uint64_t gpa;
+    // Size of the mapping page: 4096, 2 MiB, 4 MiB or 1 GiB.
+    uint64_t page_size;
+    // 1 when writable at every level of the page tables.
+    int writable;
+    // 1 when user-accessible at every level.
+    int user;
+    // 1 when no level forbids execution (NX).
+    int executable;
+    // Always 0.
+    int reserved;
+};
 
 
 
@@ -367,13 +410,68 @@ int kvm_destroy_memory_alias(kvm_context_t kvm, uint64_t phys_start);
 
 // The 2008 debug request (`KVM_DEBUG_GUEST`), translated to
 // `KVM_SET_GUEST_DEBUG`: `enabled` turns on debugging with software
-// breakpoints (`int3` reported as `KVM_GDB_BREAKPOINT_SW`), each enabled
-// `breakpoints[i]` becomes hardware execution breakpoint `i`, and
-// `singlestep` single-steps. `enabled = 0` turns debugging off.
+// breakpoints (every `int3` is then reported as `KVM_GDB_BREAKPOINT_SW`),
+// each enabled `breakpoints[i]` becomes hardware execution breakpoint `i`,
+// and `singlestep` single-steps. `enabled = 0` turns the request off.
 int kvm_guest_debug(kvm_context_t kvm, int vcpu, struct kvm_debug_guest *dbg);
 
-// The modern debug request (`KVM_SET_GUEST_DEBUG`), passed through.
+// The modern debug request (`KVM_SET_GUEST_DEBUG`), passed to KVM and
+// remembered so that debug exits are decoded against it. It combines with
+// the library-managed breakpoints (which take precedence for a debug
+// register both use).
 int kvm_set_guest_debug(kvm_context_t kvm, int vcpu, struct kvm_guest_debug *dbg);
+
+// Copies the last debug event reported on `vcpu` into `*info`; `-ENOENT`
+// before the first.
+int kvm_get_debug_exit_info(kvm_context_t kvm, int vcpu, struct kvm_debug_exit_info *info);
+
+// Inserts a library-managed breakpoint of `type` (`KVM_GDB_*`).
+//
+// `KVM_GDB_BREAKPOINT_SW`: `addr` is a guest virtual address, translated
+// with `vcpu`'s page tables; the byte there is saved and `int3` written
+// (inserting twice counts references). Where the address is not mapped yet
+// (or the vcpu is in real mode, whose `int3` some hosts never report) a
+// free debug register backs it instead; with none free: `-EFAULT`.
+//
+// `KVM_GDB_BREAKPOINT_HW` and the watchpoints take a free debug register
+// on every vcpu (`-ENOSPC` after four). Watchpoints need `len` 1, 2, 4 or
+// 8 with `addr` aligned to it (`-EINVAL`). x86 has no read-only condition:
+// `KVM_GDB_WATCHPOINT_READ` also fires on writes.
+//
+// Takes effect at each vcpu's next entry into the guest.
+int kvm_insert_breakpoint(kvm_context_t kvm, int vcpu, int type, uint64_t addr, uint64_t len);
+
+// Removes one reference to a breakpoint inserted with the same `type`,
+// `addr` (and `len` for watchpoints), restoring the original byte of a
+// software breakpoint if it is still `int3`. `-ENOENT` when not inserted.
+int kvm_remove_breakpoint(kvm_context_t kvm, int vcpu, int type, uint64_t addr, uint64_t len);
+
+// Removes every library-managed breakpoint and watchpoint, restoring every
+// saved byte and freeing every debug register.
+void kvm_remove_all_breakpoints(kvm_context_t kvm);
+
+// Turns single-stepping of `vcpu` on or off: each instruction then calls
+// `debug` with `KVM_GDB_SINGLESTEP`.
+int kvm_set_singlestep(kvm_context_t kvm, int vcpu, int enable);
+
+// Reads `len` bytes of guest memory at virtual address `gva`, translated
+// with `vcpu`'s page tables, across pages. Software breakpoints show their
+// original bytes. `-EFAULT` (and nothing copied) when part is not mapped.
+int kvm_read_guest_virt(kvm_context_t kvm, int vcpu, uint64_t gva, void *buf, size_t len);
+
+// Writes `len` bytes to guest memory at virtual address `gva`. A byte
+// written under a software breakpoint becomes its saved original (the
+// breakpoint stays). `-EFAULT` (and nothing written) when part is not mapped.
+int kvm_write_guest_virt(kvm_context_t kvm, int vcpu, uint64_t gva, const void *buf, size_t len);
+
+// Translates guest virtual address `gva` with `vcpu`'s page tables, walked
+// in software (paging off, 32-bit, PAE, 4- and 5-level, large pages), into
+// `*gpa`. `-EFAULT` when it is not mapped or not canonical.
+int kvm_translate_gva(kvm_context_t kvm, int vcpu, uint64_t gva, uint64_t *gpa);
+
+// Like `kvm_translate_gva`, with the page size and the permissions of
+// the mapping.
+int kvm_translate_gva_ex(kvm_context_t kvm, int vcpu, uint64_t gva, struct kvm_gva_translation *out);
 
 #ifdef __cplusplus
 }  // extern "C"

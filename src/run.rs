@@ -4,8 +4,10 @@
 use std::ffi::c_int;
 
 use crate::context::Context;
+use crate::debug;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, IoDirection};
+use crate::debug::exits::Entry;
 use crate::vcpu::{RunnerGuard, Vcpu, IO_DATA_MAX};
 use crate::x86;
 
@@ -35,10 +37,15 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
     if r != 0 {
         return r;
     }
+    match debug::exits::before_entry(ctx, vcpu) {
+        Ok(Entry::Enter) => {}
+        Ok(Entry::Halted) => return callbacks.halt(index),
+        Err(e) => return e.negated(),
+    }
     let exit = vcpu.enter(runner, request_window, io_data);
     callbacks.post_kvm_run(index);
     match exit {
-        Ok(exit) => handle_exit(ctx, vcpu, exit, io_data),
+        Ok(exit) => handle_exit(ctx, vcpu, runner, exit, io_data),
         Err(Errno(libc::EINTR | libc::EAGAIN)) => callbacks.io_window(),
         Err(e) => {
             eprintln!("kvm_run: vcpu {index}: KVM_RUN failed: {e}");
@@ -47,10 +54,18 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
     }
 }
 
-fn handle_exit(ctx: &Context, vcpu: &Vcpu, exit: Exit, io_data: &mut [u8; IO_DATA_MAX]) -> c_int {
+fn handle_exit(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    runner: &RunnerGuard<'_>,
+    exit: Exit,
+    io_data: &mut [u8; IO_DATA_MAX],
+) -> c_int {
     let callbacks = ctx.callbacks();
     let index = vcpu.index();
-    match exit {
+    // Port I/O and MMIO fall through to the single-step check below; every
+    // other exit returns its handler's result.
+    let io_result = match exit {
         Exit::Io { direction, port, size, count, data_offset } => {
             let result = handle_port_io(ctx, vcpu, direction, port, size, count, io_data);
             if direction == IoDirection::In {
@@ -67,17 +82,27 @@ fn handle_exit(ctx: &Context, vcpu: &Vcpu, exit: Exit, io_data: &mut [u8; IO_DAT
             vcpu.complete_mmio_read(&data[..len as usize]);
             r
         }
-        Exit::Hlt => callbacks.halt(index),
-        Exit::Shutdown => callbacks.shutdown(index),
-        Exit::IrqWindowOpen | Exit::SetTpr | Exit::Interrupted => 0,
-        Exit::TprAccess { rip, is_write } => callbacks.tpr_access(index, rip, is_write),
-        Exit::Debug(arch) => result_code(crate::debug::on_debug_exit(ctx, vcpu, &arch)),
-        Exit::InternalError(error) => match crate::debug::on_emulation_failure(ctx, vcpu, &error) {
-            Some(outcome) => result_code(outcome),
-            None => unexpected_exit(vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
-        },
-        Exit::FailEntry(reason) => unexpected_exit(vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
-        Exit::Other(reason) => unexpected_exit(vcpu, crate::exit::reason_name(reason), reason.into()),
+        Exit::Hlt => return callbacks.halt(index),
+        Exit::Shutdown => return callbacks.shutdown(index),
+        Exit::IrqWindowOpen | Exit::SetTpr | Exit::Interrupted => return 0,
+        Exit::TprAccess { rip, is_write } => return callbacks.tpr_access(index, rip, is_write),
+        Exit::Debug(arch) => return result_code(debug::exits::on_debug_exit(ctx, vcpu, &arch)),
+        Exit::InternalError(error) => {
+            return match debug::exits::on_emulation_failure(ctx, vcpu, &error) {
+                Some(outcome) => result_code(outcome),
+                None => unexpected_exit(vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
+            }
+        }
+        Exit::FailEntry(reason) => return unexpected_exit(vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
+        Exit::Other(reason) => return unexpected_exit(vcpu, crate::exit::reason_name(reason), reason.into()),
+    };
+    if io_result != 0 {
+        return io_result;
+    }
+    match debug::exits::after_io_exit(vcpu, runner) {
+        Ok(Some(step)) => handle_exit(ctx, vcpu, runner, step, io_data),
+        Ok(None) => 0,
+        Err(e) => e.negated(),
     }
 }
 

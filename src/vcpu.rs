@@ -2,11 +2,13 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::VcpuFd;
 
+use crate::debug::pagewalk::PagingRegisters;
+use crate::debug::vcpu_state::VcpuDebug;
 use crate::error::{Errno, Result};
 use crate::exit::{self, Exit, IoDirection};
 use crate::lock;
@@ -28,9 +30,17 @@ pub struct Vcpu {
     run_page: NonNull<kvm_run>,
     mmap_size: usize,
     running: AtomicBool,
-    /// Bumped whenever the guest runs or the VMM writes vcpu state, so
+    /// Bumped whenever the guest has run or the VMM writes vcpu state, so
     /// that copies of that state (the paging registers) know they are stale.
     state_epoch: AtomicU64,
+    /// The paging registers at `state_epoch` (see `paging_registers`).
+    paging: Mutex<Option<(u64, PagingRegisters)>>,
+    /// Debugging state; see [`crate::debug`].
+    pub(crate) debug: Mutex<VcpuDebug>,
+    /// Set when the debug state must be looked at before the next entry.
+    debug_attention: AtomicBool,
+    /// Set while the vcpu single-steps (see [`Vcpu::set_stepping`]).
+    stepping: AtomicBool,
 }
 
 // SAFETY: `run_page` points into the mmap owned by `fd`, which lives as long
@@ -61,6 +71,10 @@ impl Vcpu {
             mmap_size,
             running: AtomicBool::new(false),
             state_epoch: AtomicU64::new(0),
+            paging: Mutex::new(None),
+            debug: Mutex::new(VcpuDebug::default()),
+            debug_attention: AtomicBool::new(false),
+            stepping: AtomicBool::new(false),
         }
     }
 
@@ -99,6 +113,49 @@ impl Vcpu {
         self.state_epoch.load(Ordering::Acquire)
     }
 
+    /// The paging registers (CR0, CR3, CR4, EFER), read from the vcpu once
+    /// per stop. While the vcpu is inside `KVM_RUN`, the copy from before
+    /// the run is used rather than waiting for the next exit.
+    pub fn paging_registers(&self) -> Result<PagingRegisters> {
+        let mut cache = lock(&self.paging);
+        let epoch = self.state_epoch();
+        if let Some((at, regs)) = *cache {
+            if at == epoch {
+                return Ok(regs);
+            }
+        }
+        let sregs = match (self.fd.try_lock(), *cache) {
+            (Ok(fd), _) => fd.get_sregs(),
+            (Err(TryLockError::Poisoned(p)), _) => p.into_inner().get_sregs(),
+            (Err(TryLockError::WouldBlock), Some((_, regs))) => return Ok(regs),
+            (Err(TryLockError::WouldBlock), None) => self.with_fd(|fd| fd.get_sregs()),
+        }
+        .map_err(Errno::from)?;
+        let regs = PagingRegisters { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
+        *cache = Some((epoch, regs));
+        Ok(regs)
+    }
+
+    /// Asks for the debug state to be looked at before the next entry.
+    pub fn request_debug_attention(&self) {
+        self.debug_attention.store(true, Ordering::Release);
+    }
+
+    /// True (once) when the debug state must be looked at before entering.
+    pub fn take_debug_attention(&self) -> bool {
+        self.debug_attention.swap(false, Ordering::AcqRel)
+    }
+
+    /// Records whether the vcpu is single-stepping, for the run loop's checks.
+    pub fn set_stepping(&self, stepping: bool) {
+        self.stepping.store(stepping, Ordering::Release);
+    }
+
+    /// True while the vcpu single-steps.
+    pub fn stepping(&self) -> bool {
+        self.stepping.load(Ordering::Acquire)
+    }
+
     /// Marks the calling thread as the one running this vcpu; `EBUSY` when
     /// another thread already is.
     pub fn claim_runner(&self) -> Result<RunnerGuard<'_>> {
@@ -112,9 +169,13 @@ impl Vcpu {
     /// copied into `io_data` (elements back to back).
     pub fn enter(&self, _runner: &RunnerGuard<'_>, request_interrupt_window: bool, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Exit> {
         let mut fd = lock(&self.fd);
-        self.state_changed();
         fd.get_kvm_run().request_interrupt_window = u8::from(request_interrupt_window);
-        if let Err(e) = fd.run() {
+        let ran = fd.run();
+        // Copies of registers taken before the run stay usable while it runs
+        // (the paging registers, for a debugger translating addresses) and
+        // become stale now.
+        self.state_changed();
+        if let Err(e) = ran {
             // A kick may have set immediate_exit to make this run return at once.
             fd.get_kvm_run().immediate_exit = 0;
             return Err(e.into());
@@ -129,6 +190,23 @@ impl Vcpu {
             io_data[..len].copy_from_slice(src);
         }
         Ok(exit)
+    }
+
+    /// Lets KVM finish the instruction of the last port or MMIO exit without
+    /// entering the guest (`immediate_exit`). Returns the exit that
+    /// finishing it caused (a single step, on hosts that trap there), or
+    /// `None` when it just completed.
+    pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>) -> Result<Option<Exit>> {
+        let mut fd = lock(&self.fd);
+        fd.set_kvm_immediate_exit(1);
+        let ran = fd.run().map(drop);
+        fd.set_kvm_immediate_exit(0);
+        self.state_changed();
+        match ran {
+            Ok(()) => Ok(Some(exit::decode(fd.get_kvm_run()))),
+            Err(e) if e.errno() == libc::EINTR => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stores the data of a port input exit where the kernel reads it when

@@ -132,6 +132,42 @@ pub(crate) unsafe fn checked_mut<'a, T>(p: *mut T) -> Result<&'a mut T> {
     unsafe { p.as_mut() }.ok_or(Errno::FAULT)
 }
 
+/// A byte buffer from C; `EFAULT` for NULL with a non-zero length.
+///
+/// # Safety
+/// A non-NULL `p` must point to `len` writable bytes that nothing else uses.
+pub(crate) unsafe fn checked_bytes_mut<'a>(p: *mut std::ffi::c_void, len: usize) -> Result<&'a mut [u8]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() {
+        return Err(Errno::FAULT);
+    }
+    if len > isize::MAX as usize {
+        return Err(Errno::INVAL);
+    }
+    // SAFETY: non-NULL, and the caller's promise above covers `len` bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+}
+
+/// A read-only byte buffer from C; `EFAULT` for NULL with a non-zero length.
+///
+/// # Safety
+/// A non-NULL `p` must point to `len` readable bytes.
+pub(crate) unsafe fn checked_bytes<'a>(p: *const std::ffi::c_void, len: usize) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Errno::FAULT);
+    }
+    if len > isize::MAX as usize {
+        return Err(Errno::INVAL);
+    }
+    // SAFETY: non-NULL, and the caller's promise above covers `len` bytes.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}
+
 /// A slice from a C pointer and element count; `EFAULT` for NULL with a
 /// non-zero count, `EINVAL` for a negative or absurd count.
 ///

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::callbacks::{kvm_callbacks, Callbacks};
+use crate::debug::Debugger;
 use crate::error::{Errno, Result};
 use crate::lock;
 use crate::memory::GuestMemory;
@@ -37,6 +38,7 @@ pub struct Context {
     want_pit: AtomicBool,
     irqchip_in_kernel: AtomicBool,
     pit_in_kernel: AtomicBool,
+    pub(crate) debugger: Debugger,
 }
 
 impl Context {
@@ -48,6 +50,7 @@ impl Context {
         }
         let max_vcpus = kvm.get_max_vcpus();
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
+        let debugger = Debugger::new(|cap| kvm.check_extension_raw(libc::c_ulong::from(cap)));
         Ok(Context {
             kvm,
             callbacks: Callbacks::new(callbacks, opaque),
@@ -59,6 +62,7 @@ impl Context {
             want_pit: AtomicBool::new(true),
             irqchip_in_kernel: AtomicBool::new(false),
             pit_in_kernel: AtomicBool::new(false),
+            debugger,
         })
     }
 

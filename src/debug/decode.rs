@@ -51,15 +51,27 @@ pub struct DebugEvent {
     pub dr7: u64,
 }
 
-/// Decodes a debug exit. `addresses` are DR0-DR3 as last programmed for the
-/// vcpu (the exit reports only DR6 and DR7).
+/// The debug registers as the library last programmed them for a vcpu.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgrammedRegisters {
+    /// DR0-DR3 (the exit reports only DR6 and DR7).
+    pub addresses: [u64; 4],
+    /// DR7.
+    pub dr7: u64,
+}
+
+/// Decodes a debug exit against the debug registers last programmed for the
+/// vcpu. The exit's own DR7 is used when it has one; hosts that emulate the
+/// guest report DR7 as 0 (the kernel's emulator path leaves it unset), and
+/// then the programmed DR7 tells what each register was for.
 ///
 /// An enabled register that hit takes precedence over DR6.BS: a data
 /// watchpoint can trigger on the very instruction being single-stepped,
 /// and the watchpoint is the news. Of several registers that hit, the lowest
 /// wins. Reserved DR6 bits are ignored.
-pub fn decode_debug_exit(arch: &kvm_debug_exit_arch, addresses: &[u64; 4]) -> DebugEvent {
-    let dr7 = Dr7(arch.dr7);
+pub fn decode_debug_exit(arch: &kvm_debug_exit_arch, programmed: &ProgrammedRegisters) -> DebugEvent {
+    let dr7 = Dr7(if arch.dr7 != 0 { arch.dr7 } else { programmed.dr7 });
+    let addresses = &programmed.addresses;
     let cause = match arch.exception {
         BREAKPOINT_EXCEPTION => DebugCause::Int3,
         DEBUG_EXCEPTION => {
@@ -90,11 +102,12 @@ mod tests {
     use super::*;
 
     const ADDRS: [u64; 4] = [0x1000, 0x2000, 0x3008, 0x4004];
+    const NOTHING_PROGRAMMED: ProgrammedRegisters = ProgrammedRegisters { addresses: ADDRS, dr7: 0 };
     /// DR6 as hardware reports it with nothing hit: reserved bits read as 1.
     const DR6_FIXED: u64 = 0xffff_0ff0;
 
     fn db(dr6: u64, dr7: u64) -> DebugEvent {
-        decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x10_0000, dr6, dr7 }, &ADDRS)
+        decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x10_0000, dr6, dr7 }, &NOTHING_PROGRAMMED)
     }
 
     /// DR7 with register n enabled (global) with R/W `rw` and LEN `len` bits.
@@ -104,7 +117,7 @@ mod tests {
 
     #[test]
     fn int3_is_a_software_breakpoint_at_pc() {
-        let e = decode_debug_exit(&kvm_debug_exit_arch { exception: 3, pad: 0, pc: 0x10_0004, dr6: 0, dr7: 0 }, &ADDRS);
+        let e = decode_debug_exit(&kvm_debug_exit_arch { exception: 3, pad: 0, pc: 0x10_0004, dr6: 0, dr7: 0 }, &NOTHING_PROGRAMMED);
         assert_eq!((e.cause, e.break_type, e.pc, e.watch_addr), (DebugCause::Int3, BreakType::SoftwareBreakpoint, 0x10_0004, 0));
     }
 
@@ -184,8 +197,23 @@ mod tests {
     }
 
     #[test]
+    fn exit_without_dr7_is_decoded_with_the_programmed_dr7() {
+        // Measured on an emulating host: a DR0 execution breakpoint arrives as
+        // exception 1, DR6 = 0xffff0ff1, DR7 = 0. Here DR0 was programmed as a
+        // write watchpoint, to show that the type comes from the programmed DR7.
+        let programmed = ProgrammedRegisters { addresses: ADDRS, dr7: dr7_slot(0, 0b01, 0b11) };
+        let arch = kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x10005, dr6: 0xffff_0ff1, dr7: 0 };
+        let e = decode_debug_exit(&arch, &programmed);
+        assert_eq!((e.cause, e.break_type, e.watch_addr, e.watch_len), (DebugCause::Register(0), BreakType::WatchWrite, 0x1000, 4));
+        assert_eq!(e.dr7, 0, "the raw DR7 is kept as reported");
+        // A reported DR7 wins over the programmed one.
+        let arch = kvm_debug_exit_arch { dr7: dr7_slot(0, 0b00, 0), ..arch };
+        assert_eq!(decode_debug_exit(&arch, &programmed).break_type, BreakType::HardwareBreakpoint);
+    }
+
+    #[test]
     fn unknown_exceptions_are_other() {
-        let e = decode_debug_exit(&kvm_debug_exit_arch { exception: 6, pad: 0, pc: 0, dr6: DR6_BS, dr7: 0 }, &ADDRS);
+        let e = decode_debug_exit(&kvm_debug_exit_arch { exception: 6, pad: 0, pc: 0, dr6: DR6_BS, dr7: 0 }, &NOTHING_PROGRAMMED);
         assert_eq!(e.cause, DebugCause::Other);
     }
 }

@@ -1,16 +1,36 @@
-//! x86 guest debugging: debug-exit decoding, breakpoints, guest page walks.
+//! x86 guest debugging.
+//!
+//! - [`decode`]: `kvm_debug_exit_arch` to break type, debug register and
+//!   watched address (the patch we start from left this as a TODO);
+//! - [`breakpoints`]: the VM's software breakpoints and debug registers;
+//! - [`vcpu_state`]: each vcpu's requests and the `KVM_SET_GUEST_DEBUG`
+//!   state that follows;
+//! - [`exits`]: what happens on `#BP`, `#DB` and the emulation failure
+//!   that is an `int3` on emulating hosts, and stepping over breakpoints;
+//! - [`pagewalk`] and [`guest_memory`]: guest memory by virtual address.
+//!
+//! Lock order: a vcpu's debug state, then the breakpoint table, then guest
+//! memory, then the vcpu fd. The VMM's callbacks run with no lock held.
 
+pub mod breakpoints;
 pub mod debugregs;
 pub mod decode;
+pub mod exits;
+pub mod guest_memory;
+pub mod pagewalk;
 pub mod request;
+pub mod vcpu_state;
 
 use std::ffi::c_int;
+use std::sync::{Mutex, MutexGuard};
 
-use kvm_bindings::kvm_debug_exit_arch;
+use kvm_bindings::{kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 
+use self::breakpoints::BreakpointTable;
+use self::vcpu_state::{effective_debug, LibraryDebug};
 use crate::context::Context;
-use crate::error::Result;
-use crate::exit::InternalError;
+use crate::error::{Errno, Result};
+use crate::lock;
 use crate::vcpu::Vcpu;
 
 /// The `KVM_GDB_*` break types reported to the `debug` callback.
@@ -31,14 +51,127 @@ pub enum BreakType {
     SingleStep = 5,
 }
 
-/// Handles `KVM_EXIT_DEBUG`.
-pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
-    let event = decode::decode_debug_exit(arch, &[0; 4]);
-    Ok(ctx.callbacks().debug(vcpu.index(), event.break_type as c_int, event.watch_addr))
+impl BreakType {
+    /// The break type with C value `value`.
+    pub fn from_c(value: c_int) -> Result<BreakType> {
+        Ok(match value {
+            0 => BreakType::SoftwareBreakpoint,
+            1 => BreakType::HardwareBreakpoint,
+            2 => BreakType::WatchWrite,
+            3 => BreakType::WatchRead,
+            4 => BreakType::WatchAccess,
+            5 => BreakType::SingleStep,
+            _ => return Err(Errno::INVAL),
+        })
+    }
 }
 
-/// Handles `KVM_EXIT_INTERNAL_ERROR` when it is an `int3` the emulator
-/// could not run; `None` when it is something else.
-pub fn on_emulation_failure(_ctx: &Context, _vcpu: &Vcpu, _error: &InternalError) -> Option<Result<c_int>> {
-    None
+/// The VM-wide part of debugging: the breakpoint table and what the host
+/// offers.
+pub struct Debugger {
+    table: Mutex<BreakpointTable>,
+    blockirq: bool,
+}
+
+impl Debugger {
+    /// Probes the host through `check_extension`.
+    pub fn new(check_extension: impl Fn(u32) -> i32) -> Debugger {
+        let flags = check_extension(KVM_CAP_SET_GUEST_DEBUG2).max(0) as u32;
+        Debugger { table: Mutex::new(BreakpointTable::default()), blockirq: flags & KVM_GUESTDBG_BLOCKIRQ != 0 }
+    }
+
+    /// The breakpoint table, locked.
+    pub fn table(&self) -> MutexGuard<'_, BreakpointTable> {
+        lock(&self.table)
+    }
+
+    /// True when the host can block interrupts while single-stepping.
+    pub fn blockirq(&self) -> bool {
+        self.blockirq
+    }
+}
+
+/// The guest debug state `vcpu` should have now.
+fn desired_debug(ctx: &Context, state: &vcpu_state::VcpuDebug) -> kvm_guest_debug {
+    let table = ctx.debugger().table();
+    let library = LibraryDebug { slots: table.slots(), patches: table.has_patches() };
+    effective_debug(state, &library, ctx.debugger().blockirq())
+}
+
+/// Gives KVM the debug state of `vcpu` if it changed. Blocks while the vcpu
+/// is inside `KVM_RUN`.
+fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug) -> Result<()> {
+    vcpu.set_stepping(state.stepping());
+    let desired = desired_debug(ctx, state);
+    if desired != state.programmed {
+        vcpu.ioctl(|fd| fd.set_guest_debug(&desired))?;
+        state.programmed = desired;
+    }
+    Ok(())
+}
+
+impl Context {
+    /// The VM's debugger.
+    pub fn debugger(&self) -> &Debugger {
+        &self.debugger
+    }
+
+    /// Every vcpu reprograms its debug registers before it next enters.
+    fn breakpoints_changed(&self) {
+        for vcpu in self.vcpus() {
+            vcpu.request_debug_attention();
+        }
+    }
+
+    /// `kvm_set_guest_debug`: the VMM's own request, remembered (so that
+    /// exits are decoded against it) and given to KVM at once.
+    pub fn set_guest_debug_request(&self, vcpu: &Vcpu, request: kvm_guest_debug) -> Result<()> {
+        let mut state = lock(&vcpu.debug);
+        let previous = state.request;
+        state.request = request;
+        program(self, vcpu, &mut state).inspect_err(|_| state.request = previous)
+    }
+
+    /// `kvm_set_singlestep`.
+    pub fn set_singlestep(&self, vcpu: &Vcpu, enable: bool) -> Result<()> {
+        let mut state = lock(&vcpu.debug);
+        state.singlestep = enable;
+        vcpu.request_debug_attention();
+        program(self, vcpu, &mut state)
+    }
+
+    /// `kvm_insert_breakpoint`: a software breakpoint at `addr` (translated
+    /// with `vcpu`'s page tables), or a hardware breakpoint or watchpoint on
+    /// every vcpu.
+    pub fn insert_breakpoint(&self, vcpu: &Vcpu, kind: BreakType, addr: u64, len: u64) -> Result<()> {
+        match kind {
+            BreakType::SoftwareBreakpoint => {
+                let location = self.translate_gva(vcpu, addr).map(|t| t.gpa);
+                let real_mode = vcpu.paging_registers()?.cr0 & 1 == 0;
+                let mut table = self.debugger().table();
+                table.insert_software(addr, location, real_mode, &*self.memory())?;
+            }
+            BreakType::SingleStep => return Err(Errno::INVAL),
+            _ => self.debugger().table().insert_hardware(kind, addr, len)?,
+        }
+        self.breakpoints_changed();
+        Ok(())
+    }
+
+    /// `kvm_remove_breakpoint`: `ENOENT` when it was never inserted.
+    pub fn remove_breakpoint(&self, kind: BreakType, addr: u64, len: u64) -> Result<()> {
+        match kind {
+            BreakType::SoftwareBreakpoint => self.debugger().table().remove_software(addr, &*self.memory())?,
+            BreakType::SingleStep => return Err(Errno::INVAL),
+            _ => self.debugger().table().remove_hardware(kind, addr, len)?,
+        }
+        self.breakpoints_changed();
+        Ok(())
+    }
+
+    /// `kvm_remove_all_breakpoints`.
+    pub fn remove_all_breakpoints(&self) {
+        self.debugger().table().remove_all(&*self.memory());
+        self.breakpoints_changed();
+    }
 }

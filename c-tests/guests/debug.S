@@ -1,0 +1,91 @@
+/* Guests for test_debug.c. Labels mark instructions the tests break on. */
+#include "guest.inc"
+
+    .code64
+
+/* Straight-line code: breakpoints and single steps land on the labels. */
+GUEST_BEGIN(straight)
+LABEL(straight, first)
+    mov $1, %eax
+LABEL(straight, second)
+    out %al, $0x10
+LABEL(straight, third)
+    mov $2, %eax
+LABEL(straight, fourth)
+    add $3, %eax
+LABEL(straight, fifth)
+    out %al, $0x11
+LABEL(straight, last)
+    hlt
+GUEST_END(straight)
+
+/* Passes the instruction at `body` three times, then halts. */
+GUEST_BEGIN(loop3)
+    mov $3, %ecx
+LABEL(loop3, body)
+    out %al, $0x10
+    dec %ecx
+    jnz loop3_body
+    hlt
+GUEST_END(loop3)
+
+/* Writes 8 bytes to `variable`, says so on port 0x10, halts. */
+GUEST_BEGIN(store_variable)
+    movq $0x1234, store_variable_variable(%rip)
+    out %al, $0x10
+    hlt
+    .balign 8
+LABEL(store_variable, variable)
+    .quad 0
+GUEST_END(store_variable)
+
+/* The guest's own int3, handled by its IDT vector 3 handler (which says so
+ * on port 0x33), then a spot the debugger breaks on. */
+GUEST_BEGIN(own_int3)
+    int3
+    out %al, $0x10
+LABEL(own_int3, debugger_spot)
+    nop
+    out %al, $0x11
+    hlt
+LABEL(own_int3, handler)
+    out %al, $0x33
+    iretq
+GUEST_END(own_int3)
+
+/* Code with an int3 in it, as a 2008 frontend would have patched. */
+GUEST_BEGIN(patched_by_frontend)
+    mov $7, %eax
+LABEL(patched_by_frontend, int3)
+    int3
+    out %al, $0x10
+    hlt
+GUEST_END(patched_by_frontend)
+
+/* Maps the 2 MiB page at gpa 0x600000 at virtual 0x40000000 (PD 1, entry
+ * 0), then jumps to the code there (at offset `remote_entry`). */
+GUEST_BEGIN(map_and_jump)
+    mov $(0x600000 | 0x83), %eax
+    mov %rax, (GUEST_PD + 0x1000)
+    invlpg 0x40000000
+    mov $0x40000000 + 0x100, %eax
+    jmp *%rax
+GUEST_END(map_and_jump)
+
+/* Code placed at gpa 0x600100 by the test, run at virtual 0x40000100. */
+GUEST_BEGIN(remote_code)
+    nop
+LABEL(remote_code, target)
+    out %al, $0x10
+    hlt
+GUEST_END(remote_code)
+
+    .code16
+
+/* Real mode: two outs and a halt. */
+GUEST_BEGIN(real_straight)
+    mov $1, %al
+LABEL(real_straight, target)
+    out %al, $0x10
+    hlt
+GUEST_END(real_straight)

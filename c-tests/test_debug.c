@@ -1,0 +1,684 @@
+/*
+ * Guest debugging with real guests: software and hardware breakpoints,
+ * single steps, watchpoints (where the host reports them), the guest's own
+ * int3, the 2008 debug request, breakpoints in code loaded later or at
+ * unmapped addresses, real mode, and guest memory by virtual address.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "check.h"
+#include "guest.h"
+
+DECLARE_GUEST(straight);
+DECLARE_GUEST_LABEL(straight, first);
+DECLARE_GUEST_LABEL(straight, second);
+DECLARE_GUEST_LABEL(straight, third);
+DECLARE_GUEST_LABEL(straight, fourth);
+DECLARE_GUEST_LABEL(straight, fifth);
+DECLARE_GUEST_LABEL(straight, last);
+DECLARE_GUEST(loop3);
+DECLARE_GUEST_LABEL(loop3, body);
+DECLARE_GUEST(store_variable);
+DECLARE_GUEST_LABEL(store_variable, variable);
+DECLARE_GUEST(own_int3);
+DECLARE_GUEST_LABEL(own_int3, debugger_spot);
+DECLARE_GUEST_LABEL(own_int3, handler);
+DECLARE_GUEST(patched_by_frontend);
+DECLARE_GUEST_LABEL(patched_by_frontend, int3);
+DECLARE_GUEST(map_and_jump);
+DECLARE_GUEST(remote_code);
+DECLARE_GUEST_LABEL(remote_code, target);
+DECLARE_GUEST(real_straight);
+DECLARE_GUEST_LABEL(real_straight, target);
+
+enum { RAM = 8 << 20, MAX_EVENTS = 64 };
+
+struct debug_event {
+    int vcpu, type;
+    uint64_t watch, rip;
+};
+
+/* Records debug events and port writes. */
+struct debug_log {
+    kvm_context_t kvm;
+    struct debug_event ev[MAX_EVENTS];
+    int n;
+    uint16_t ports[MAX_EVENTS];
+    int outs;
+    int debug_result; /* what the debug callback returns: 0 runs on */
+};
+
+static int log_debug(void *opaque, int vcpu, int type, uint64_t watch)
+{
+    struct debug_log *log = opaque;
+    struct kvm_regs regs;
+    if (log->n < MAX_EVENTS) {
+        struct debug_event *e = &log->ev[log->n];
+        e->vcpu = vcpu;
+        e->type = type;
+        e->watch = watch;
+        e->rip = kvm_get_regs(log->kvm, vcpu, &regs) == 0 ? regs.rip : 0;
+    }
+    log->n++;
+    return log->debug_result;
+}
+
+static int log_outb(void *opaque, uint16_t port, uint8_t value)
+{
+    struct debug_log *log = opaque;
+    (void)value;
+    if (log->outs < MAX_EVENTS)
+        log->ports[log->outs] = port;
+    log->outs++;
+    return 0;
+}
+
+static int stop_on_halt(void *opaque, int vcpu)
+{
+    (void)opaque;
+    (void)vcpu;
+    return 1;
+}
+
+/* A VM with a 64-bit vcpu 0 at GUEST_CODE running `start..end`. */
+static int debug_vm(struct test_vm *vm, struct debug_log *log, struct kvm_callbacks *cb, const uint8_t *start,
+                    const uint8_t *end)
+{
+    memset(log, 0, sizeof(*log));
+    memset(cb, 0, sizeof(*cb));
+    log->debug_result = 1;
+    cb->debug = log_debug;
+    cb->outb = log_outb;
+    cb->halt = stop_on_halt;
+    if (test_vm_create(vm, cb, log, RAM, 0) < 0)
+        return -1;
+    log->kvm = vm->kvm;
+    test_vm_load(vm, GUEST_CODE, start, end);
+    return test_vcpu_long_mode(vm, 0, GUEST_CODE);
+}
+
+#define DEBUG_VM(vm, log, cb, name) debug_vm((vm), (log), (cb), name##_start, name##_end)
+
+static uint64_t rip_of(struct test_vm *vm, int vcpu)
+{
+    struct kvm_regs regs;
+    return kvm_get_regs(vm->kvm, vcpu, &regs) == 0 ? regs.rip : ~0ULL;
+}
+
+static void software_breakpoint_reports_vcpu_type_and_pc(void)
+{
+    const uint64_t bp = GUEST_LABEL_ADDR(straight, third);
+    struct kvm_debug_exit_info info;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    uint8_t seen;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    CHECK_EQ(kvm_get_debug_exit_info(vm.kvm, 0, &info), -ENOENT);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), 0);
+    CHECK_EQ(vm.mem[bp], 0xcc);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].vcpu, 0);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(log.ev[0].watch, 0);
+    CHECK_EQ(log.ev[0].rip, bp);
+    CHECK_EQ(log.outs, 1); /* the out before the breakpoint ran, the one after not yet */
+    CHECK_EQ(kvm_get_debug_exit_info(vm.kvm, 0, &info), 0);
+    CHECK_EQ(info.break_type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(info.pc, bp);
+    CHECK_EQ(info.exception, 3);
+    CHECK_EQ(info.hw_index, -1);
+    /* The debugger's view of memory shows the original instruction. */
+    CHECK_EQ(kvm_read_guest_virt(vm.kvm, 0, bp, &seen, 1), 0);
+    CHECK_EQ(seen, straight_third[0]);
+    test_vm_destroy(&vm);
+}
+
+static void resuming_on_a_breakpoint_steps_over_it_and_it_stays_armed(void)
+{
+    const uint64_t bp = GUEST_LABEL_ADDR(loop3, body);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    int i;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, loop3) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), 0);
+    /* Stop at every hit, resume with kvm_run each time. */
+    for (i = 0; i < 3; i++) {
+        CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+        CHECK_EQ(log.n, i + 1);
+        CHECK_EQ(rip_of(&vm, 0), bp);
+        CHECK_EQ(log.outs, i);
+    }
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1); /* the halt */
+    CHECK_EQ(log.n, 3);
+    CHECK_EQ(log.outs, 3);
+    CHECK_EQ(vm.mem[bp], 0xcc);
+    test_vm_destroy(&vm);
+}
+
+static void a_debug_callback_returning_0_runs_on_through_every_hit(void)
+{
+    const uint64_t bp = GUEST_LABEL_ADDR(loop3, body);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, loop3) == 0);
+    log.debug_result = 0;
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.n, 3);
+    CHECK_EQ(log.outs, 3);
+    test_vm_destroy(&vm);
+}
+
+static void removed_breakpoint_restores_the_byte_and_the_guest_continues(void)
+{
+    const uint64_t bp = GUEST_LABEL_ADDR(straight, third);
+    const uint8_t original = straight_third[0];
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), 0);
+    CHECK_EQ(vm.mem[bp], original);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.n, 1);
+    CHECK_EQ(log.outs, 2);
+    CHECK_EQ(rip_of(&vm, 0), GUEST_LABEL_ADDR(straight, last) + 1);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), -ENOENT);
+    test_vm_destroy(&vm);
+}
+
+static void hardware_breakpoint_hits_and_resumes(void)
+{
+    const uint64_t bp = GUEST_LABEL_ADDR(loop3, body);
+    struct kvm_debug_exit_info info;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, loop3) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_HW, bp, 1), 0);
+    CHECK_EQ(vm.mem[bp], loop3_body[0]); /* memory untouched */
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_HW);
+    CHECK_EQ(log.ev[0].rip, bp);
+    CHECK_EQ(kvm_get_debug_exit_info(vm.kvm, 0, &info), 0);
+    CHECK_EQ(info.hw_index, 0);
+    CHECK_EQ(info.exception, 1);
+    log.debug_result = 0; /* run on through the other two hits */
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.n, 3);
+    CHECK_EQ(log.outs, 3);
+    test_vm_destroy(&vm);
+}
+
+static void single_step_reports_each_instruction(void)
+{
+    const uint64_t expected[] = {
+        GUEST_LABEL_ADDR(straight, second), GUEST_LABEL_ADDR(straight, third), GUEST_LABEL_ADDR(straight, fourth),
+        GUEST_LABEL_ADDR(straight, fifth), GUEST_LABEL_ADDR(straight, last),
+    };
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    int i;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    log.debug_result = 0;
+    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.n, 5);
+    for (i = 0; i < 5 && i < log.n; i++) {
+        CHECK_EQ(log.ev[i].type, KVM_GDB_SINGLESTEP);
+        CHECK_EQ(log.ev[i].rip, expected[i]);
+    }
+    CHECK_EQ(log.outs, 2);
+    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 0), 0);
+    test_vm_destroy(&vm);
+}
+
+static void single_step_over_a_software_breakpoint_reports_both(void)
+{
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    log.debug_result = 0;
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_LABEL_ADDR(straight, third), 1), 0);
+    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    /* steps to second and third, the breakpoint at third, then steps on. */
+    REQUIRE(log.n == 6);
+    CHECK_EQ(log.ev[1].type, KVM_GDB_SINGLESTEP);
+    CHECK_EQ(log.ev[1].rip, GUEST_LABEL_ADDR(straight, third));
+    CHECK_EQ(log.ev[2].type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(log.ev[2].rip, GUEST_LABEL_ADDR(straight, third));
+    CHECK_EQ(log.ev[3].type, KVM_GDB_SINGLESTEP);
+    CHECK_EQ(log.ev[3].rip, GUEST_LABEL_ADDR(straight, fourth));
+    CHECK_EQ(log.ev[5].rip, GUEST_LABEL_ADDR(straight, last));
+    test_vm_destroy(&vm);
+}
+
+/* Whether a write watchpoint fires here: the instruction emulators of some
+ * hosts never report data breakpoints. */
+static int host_reports_data_breakpoints(void)
+{
+    static int answer = -1;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    if (answer >= 0)
+        return answer;
+    if (DEBUG_VM(&vm, &log, &cb, store_variable) < 0)
+        return 0;
+    kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, GUEST_LABEL_ADDR(store_variable, variable), 8);
+    kvm_run(vm.kvm, 0);
+    answer = log.n > 0;
+    test_vm_destroy(&vm);
+    return answer;
+}
+
+static void write_watchpoint_reports_the_address(void)
+{
+    const uint64_t variable = GUEST_LABEL_ADDR(store_variable, variable);
+    struct kvm_debug_exit_info info;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    if (!host_reports_data_breakpoints())
+        SKIP("host KVM does not report data breakpoints");
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, store_variable) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, variable, 8), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_WATCHPOINT_WRITE);
+    CHECK_EQ(log.ev[0].watch, variable);
+    CHECK_EQ(*(uint64_t *)(vm.mem + variable), 0x1234);
+    CHECK_EQ(kvm_get_debug_exit_info(vm.kvm, 0, &info), 0);
+    CHECK_EQ(info.watch_len, 8);
+    test_vm_destroy(&vm);
+}
+
+static void guest_int3_reaches_its_own_handler_while_the_library_debugs(void)
+{
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, own_int3) == 0);
+    log.debug_result = 0;
+    test_vm_set_idt_gate(&vm, 3, GUEST_LABEL_ADDR(own_int3, handler));
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_LABEL_ADDR(own_int3, debugger_spot), 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.outs == 3);
+    CHECK_EQ(log.ports[0], 0x33); /* the guest's handler ran */
+    CHECK_EQ(log.ports[1], 0x10); /* and returned after its int3 */
+    CHECK_EQ(log.ports[2], 0x11);
+    REQUIRE(log.n == 1); /* only the debugger's breakpoint was reported */
+    CHECK_EQ(log.ev[0].rip, GUEST_LABEL_ADDR(own_int3, debugger_spot));
+    test_vm_destroy(&vm);
+}
+
+static void guest_int3_runs_its_handler_without_any_debugging(void)
+{
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, own_int3) == 0);
+    test_vm_set_idt_gate(&vm, 3, GUEST_LABEL_ADDR(own_int3, handler));
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.outs, 3);
+    CHECK_EQ(log.ports[0], 0x33);
+    CHECK_EQ(log.n, 0);
+    test_vm_destroy(&vm);
+}
+
+/* The 2008 frontend: KVM_DEBUG_GUEST with enabled = 1 and no hardware
+ * breakpoints, the 0xCC written by the frontend itself. */
+static void old_debug_request_reports_every_int3(void)
+{
+    struct kvm_debug_guest dbg;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, patched_by_frontend) == 0);
+    memset(&dbg, 0, sizeof(dbg));
+    dbg.enabled = 1;
+    CHECK_EQ(kvm_guest_debug(vm.kvm, 0, &dbg), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(log.ev[0].rip, GUEST_LABEL_ADDR(patched_by_frontend, int3));
+    CHECK_EQ(log.outs, 0);
+    test_vm_destroy(&vm);
+}
+
+static void old_debug_request_hardware_breakpoint_and_singlestep(void)
+{
+    struct kvm_debug_guest dbg;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    memset(&dbg, 0, sizeof(dbg));
+    dbg.enabled = 1;
+    dbg.breakpoints[1].enabled = 1;
+    dbg.breakpoints[1].address = GUEST_LABEL_ADDR(straight, fourth);
+    CHECK_EQ(kvm_guest_debug(vm.kvm, 0, &dbg), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_HW);
+    CHECK_EQ(log.ev[0].rip, GUEST_LABEL_ADDR(straight, fourth));
+    dbg.breakpoints[1].enabled = 0;
+    dbg.singlestep = 1;
+    CHECK_EQ(kvm_guest_debug(vm.kvm, 0, &dbg), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 2);
+    CHECK_EQ(log.ev[1].type, KVM_GDB_SINGLESTEP);
+    CHECK_EQ(log.ev[1].rip, GUEST_LABEL_ADDR(straight, fifth));
+    dbg.enabled = 0;
+    CHECK_EQ(kvm_guest_debug(vm.kvm, 0, &dbg), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1); /* to the halt, unobserved */
+    CHECK_EQ(log.n, 2);
+    test_vm_destroy(&vm);
+}
+
+static uint64_t checksum(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    size_t i;
+    for (i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+static void ten_thousand_breakpoints_leave_memory_identical(void)
+{
+    const uint64_t base = 0x200000, span = 0x100000;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    uint64_t before;
+    int i, bad = 0;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    for (i = 0; i < (int)span; i++)
+        vm.mem[base + i] = (uint8_t)(i * 131 + 7);
+    before = checksum(vm.mem, RAM);
+    /* 10,000 inserts over 5,000 addresses: every address twice. */
+    for (i = 0; i < 10000; i++)
+        bad += kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, base + (uint64_t)(i % 5000) * 197 % span, 1) != 0;
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(vm.mem[base + 197], 0xcc);
+    CHECK(checksum(vm.mem, RAM) != before);
+    for (i = 0; i < 10000; i++)
+        bad += kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, base + (uint64_t)(i % 5000) * 197 % span, 1) != 0;
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(checksum(vm.mem, RAM), before);
+    /* And through kvm_remove_all_breakpoints. */
+    for (i = 0; i < 1000; i++)
+        kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, base + (uint64_t)i * 7, 1);
+    kvm_remove_all_breakpoints(vm.kvm);
+    CHECK_EQ(checksum(vm.mem, RAM), before);
+    test_vm_destroy(&vm);
+}
+
+static void debug_registers_run_out_after_four(void)
+{
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_HW, 0x10000, 1), 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 8), 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_READ, 0x200010, 4), 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_ACCESS, 0x200020, 2), 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_HW, 0x10010, 1), -ENOSPC);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200030, 3), -EINVAL);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200031, 4), -EINVAL);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_SINGLESTEP, 0x10000, 1), -EINVAL);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, 42, 0x10000, 1), -EINVAL);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 4), -ENOENT);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, 0x10000, 1), -ENOENT);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 8), 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_HW, 0x10010, 1), 0);
+    /* With every register taken, an unmapped software breakpoint is refused. */
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, 0x200000000ULL, 1), -EFAULT);
+    test_vm_destroy(&vm);
+}
+
+/* The guest maps a page only when it runs; the breakpoint inserted before
+ * waits in a debug register, fires, then moves into memory. */
+static void breakpoint_at_an_unmapped_address_waits_in_a_debug_register(void)
+{
+    const uint64_t target = 0x40000100 + (GUEST_LABEL_ADDR(remote_code, target) - GUEST_CODE);
+    const uint64_t target_gpa = 0x600100 + (GUEST_LABEL_ADDR(remote_code, target) - GUEST_CODE);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    uint64_t gpa;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, map_and_jump) == 0);
+    test_vm_load(&vm, 0x600100, remote_code_start, remote_code_end);
+    memset(vm.mem + GUEST_PD + 0x1000, 0, 8); /* 0x40000000 unmapped */
+    CHECK_EQ(kvm_translate_gva(vm.kvm, 0, target, &gpa), -EFAULT);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, target, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(log.ev[0].rip, target);
+    CHECK_EQ(kvm_translate_gva(vm.kvm, 0, target, &gpa), 0);
+    CHECK_EQ(gpa, target_gpa);
+    CHECK_EQ(vm.mem[target_gpa], 0xcc); /* moved into memory at the stop */
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.outs, 1);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, target, 1), 0);
+    CHECK_EQ(vm.mem[target_gpa], remote_code_target[0]);
+    test_vm_destroy(&vm);
+}
+
+static void breakpoint_in_code_loaded_later_is_armed_again_at_the_next_stop(void)
+{
+    const uint64_t sw = GUEST_LABEL_ADDR(straight, fifth);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, sw, 1), 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_HW, GUEST_LABEL_ADDR(straight, second), 1), 0);
+    TEST_VM_LOAD_GUEST(&vm, straight); /* "loads" the code again over the int3 */
+    CHECK(vm.mem[sw] != 0xcc);
+    log.debug_result = 0;
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 2);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_HW);
+    CHECK_EQ(log.ev[1].type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(log.ev[1].rip, sw);
+    CHECK_EQ(log.outs, 2);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, sw, 1), 0);
+    CHECK_EQ(vm.mem[sw], straight_fifth[0]);
+    test_vm_destroy(&vm);
+}
+
+static void real_mode_software_breakpoint_uses_a_debug_register(void)
+{
+    const uint64_t target = GUEST_CODE + (uint64_t)(real_straight_target - real_straight_start);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    memset(&log, 0, sizeof(log));
+    memset(&cb, 0, sizeof(cb));
+    log.debug_result = 1;
+    cb.debug = log_debug;
+    cb.outb = log_outb;
+    cb.halt = stop_on_halt;
+    REQUIRE(test_vm_create(&vm, &cb, &log, RAM, 0) == 0);
+    log.kvm = vm.kvm;
+    TEST_VM_LOAD_GUEST(&vm, real_straight);
+    REQUIRE(test_vcpu_real_mode(&vm, 0, GUEST_CODE >> 4, 0) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, target, 1), 0);
+    CHECK_EQ(vm.mem[target], real_straight_target[0]); /* no int3 in real-mode code */
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(log.ev[0].rip, target - GUEST_CODE);
+    CHECK_EQ(log.outs, 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.outs, 1);
+    test_vm_destroy(&vm);
+}
+
+struct runner {
+    kvm_context_t kvm;
+    int vcpu, result;
+};
+
+static void *run_in_thread(void *arg)
+{
+    struct runner *r = arg;
+    r->result = kvm_run(r->kvm, r->vcpu);
+    return NULL;
+}
+
+static void breakpoint_on_the_second_vcpu_names_it(void)
+{
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct runner runner;
+    struct test_vm vm;
+    pthread_t thread;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    REQUIRE(kvm_create_vcpu(vm.kvm, 1) == 0);
+    REQUIRE(test_vcpu_long_mode(&vm, 1, GUEST_CODE) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 1, KVM_GDB_BREAKPOINT_SW, GUEST_LABEL_ADDR(straight, fourth), 1), 0);
+    runner.kvm = vm.kvm;
+    runner.vcpu = 1;
+    pthread_create(&thread, NULL, run_in_thread, &runner);
+    pthread_join(thread, NULL);
+    CHECK_EQ(runner.result, 1);
+    REQUIRE(log.n == 1);
+    CHECK_EQ(log.ev[0].vcpu, 1);
+    CHECK_EQ(log.ev[0].rip, GUEST_LABEL_ADDR(straight, fourth));
+    CHECK_EQ(rip_of(&vm, 0), GUEST_CODE); /* vcpu 0 never ran */
+    test_vm_destroy(&vm);
+}
+
+static void guest_memory_by_virtual_address(void)
+{
+    struct kvm_gva_translation t;
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    uint8_t buf[8];
+    uint64_t gpa;
+    int i;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    CHECK_EQ(kvm_translate_gva(vm.kvm, 0, 0x123456, &gpa), 0);
+    CHECK_EQ(gpa, 0x123456);
+    CHECK_EQ(kvm_translate_gva_ex(vm.kvm, 0, 0x123456, &t), 0);
+    CHECK_EQ(t.page_size, 2 << 20);
+    CHECK_EQ(t.writable, 1);
+    CHECK_EQ(kvm_translate_gva(vm.kvm, 0, 0x200000000ULL, &gpa), -EFAULT);    /* beyond the map */
+    CHECK_EQ(kvm_translate_gva(vm.kvm, 0, 0x0000800000000000ULL, &gpa), -EFAULT); /* non-canonical */
+
+    /* Virtual 0x40000000-0x40001fff made of two 4 KiB pages in reverse order. */
+    {
+        uint64_t pt = 0x9000, e0 = 0x301000 | 3, e1 = 0x300000 | 3, pde = pt | 3;
+        memset(vm.mem + pt, 0, 4096);
+        memcpy(vm.mem + pt, &e0, 8);
+        memcpy(vm.mem + pt + 8, &e1, 8);
+        memcpy(vm.mem + GUEST_PD + 0x1000, &pde, 8);
+    }
+    for (i = 0; i < 4; i++) {
+        vm.mem[0x301ffc + i] = (uint8_t)(0xa0 + i);
+        vm.mem[0x300000 + i] = (uint8_t)(0xb0 + i);
+    }
+    CHECK_EQ(kvm_translate_gva_ex(vm.kvm, 0, 0x40001004, &t), 0);
+    CHECK_EQ(t.gpa, 0x300004);
+    CHECK_EQ(t.page_size, 4096);
+    CHECK_EQ(kvm_read_guest_virt(vm.kvm, 0, 0x40000ffc, buf, 8), 0);
+    CHECK_EQ(buf[0], 0xa0);
+    CHECK_EQ(buf[3], 0xa3);
+    CHECK_EQ(buf[4], 0xb0);
+    CHECK_EQ(buf[7], 0xb3);
+    memcpy(buf, "\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+    CHECK_EQ(kvm_write_guest_virt(vm.kvm, 0, 0x40000ffe, buf, 8), 0);
+    CHECK_EQ(vm.mem[0x301ffe], 1);
+    CHECK_EQ(vm.mem[0x301fff], 2);
+    CHECK_EQ(vm.mem[0x300000], 3);
+    CHECK_EQ(vm.mem[0x300005], 8);
+    /* A range running into unmapped memory fails whole. */
+    CHECK_EQ(kvm_read_guest_virt(vm.kvm, 0, 0x40001ffc, buf, 8), -EFAULT);
+    CHECK_EQ(kvm_read_guest_virt(vm.kvm, 0, 0x40000000, NULL, 8), -EFAULT);
+    CHECK_EQ(kvm_read_guest_virt(vm.kvm, 0, 0x40000000, NULL, 0), 0);
+    test_vm_destroy(&vm);
+}
+
+static void writes_over_a_breakpoint_keep_it_and_change_the_original(void)
+{
+    const uint64_t bp = GUEST_LABEL_ADDR(straight, third);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    uint8_t byte = 0x90, seen = 0;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), 0);
+    CHECK_EQ(kvm_write_guest_virt(vm.kvm, 0, bp, &byte, 1), 0);
+    CHECK_EQ(vm.mem[bp], 0xcc);
+    CHECK_EQ(kvm_read_guest_virt(vm.kvm, 0, bp, &seen, 1), 0);
+    CHECK_EQ(seen, 0x90);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, bp, 1), 0);
+    CHECK_EQ(vm.mem[bp], 0x90);
+    test_vm_destroy(&vm);
+}
+
+int main(void)
+{
+    check_set_timeout(240);
+    RUN(software_breakpoint_reports_vcpu_type_and_pc);
+    RUN(resuming_on_a_breakpoint_steps_over_it_and_it_stays_armed);
+    RUN(a_debug_callback_returning_0_runs_on_through_every_hit);
+    RUN(removed_breakpoint_restores_the_byte_and_the_guest_continues);
+    RUN(hardware_breakpoint_hits_and_resumes);
+    RUN(single_step_reports_each_instruction);
+    RUN(single_step_over_a_software_breakpoint_reports_both);
+    RUN(write_watchpoint_reports_the_address);
+    RUN(guest_int3_reaches_its_own_handler_while_the_library_debugs);
+    RUN(guest_int3_runs_its_handler_without_any_debugging);
+    RUN(old_debug_request_reports_every_int3);
+    RUN(old_debug_request_hardware_breakpoint_and_singlestep);
+    RUN(ten_thousand_breakpoints_leave_memory_identical);
+    RUN(debug_registers_run_out_after_four);
+    RUN(breakpoint_at_an_unmapped_address_waits_in_a_debug_register);
+    RUN(breakpoint_in_code_loaded_later_is_armed_again_at_the_next_stop);
+    RUN(real_mode_software_breakpoint_uses_a_debug_register);
+    RUN(breakpoint_on_the_second_vcpu_names_it);
+    RUN(guest_memory_by_virtual_address);
+    RUN(writes_over_a_breakpoint_keep_it_and_change_the_original);
+    return check_summary();
+}

@@ -1,0 +1,507 @@
+//! The library-managed breakpoints of one VM: software breakpoints (an
+//! `int3` patched into guest memory, reference counted, the original byte
+//! kept) and the four debug registers shared by every vcpu.
+//!
+//! Memory goes through [`CodeMemory`] so the bookkeeping is tested against
+//! a model without a guest.
+
+use super::debugregs::{Condition, DebugRegisterSlot, DEBUG_REGISTERS};
+use super::BreakType;
+use crate::error::{Errno, Result};
+
+/// The `int3` opcode.
+pub const INT3: u8 = 0xcc;
+
+/// Guest-physical bytes the table patches.
+pub trait CodeMemory {
+    /// The byte at `gpa`.
+    fn read_byte(&self, gpa: u64) -> Result<u8>;
+    /// Stores `byte` at `gpa`.
+    fn write_byte(&self, gpa: u64, byte: u8) -> Result<()>;
+}
+
+/// One guest-physical byte replaced by `int3`, shared by every software
+/// breakpoint whose address maps there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patch {
+    /// The patched guest-physical address.
+    pub gpa: u64,
+    /// The byte the guest had there.
+    pub original: u8,
+    /// Software breakpoints using this patch.
+    users: u32,
+}
+
+/// Where a software breakpoint is armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// An `int3` at this guest-physical address.
+    Patched(u64),
+    /// An execution breakpoint in this debug register: the address was not
+    /// mapped (or the vcpu ran real-mode code, whose `int3` some hosts never
+    /// report) when the breakpoint was inserted.
+    Register(u8),
+}
+
+/// A software breakpoint as the VMM inserted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftwareBreakpoint {
+    /// The linear address the VMM gave.
+    pub gva: u64,
+    /// Where it is armed.
+    pub location: Location,
+    refs: u32,
+}
+
+/// What a debug register holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HardwareBreakpoint {
+    /// `HardwareBreakpoint`, a watchpoint type, or `SoftwareBreakpoint`
+    /// for a software breakpoint backed by the register.
+    pub kind: BreakType,
+    /// Linear address.
+    pub addr: u64,
+    /// Watched length (1 for execution).
+    pub len: u64,
+    refs: u32,
+}
+
+impl HardwareBreakpoint {
+    fn slot(&self) -> DebugRegisterSlot {
+        let condition = match self.kind {
+            BreakType::WatchWrite => Condition::Write,
+            // x86 has no read-only condition: a read watchpoint also fires on writes.
+            BreakType::WatchRead | BreakType::WatchAccess => Condition::ReadWrite,
+            _ => Condition::Execute,
+        };
+        DebugRegisterSlot { addr: self.addr, condition, len: self.len }
+    }
+}
+
+/// The breakpoints of one VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BreakpointTable {
+    software: Vec<SoftwareBreakpoint>,
+    patches: Vec<Patch>,
+    registers: [Option<HardwareBreakpoint>; DEBUG_REGISTERS],
+}
+
+/// Checks a watchpoint's length and alignment, and returns the length to store.
+fn checked_length(kind: BreakType, addr: u64, len: u64) -> Result<u64> {
+    match kind {
+        BreakType::HardwareBreakpoint => Ok(1),
+        BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => {
+            if matches!(len, 1 | 2 | 4 | 8) && addr % len == 0 {
+                Ok(len)
+            } else {
+                Err(Errno::INVAL)
+            }
+        }
+        _ => Err(Errno::INVAL),
+    }
+}
+
+impl BreakpointTable {
+    /// True when nothing is inserted.
+    pub fn is_empty(&self) -> bool {
+        self.software.is_empty() && self.registers.iter().all(Option::is_none)
+    }
+
+    /// True when some `int3` is patched into memory.
+    pub fn has_patches(&self) -> bool {
+        !self.patches.is_empty()
+    }
+
+    /// The software breakpoint inserted at linear address `gva`.
+    pub fn software_at(&self, gva: u64) -> Option<&SoftwareBreakpoint> {
+        self.software.iter().find(|b| b.gva == gva)
+    }
+
+    /// The patch at guest-physical `gpa`.
+    pub fn patch_at(&self, gpa: u64) -> Option<&Patch> {
+        self.patches.iter().find(|p| p.gpa == gpa)
+    }
+
+    /// The patches inside `[gpa, gpa + len)`.
+    pub fn patches_in(&self, gpa: u64, len: u64) -> impl Iterator<Item = &Patch> {
+        self.patches.iter().filter(move |p| p.gpa >= gpa && p.gpa - gpa < len)
+    }
+
+    /// What debug register `n` holds.
+    pub fn register(&self, n: usize) -> Option<&HardwareBreakpoint> {
+        self.registers.get(n).and_then(Option::as_ref)
+    }
+
+    /// The debug registers as DR0-DR3/DR7 slots.
+    pub fn slots(&self) -> [Option<DebugRegisterSlot>; DEBUG_REGISTERS] {
+        self.registers.map(|r| r.map(|r| r.slot()))
+    }
+
+    fn free_register(&self) -> Result<usize> {
+        self.registers.iter().position(Option::is_none).ok_or(Errno::NOSPC)
+    }
+
+    /// Patches `gpa` (or shares an existing patch there).
+    fn arm(&mut self, gpa: u64, mem: &impl CodeMemory) -> Result<()> {
+        if let Some(patch) = self.patches.iter_mut().find(|p| p.gpa == gpa) {
+            patch.users += 1;
+            return Ok(());
+        }
+        let original = mem.read_byte(gpa)?;
+        mem.write_byte(gpa, INT3)?;
+        self.patches.push(Patch { gpa, original, users: 1 });
+        Ok(())
+    }
+
+    /// Drops one user of the patch at `gpa`; the last one puts the original
+    /// byte back, if the `int3` is still there.
+    fn disarm(&mut self, gpa: u64, mem: &impl CodeMemory) {
+        let Some(index) = self.patches.iter().position(|p| p.gpa == gpa) else { return };
+        let patch = &mut self.patches[index];
+        patch.users -= 1;
+        if patch.users == 0 {
+            let patch = self.patches.swap_remove(index);
+            if mem.read_byte(gpa) == Ok(INT3) {
+                // Best effort: the memory was there a moment ago.
+                let _ = mem.write_byte(gpa, patch.original);
+            }
+        }
+    }
+
+    /// Inserts a software breakpoint at linear address `gva`, which maps to
+    /// `location` (`Err` when not mapped). An unmapped address, or any
+    /// address when `prefer_register` is set, goes into a free debug
+    /// register; an unmapped one with no register free is refused (`EFAULT`).
+    pub fn insert_software(
+        &mut self,
+        gva: u64,
+        location: Result<u64>,
+        prefer_register: bool,
+        mem: &impl CodeMemory,
+    ) -> Result<()> {
+        if let Some(existing) = self.software.iter_mut().find(|b| b.gva == gva) {
+            existing.refs += 1;
+            return Ok(());
+        }
+        let location = match (location, self.free_register()) {
+            (Ok(gpa), Err(_)) => {
+                self.arm(gpa, mem)?;
+                Location::Patched(gpa)
+            }
+            (Ok(gpa), Ok(_)) if !prefer_register => {
+                self.arm(gpa, mem)?;
+                Location::Patched(gpa)
+            }
+            (_, Ok(n)) => {
+                self.registers[n] = Some(HardwareBreakpoint { kind: BreakType::SoftwareBreakpoint, addr: gva, len: 1, refs: 1 });
+                Location::Register(n as u8)
+            }
+            (Err(e), Err(_)) => return Err(e),
+        };
+        self.software.push(SoftwareBreakpoint { gva, location, refs: 1 });
+        Ok(())
+    }
+
+    /// Removes one reference to the software breakpoint at `gva`; `ENOENT`
+    /// when there is none.
+    pub fn remove_software(&mut self, gva: u64, mem: &impl CodeMemory) -> Result<()> {
+        let index = self.software.iter().position(|b| b.gva == gva).ok_or(Errno::NOENT)?;
+        let bp = &mut self.software[index];
+        bp.refs -= 1;
+        if bp.refs > 0 {
+            return Ok(());
+        }
+        let bp = self.software.swap_remove(index);
+        match bp.location {
+            Location::Patched(gpa) => self.disarm(gpa, mem),
+            Location::Register(n) => self.registers[n as usize] = None,
+        }
+        Ok(())
+    }
+
+    /// Inserts a hardware breakpoint or watchpoint in a free debug
+    /// register: `EINVAL` for a bad type, length or alignment, `ENOSPC`
+    /// when all four are in use. The same one twice counts references.
+    pub fn insert_hardware(&mut self, kind: BreakType, addr: u64, len: u64) -> Result<()> {
+        let len = checked_length(kind, addr, len)?;
+        let same = |r: &HardwareBreakpoint| r.kind == kind && r.addr == addr && r.len == len;
+        if let Some(existing) = self.registers.iter_mut().flatten().find(|r| same(r)) {
+            existing.refs += 1;
+            return Ok(());
+        }
+        let n = self.free_register()?;
+        self.registers[n] = Some(HardwareBreakpoint { kind, addr, len, refs: 1 });
+        Ok(())
+    }
+
+    /// Removes one reference to a hardware breakpoint or watchpoint.
+    pub fn remove_hardware(&mut self, kind: BreakType, addr: u64, len: u64) -> Result<()> {
+        let len = checked_length(kind, addr, len)?;
+        let slot = self
+            .registers
+            .iter_mut()
+            .find(|r| r.is_some_and(|r| r.kind == kind && r.addr == addr && r.len == len))
+            .ok_or(Errno::NOENT)?;
+        let bp = slot.as_mut().expect("found above");
+        bp.refs -= 1;
+        if bp.refs == 0 {
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    /// Removes everything, restoring every patched byte that is still `int3`.
+    pub fn remove_all(&mut self, mem: &impl CodeMemory) {
+        for patch in self.patches.drain(..) {
+            if mem.read_byte(patch.gpa) == Ok(INT3) {
+                let _ = mem.write_byte(patch.gpa, patch.original);
+            }
+        }
+        self.software.clear();
+        self.registers = [None; DEBUG_REGISTERS];
+    }
+
+    /// Records that the byte under the patch at `gpa` is now `byte` (a
+    /// debugger write over a breakpoint): the `int3` stays in memory.
+    pub fn set_original(&mut self, gpa: u64, byte: u8) {
+        if let Some(patch) = self.patches.iter_mut().find(|p| p.gpa == gpa) {
+            patch.original = byte;
+        }
+    }
+
+    /// Makes every breakpoint armed again after the guest ran: a patch the
+    /// guest overwrote (code loaded after the insertion) takes the new byte
+    /// as its original and gets its `int3` back; a breakpoint whose address
+    /// now maps elsewhere moves there; one parked in a debug register while
+    /// unmapped moves into memory once mapped. Returns true when the debug
+    /// registers changed.
+    pub fn rearm(&mut self, translate: impl Fn(u64) -> Result<u64>, mem: &impl CodeMemory) -> bool {
+        for patch in &mut self.patches {
+            if let Ok(byte) = mem.read_byte(patch.gpa) {
+                if byte != INT3 && mem.write_byte(patch.gpa, INT3).is_ok() {
+                    patch.original = byte;
+                }
+            }
+        }
+        let mut registers_changed = false;
+        for i in 0..self.software.len() {
+            let bp = self.software[i];
+            let Ok(gpa) = translate(bp.gva) else { continue };
+            match bp.location {
+                Location::Patched(old) if old != gpa => {
+                    if self.arm(gpa, mem).is_ok() {
+                        self.disarm(old, mem);
+                        self.software[i].location = Location::Patched(gpa);
+                    }
+                }
+                Location::Register(n) if self.arm(gpa, mem).is_ok() => {
+                    self.registers[n as usize] = None;
+                    self.software[i].location = Location::Patched(gpa);
+                    registers_changed = true;
+                }
+                _ => {}
+            }
+        }
+        registers_changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// 64 KiB of guest memory filled with a pattern.
+    struct FakeCode(RefCell<Vec<u8>>);
+
+    impl FakeCode {
+        fn new() -> FakeCode {
+            FakeCode(RefCell::new((0..0x10000u32).map(|i| (i * 7 + 3) as u8).collect()))
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            self.0.borrow().clone()
+        }
+        fn at(&self, gpa: u64) -> u8 {
+            self.0.borrow()[gpa as usize]
+        }
+    }
+
+    impl CodeMemory for FakeCode {
+        fn read_byte(&self, gpa: u64) -> Result<u8> {
+            self.0.borrow().get(gpa as usize).copied().ok_or(Errno::FAULT)
+        }
+        fn write_byte(&self, gpa: u64, byte: u8) -> Result<()> {
+            *self.0.borrow_mut().get_mut(gpa as usize).ok_or(Errno::FAULT)? = byte;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn software_breakpoint_patches_int3_and_restores_the_exact_byte() {
+        let mem = FakeCode::new();
+        let before = mem.snapshot();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x40_1000, Ok(0x1000), false, &mem).unwrap();
+        assert_eq!(mem.at(0x1000), INT3);
+        assert_eq!(t.patch_at(0x1000).unwrap().original, before[0x1000]);
+        t.remove_software(0x40_1000, &mem).unwrap();
+        assert_eq!(mem.snapshot(), before);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn duplicates_count_references() {
+        let mem = FakeCode::new();
+        let before = mem.snapshot();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x2000, Ok(0x2000), false, &mem).unwrap();
+        t.insert_software(0x2000, Ok(0x2000), false, &mem).unwrap();
+        t.remove_software(0x2000, &mem).unwrap();
+        assert_eq!(mem.at(0x2000), INT3, "one reference left");
+        t.remove_software(0x2000, &mem).unwrap();
+        assert_eq!(mem.snapshot(), before);
+        assert_eq!(t.remove_software(0x2000, &mem), Err(Errno::NOENT));
+    }
+
+    #[test]
+    fn two_addresses_mapping_one_byte_share_its_original() {
+        let mem = FakeCode::new();
+        let before = mem.snapshot();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0xffff_8000_0000_3000, Ok(0x3000), false, &mem).unwrap();
+        t.insert_software(0x3000, Ok(0x3000), false, &mem).unwrap();
+        assert_eq!(t.patch_at(0x3000).unwrap().original, before[0x3000], "not the int3 of the first");
+        t.remove_software(0xffff_8000_0000_3000, &mem).unwrap();
+        assert_eq!(mem.at(0x3000), INT3);
+        t.remove_software(0x3000, &mem).unwrap();
+        assert_eq!(mem.snapshot(), before);
+    }
+
+    #[test]
+    fn a_byte_the_guest_changed_back_is_not_restored_over() {
+        let mem = FakeCode::new();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x10, Ok(0x10), false, &mem).unwrap();
+        mem.write_byte(0x10, 0x90).unwrap(); // the guest rewrote its code
+        t.remove_software(0x10, &mem).unwrap();
+        assert_eq!(mem.at(0x10), 0x90);
+    }
+
+    #[test]
+    fn unmapped_address_takes_a_debug_register_or_is_refused() {
+        let mem = FakeCode::new();
+        let mut t = BreakpointTable::default();
+        for i in 0..4 {
+            t.insert_software(0x9000_0000 + i, Err(Errno::FAULT), false, &mem).unwrap();
+        }
+        assert_eq!(t.register(3).unwrap().kind, BreakType::SoftwareBreakpoint);
+        assert_eq!(t.slots()[2].unwrap().condition, Condition::Execute);
+        assert_eq!(t.insert_software(0x9000_0010, Err(Errno::FAULT), false, &mem), Err(Errno::FAULT));
+        t.remove_software(0x9000_0001, &mem).unwrap();
+        assert!(t.register(1).is_none());
+    }
+
+    #[test]
+    fn prefer_register_uses_one_while_free_and_falls_back_to_memory() {
+        let mem = FakeCode::new();
+        let mut t = BreakpointTable::default();
+        for i in 0..3 {
+            t.insert_hardware(BreakType::HardwareBreakpoint, 0x100 * i, 1).unwrap();
+        }
+        t.insert_software(0x7c00, Ok(0x7c00), true, &mem).unwrap();
+        assert_eq!(t.software_at(0x7c00).unwrap().location, Location::Register(3));
+        t.insert_software(0x7c10, Ok(0x7c10), true, &mem).unwrap();
+        assert_eq!(t.software_at(0x7c10).unwrap().location, Location::Patched(0x7c10));
+    }
+
+    #[test]
+    fn four_hardware_breakpoints_fit_and_the_fifth_gets_enospc() {
+        let mut t = BreakpointTable::default();
+        t.insert_hardware(BreakType::HardwareBreakpoint, 0x1000, 1).unwrap();
+        t.insert_hardware(BreakType::WatchWrite, 0x2000, 8).unwrap();
+        t.insert_hardware(BreakType::WatchRead, 0x3004, 4).unwrap();
+        t.insert_hardware(BreakType::WatchAccess, 0x4002, 2).unwrap();
+        assert_eq!(t.insert_hardware(BreakType::WatchWrite, 0x5000, 1), Err(Errno::NOSPC));
+        // The same one again is a reference, not a fifth register.
+        t.insert_hardware(BreakType::WatchWrite, 0x2000, 8).unwrap();
+        let slots = t.slots();
+        assert_eq!(slots[2].unwrap().condition, Condition::ReadWrite, "read maps to read/write");
+        assert_eq!(slots[1].unwrap().len, 8);
+        t.remove_hardware(BreakType::WatchWrite, 0x2000, 8).unwrap();
+        assert!(t.register(1).is_some());
+        t.remove_hardware(BreakType::WatchWrite, 0x2000, 8).unwrap();
+        assert!(t.register(1).is_none());
+        assert_eq!(t.remove_hardware(BreakType::WatchWrite, 0x2000, 8), Err(Errno::NOENT));
+    }
+
+    #[test]
+    fn watch_lengths_must_be_1_2_4_8_and_aligned() {
+        let mut t = BreakpointTable::default();
+        assert_eq!(t.insert_hardware(BreakType::WatchWrite, 0x1000, 3), Err(Errno::INVAL));
+        assert_eq!(t.insert_hardware(BreakType::WatchWrite, 0x1002, 4), Err(Errno::INVAL));
+        assert_eq!(t.insert_hardware(BreakType::WatchAccess, 0x1000, 16), Err(Errno::INVAL));
+        assert_eq!(t.insert_hardware(BreakType::SingleStep, 0x1000, 1), Err(Errno::INVAL));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn remove_all_restores_memory_and_frees_registers() {
+        let mem = FakeCode::new();
+        let before = mem.snapshot();
+        let mut t = BreakpointTable::default();
+        for gpa in [0x10, 0x20, 0x30] {
+            t.insert_software(gpa, Ok(gpa), false, &mem).unwrap();
+        }
+        t.insert_hardware(BreakType::WatchWrite, 0x8, 8).unwrap();
+        t.remove_all(&mem);
+        assert_eq!(mem.snapshot(), before);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn rearm_adopts_code_loaded_over_a_breakpoint() {
+        let mem = FakeCode::new();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x500, Ok(0x500), false, &mem).unwrap();
+        mem.write_byte(0x500, 0x55).unwrap(); // guest loads new code there
+        assert!(!t.rearm(Ok, &mem));
+        assert_eq!(mem.at(0x500), INT3);
+        t.remove_software(0x500, &mem).unwrap();
+        assert_eq!(mem.at(0x500), 0x55);
+    }
+
+    #[test]
+    fn rearm_moves_a_register_backed_breakpoint_into_memory_once_mapped() {
+        let mem = FakeCode::new();
+        let original = mem.at(0x600);
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x7000_0600, Err(Errno::FAULT), false, &mem).unwrap();
+        assert!(t.rearm(|_| Ok(0x600), &mem));
+        assert!(t.register(0).is_none());
+        assert_eq!(mem.at(0x600), INT3);
+        assert_eq!(t.patch_at(0x600).unwrap().original, original);
+    }
+
+    #[test]
+    fn rearm_follows_a_remapped_page() {
+        let mem = FakeCode::new();
+        let before = mem.snapshot();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x4000_0010, Ok(0x1010), false, &mem).unwrap();
+        t.rearm(|_| Ok(0x2010), &mem);
+        assert_eq!(mem.at(0x1010), before[0x1010]);
+        assert_eq!(mem.at(0x2010), INT3);
+        t.remove_software(0x4000_0010, &mem).unwrap();
+        assert_eq!(mem.snapshot(), before);
+    }
+
+    #[test]
+    fn writes_over_a_breakpoint_become_its_original() {
+        let mem = FakeCode::new();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x700, Ok(0x700), false, &mem).unwrap();
+        t.set_original(0x700, 0x42);
+        t.remove_software(0x700, &mem).unwrap();
+        assert_eq!(mem.at(0x700), 0x42);
+    }
+}

@@ -1,0 +1,387 @@
+//! Debug exits: `#BP`, `#DB`, and the emulation failure that an `int3` is
+//! on hosts that emulate guests; and the transparent step over a library
+//! breakpoint when the vcpu resumes on it.
+//!
+//! Following QEMU, an event is the library's (or the VMM's) only when it
+//! matches what was armed: an `int3` at a patched address (or any `int3`
+//! when the VMM enabled software breakpoints itself), a debug register that
+//! was programmed, a single step that was asked for. Anything else belongs
+//! to the guest and is injected back into it. Nothing here allocates.
+
+use std::ffi::c_int;
+
+use kvm_bindings::{kvm_debug_exit_arch, kvm_regs, kvm_sregs};
+
+use super::breakpoints::{CodeMemory, Location, INT3};
+use super::decode::{decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS};
+use super::pagewalk::translate;
+use super::vcpu_state::{ResumePoint, StepOver, VcpuDebug};
+use super::{program, BreakType};
+use crate::context::Context;
+use crate::error::{Errno, Result};
+use crate::exit::{Exit, InternalError};
+use crate::lock;
+use crate::vcpu::{RunnerGuard, Vcpu};
+
+/// How an `int3` reached the library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int3Exit {
+    /// `KVM_EXIT_DEBUG` with `#BP` (VMX and SVM hosts): `pc` is the linear
+    /// address of the `int3`, and RIP still points at it.
+    DebugExit {
+        /// Linear address of the `int3`.
+        pc: u64,
+    },
+    /// `KVM_EXIT_INTERNAL_ERROR` from the instruction emulator, which cannot
+    /// run `int3` (emulating hosts): RIP points at the `int3`.
+    EmulationFailure,
+}
+
+/// Recognises the two shapes an `int3` arrives in.
+pub fn int3_exit(exit: &Exit) -> Option<Int3Exit> {
+    match exit {
+        Exit::Debug(arch) if arch.exception == BREAKPOINT_EXCEPTION => Some(Int3Exit::DebugExit { pc: arch.pc }),
+        Exit::InternalError(error) => emulated_int3(error).then_some(Int3Exit::EmulationFailure),
+        _ => None,
+    }
+}
+
+fn emulated_int3(error: &InternalError) -> bool {
+    matches!(error.instruction_bytes(), Some((bytes, len)) if len >= 1 && bytes[0] == INT3)
+}
+
+/// What to do with a debug event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Tell the VMM; step over the breakpoint when the vcpu resumes there.
+    Report(Option<ResumePoint>),
+    /// A breakpoint removed while the vcpu hit it: just run on.
+    Resume,
+    /// The guest's own `int3`: deliver `#BP` to it.
+    ReinjectBreakpoint,
+    /// The guest's own `#DB`: deliver it with its DR6.
+    ReinjectDebug,
+}
+
+/// The linear address of the instruction `vcpu` is at.
+fn linear_pc(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
+    let long_mode = sregs.efer & (1 << 10) != 0 && sregs.cs.l != 0;
+    if long_mode {
+        regs.rip
+    } else {
+        sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+    }
+}
+
+fn current_pc(vcpu: &Vcpu) -> Result<u64> {
+    let regs = vcpu.ioctl(|fd| fd.get_regs())?;
+    let sregs = vcpu.ioctl(|fd| fd.get_sregs())?;
+    Ok(linear_pc(&regs, &sregs))
+}
+
+/// What the run loop does after [`before_entry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Enter the guest.
+    Enter,
+    /// The vcpu was about to single-step a `hlt`, which the library ran
+    /// itself (RIP is past it): report a halt as `KVM_EXIT_HLT` would.
+    Halted,
+}
+
+/// Before each entry: start a step over the breakpoint the vcpu stopped
+/// on, and give KVM the current debug state. Two atomic loads when nothing
+/// changed and nothing single-steps.
+pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
+    if !vcpu.take_debug_attention() && !vcpu.stepping() {
+        return Ok(Entry::Enter);
+    }
+    let mut state = lock(&vcpu.debug);
+    if let Some(resume) = state.resume.take() {
+        start_step_over(ctx, vcpu, &mut state, resume)?;
+    }
+    if (state.stepping() || state.step_over.is_some()) && !ctx.irqchip_in_kernel() && at_hlt(ctx, vcpu)? {
+        // Single-stepping hlt loses the halt on emulating hosts (the step
+        // is reported past it); VMX reports the halt. Do what VMX does.
+        let mut regs = vcpu.ioctl(|fd| fd.get_regs())?;
+        regs.rip = regs.rip.wrapping_add(1);
+        vcpu.ioctl(|fd| fd.set_regs(&regs))?;
+        if let Some(step) = state.step_over.take() {
+            finish_step_over(ctx, vcpu, step)?;
+        }
+        program(ctx, vcpu, &mut state)?;
+        return Ok(Entry::Halted);
+    }
+    program(ctx, vcpu, &mut state)
+        .map(|()| Entry::Enter)
+}
+
+/// True when the byte at the vcpu's instruction pointer is `hlt`.
+fn at_hlt(ctx: &Context, vcpu: &Vcpu) -> Result<bool> {
+    const HLT: u8 = 0xf4;
+    let gpa = ctx.translate_gva(vcpu, current_pc(vcpu)?)?.gpa;
+    Ok(ctx.memory().read_byte(gpa)? == HLT)
+}
+
+/// After a port or MMIO exit of a single-stepping vcpu: let KVM finish the
+/// instruction, and report the step it completed. VMX reports that step
+/// while finishing; emulating hosts finish without a trap, and the step
+/// would be lost (the next one reported after two instructions).
+pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>) -> Result<Option<Exit>> {
+    if !vcpu.stepping() {
+        return Ok(None);
+    }
+    if let Some(exit) = vcpu.complete_instruction(runner)? {
+        return Ok(Some(exit));
+    }
+    let pc = current_pc(vcpu)?;
+    let arch = kvm_debug_exit_arch { exception: DEBUG_EXCEPTION, pad: 0, pc, dr6: DR6_BS, dr7: 0 };
+    Ok(Some(Exit::Debug(arch)))
+}
+
+/// Resuming on a library breakpoint would trap on it again at once: put the
+/// original byte back (or turn the register off) for one single step. The
+/// table decides, not the stop: a breakpoint may have moved from a debug
+/// register into memory (or been removed) since.
+fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: ResumePoint) -> Result<()> {
+    if current_pc(vcpu)? != resume.pc {
+        return Ok(());
+    }
+    let table = ctx.debugger().table();
+    let patch = ctx.translate_gva(vcpu, resume.pc).ok().and_then(|t| table.patch_at(t.gpa).copied());
+    if let Some(patch) = patch {
+        let mem = ctx.memory();
+        if mem.read_byte(patch.gpa)? == INT3 {
+            mem.write_byte(patch.gpa, patch.original)?;
+            state.step_over = Some(StepOver::Patch { gpa: patch.gpa });
+        }
+    } else if let Some(n) = resume.register {
+        if state.programmed_register(n) && table.register(n as usize).is_some_and(|r| r.addr == resume.pc) {
+            state.step_over = Some(StepOver::Register { n });
+        }
+    }
+    Ok(())
+}
+
+/// The step over a breakpoint is done: arm it again if it is still wanted.
+fn finish_step_over(ctx: &Context, vcpu: &Vcpu, step: StepOver) -> Result<()> {
+    if let StepOver::Patch { gpa } = step {
+        let mut table = ctx.debugger().table();
+        if let Some(patch) = table.patch_at(gpa).copied() {
+            let mem = ctx.memory();
+            let byte = mem.read_byte(gpa)?;
+            if byte != patch.original {
+                // The stepped instruction rewrote its own first byte.
+                table.set_original(gpa, byte);
+            }
+            mem.write_byte(gpa, INT3)?;
+        }
+    }
+    vcpu.request_debug_attention();
+    Ok(())
+}
+
+/// Whose `int3` is at linear `pc`.
+fn judge_int3(ctx: &Context, vcpu: &Vcpu, state: &VcpuDebug, pc: u64) -> Result<Verdict> {
+    let table = ctx.debugger().table();
+    let gpa = match table.software_at(pc).map(|b| b.location) {
+        Some(Location::Patched(gpa)) => Some(gpa),
+        _ => ctx.translate_gva(vcpu, pc).ok().map(|t| t.gpa),
+    };
+    if gpa.is_some_and(|g| table.patch_at(g).is_some()) {
+        return Ok(Verdict::Report(Some(ResumePoint { pc, register: None })));
+    }
+    if state.passes_int3_through() {
+        return Ok(Verdict::Report(None));
+    }
+    let still_int3 = gpa.is_some_and(|g| ctx.memory().read_byte(g) == Ok(INT3));
+    Ok(if still_int3 { Verdict::ReinjectBreakpoint } else { Verdict::Resume })
+}
+
+/// Whose is a hit of debug register `n`; sets the reported type.
+fn judge_register(ctx: &Context, state: &VcpuDebug, event: &mut DebugEvent, n: u8) -> Verdict {
+    if !state.programmed_register(n) {
+        return Verdict::ReinjectDebug;
+    }
+    let programmed_addr = state.programmed.arch.debugreg[n as usize];
+    match ctx.debugger().table().register(n as usize) {
+        Some(hw) if hw.addr == programmed_addr => {
+            event.break_type = hw.kind;
+            match hw.kind {
+                BreakType::SoftwareBreakpoint | BreakType::HardwareBreakpoint => {
+                    Verdict::Report(Some(ResumePoint { pc: event.pc, register: Some(n) }))
+                }
+                _ => Verdict::Report(None),
+            }
+        }
+        _ if state.requested_register(n) => Verdict::Report(None),
+        _ => Verdict::Resume,
+    }
+}
+
+/// Handles `KVM_EXIT_DEBUG`.
+pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
+    let mut state = lock(&vcpu.debug);
+    let mut event = decode_debug_exit(arch, &state.programmed_registers());
+    if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
+        if let Some(step) = state.step_over.take() {
+            finish_step_over(ctx, vcpu, step)?;
+            if event.cause == DebugCause::SingleStep && !state.stepping() {
+                return Ok(0);
+            }
+        }
+    }
+    let verdict = match event.cause {
+        DebugCause::Int3 => judge_int3(ctx, vcpu, &state, event.pc)?,
+        DebugCause::SingleStep if state.stepping() => Verdict::Report(None),
+        DebugCause::Register(n) => judge_register(ctx, &state, &mut event, n),
+        DebugCause::SingleStep | DebugCause::Other => Verdict::ReinjectDebug,
+    };
+    act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit { pc: arch.pc })
+}
+
+/// Handles `KVM_EXIT_INTERNAL_ERROR` when it is an `int3` the emulator
+/// could not run; `None` when it is something else.
+pub fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -> Option<Result<c_int>> {
+    if !emulated_int3(error) {
+        return None;
+    }
+    Some((|| {
+        let pc = current_pc(vcpu)?;
+        let state = lock(&vcpu.debug);
+        let arch = kvm_debug_exit_arch { exception: BREAKPOINT_EXCEPTION, pad: 0, pc, dr6: 0, dr7: 0 };
+        let event = decode_debug_exit(&arch, &state.programmed_registers());
+        let verdict = judge_int3(ctx, vcpu, &state, pc)?;
+        act(ctx, vcpu, state, event, verdict, Int3Exit::EmulationFailure)
+    })())
+}
+
+/// Carries out a verdict. The VMM's callback runs after every lock is released.
+fn act(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    mut state: std::sync::MutexGuard<'_, VcpuDebug>,
+    event: DebugEvent,
+    verdict: Verdict,
+    shape: Int3Exit,
+) -> Result<c_int> {
+    match verdict {
+        Verdict::Report(resume) => {
+            state.resume = resume;
+            state.last_event = Some(event);
+            drop(state);
+            vcpu.request_debug_attention();
+            rearm_breakpoints(ctx, vcpu)?;
+            Ok(ctx.callbacks().debug(vcpu.index(), event.break_type as c_int, event.watch_addr))
+        }
+        Verdict::Resume => Ok(0),
+        Verdict::ReinjectBreakpoint => {
+            drop(state);
+            inject_breakpoint(vcpu, shape)?;
+            Ok(0)
+        }
+        Verdict::ReinjectDebug => {
+            drop(state);
+            inject_debug(vcpu, event.dr6)?;
+            Ok(0)
+        }
+    }
+}
+
+/// At a stop, arm again the breakpoints the guest overwrote or remapped.
+fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
+    let mut table = ctx.debugger().table();
+    if table.is_empty() {
+        return Ok(());
+    }
+    let regs = vcpu.paging_registers()?;
+    let mem = ctx.memory();
+    let walk = |gva| translate(&regs, &*mem, gva).map(|t| t.gpa).map_err(|_| Errno::FAULT);
+    if table.rearm(walk, &*mem) {
+        drop(mem);
+        drop(table);
+        for other in ctx.vcpus() {
+            other.request_debug_attention();
+        }
+    }
+    Ok(())
+}
+
+/// Delivers the guest's own `int3` to its `#BP` handler.
+fn inject_breakpoint(vcpu: &Vcpu, shape: Int3Exit) -> Result<()> {
+    if shape == Int3Exit::EmulationFailure {
+        // The emulator stopped before the int3; a trap-style #BP returns
+        // after it. (On VMX/SVM, KVM advances RIP by the exit's length.)
+        let mut regs = vcpu.ioctl(|fd| fd.get_regs())?;
+        regs.rip = regs.rip.wrapping_add(1);
+        vcpu.ioctl(|fd| fd.set_regs(&regs))?;
+    }
+    inject_exception(vcpu, BREAKPOINT_EXCEPTION as u8)
+}
+
+/// Delivers the guest's own `#DB`, with the DR6 it would have seen.
+fn inject_debug(vcpu: &Vcpu, dr6: u64) -> Result<()> {
+    let mut debugregs = vcpu.ioctl(|fd| fd.get_debug_regs())?;
+    debugregs.dr6 = dr6;
+    vcpu.ioctl(|fd| fd.set_debug_regs(&debugregs))?;
+    inject_exception(vcpu, DEBUG_EXCEPTION as u8)
+}
+
+fn inject_exception(vcpu: &Vcpu, vector: u8) -> Result<()> {
+    let mut events = vcpu.ioctl(|fd| fd.get_vcpu_events())?;
+    events.exception.injected = 1;
+    events.exception.pending = 0;
+    events.exception.nr = vector;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    vcpu.ioctl(|fd| fd.set_vcpu_events(&events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_segment;
+
+    fn emulation_failure(first_bytes: &[u8]) -> InternalError {
+        let mut raw = [0u8; 16];
+        raw[0] = first_bytes.len() as u8;
+        raw[1..1 + first_bytes.len()].copy_from_slice(first_bytes);
+        let mut data = [0u64; 16];
+        data[0] = 1; // KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+        data[1] = u64::from_ne_bytes(raw[..8].try_into().unwrap());
+        data[2] = u64::from_ne_bytes(raw[8..].try_into().unwrap());
+        InternalError { suberror: 1, ndata: 4, data }
+    }
+
+    #[test]
+    fn int3_as_a_debug_exit_carries_its_pc() {
+        let exit = Exit::Debug(kvm_debug_exit_arch { exception: 3, pad: 0, pc: 0x10_0040, dr6: 0, dr7: 0x400 });
+        assert_eq!(int3_exit(&exit), Some(Int3Exit::DebugExit { pc: 0x10_0040 }));
+    }
+
+    #[test]
+    fn int3_as_an_emulation_failure_is_recognised_by_its_opcode() {
+        assert_eq!(int3_exit(&Exit::InternalError(emulation_failure(&[0xcc]))), Some(Int3Exit::EmulationFailure));
+        assert_eq!(int3_exit(&Exit::InternalError(emulation_failure(&[0x0f, 0x0b]))), None, "ud2 is not int3");
+        let without_bytes = InternalError { suberror: 1, ndata: 0, data: [0; 16] };
+        assert_eq!(int3_exit(&Exit::InternalError(without_bytes)), None);
+    }
+
+    #[test]
+    fn single_steps_and_other_exits_are_not_int3() {
+        let step = Exit::Debug(kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x10, dr6: DR6_BS, dr7: 0 });
+        assert_eq!(int3_exit(&step), None);
+        assert_eq!(int3_exit(&Exit::Hlt), None);
+    }
+
+    #[test]
+    fn linear_pc_adds_the_code_segment_base_outside_long_mode() {
+        let regs = kvm_regs { rip: 0xfff0, ..Default::default() };
+        let mut sregs = kvm_sregs { cs: kvm_segment { base: 0xf_0000, ..Default::default() }, ..Default::default() };
+        assert_eq!(linear_pc(&regs, &sregs), 0xf_fff0);
+        sregs.efer = 0x500;
+        sregs.cs.l = 1;
+        let regs = kvm_regs { rip: 0xffff_8000_0000_1000, ..Default::default() };
+        assert_eq!(linear_pc(&regs, &sregs), 0xffff_8000_0000_1000);
+    }
+}

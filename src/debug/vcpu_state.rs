@@ -1,0 +1,210 @@
+//! What one vcpu's debugging looks like: the VMM's own request, the
+//! library's single-step, a step over a breakpoint in progress, and the
+//! `KVM_SET_GUEST_DEBUG` state that follows from them and the breakpoint
+//! table.
+
+use kvm_bindings::{
+    kvm_guest_debug, KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP,
+};
+
+use super::debugregs::{encode, Condition, DebugRegisterSlot, Dr7, DEBUG_REGISTERS};
+use super::decode::{DebugEvent, ProgrammedRegisters};
+
+/// Where a vcpu stopped on a library breakpoint: when it resumes there, it
+/// first steps over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Linear address of the breakpoint.
+    pub pc: u64,
+    /// The debug register that stopped it, for an execution breakpoint.
+    pub register: Option<u8>,
+}
+
+/// A single step the library takes on its own to get past a breakpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepOver {
+    /// The original byte is back at `gpa` until the step completes.
+    Patch {
+        /// The guest-physical address of the breakpoint.
+        gpa: u64,
+    },
+    /// Debug register `n` is off until the step completes.
+    Register {
+        /// The debug register.
+        n: u8,
+    },
+}
+
+/// The debugging state of one vcpu.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuDebug {
+    /// What the VMM asked for with `kvm_guest_debug`/`kvm_set_guest_debug`.
+    pub request: kvm_guest_debug,
+    /// `kvm_set_singlestep`.
+    pub singlestep: bool,
+    /// What KVM was last given.
+    pub programmed: kvm_guest_debug,
+    /// Set when the vcpu was stopped on a library breakpoint.
+    pub resume: Option<ResumePoint>,
+    /// Set while stepping over a breakpoint.
+    pub step_over: Option<StepOver>,
+    /// The last debug event reported to the VMM.
+    pub last_event: Option<DebugEvent>,
+}
+
+impl VcpuDebug {
+    /// True when the VMM wants single steps reported.
+    pub fn stepping(&self) -> bool {
+        self.singlestep || self.request.control & KVM_GUESTDBG_SINGLESTEP != 0
+    }
+
+    /// True when the VMM itself turned on software breakpoints (the original
+    /// patch's mode: every `#BP` is the VMM's).
+    pub fn passes_int3_through(&self) -> bool {
+        self.request.control & KVM_GUESTDBG_USE_SW_BP != 0
+    }
+
+    /// The debug registers as last programmed, for decoding.
+    pub fn programmed_registers(&self) -> ProgrammedRegisters {
+        let mut addresses = [0; DEBUG_REGISTERS];
+        addresses.copy_from_slice(&self.programmed.arch.debugreg[..DEBUG_REGISTERS]);
+        let dr7 = if self.programmed.control & KVM_GUESTDBG_USE_HW_BP != 0 { self.programmed.arch.debugreg[7] } else { 0 };
+        ProgrammedRegisters { addresses, dr7 }
+    }
+
+    /// True when debug register `n` was enabled in what KVM was last given.
+    pub fn programmed_register(&self, n: u8) -> bool {
+        self.programmed.control & KVM_GUESTDBG_USE_HW_BP != 0 && Dr7(self.programmed.arch.debugreg[7]).enabled(n)
+    }
+
+    /// True when the VMM's own request enabled debug register `n`.
+    pub fn requested_register(&self, n: u8) -> bool {
+        self.request.control & KVM_GUESTDBG_USE_HW_BP != 0 && Dr7(self.request.arch.debugreg[7]).enabled(n)
+    }
+}
+
+/// The library's part of a vcpu's debug state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LibraryDebug {
+    /// The breakpoint table's debug registers.
+    pub slots: [Option<DebugRegisterSlot>; DEBUG_REGISTERS],
+    /// The table has `int3` patches.
+    pub patches: bool,
+}
+
+/// The `KVM_SET_GUEST_DEBUG` state for `state` and the library's
+/// breakpoints: the union of the VMM's request and the library's needs,
+/// the library's registers taking precedence where both use one.
+/// `blockirq` says whether the host offers `KVM_GUESTDBG_BLOCKIRQ`.
+pub fn effective_debug(state: &VcpuDebug, library: &LibraryDebug, blockirq: bool) -> kvm_guest_debug {
+    let request = &state.request;
+    let mut control = request.control & !(KVM_GUESTDBG_USE_HW_BP);
+    if library.patches {
+        control |= KVM_GUESTDBG_USE_SW_BP;
+    }
+    if state.stepping() || state.step_over.is_some() {
+        control |= KVM_GUESTDBG_SINGLESTEP;
+        if state.step_over.is_some() && blockirq {
+            control |= KVM_GUESTDBG_BLOCKIRQ;
+        }
+    }
+
+    let mut slots = library.slots;
+    if let Some(StepOver::Register { n }) = state.step_over {
+        slots[n as usize] = None;
+    }
+    let requested = Dr7(request.arch.debugreg[7]);
+    for (n, slot) in slots.iter_mut().enumerate() {
+        let stepped_over = state.step_over == Some(StepOver::Register { n: n as u8 });
+        if slot.is_none() && !stepped_over && state.requested_register(n as u8) {
+            *slot = Some(DebugRegisterSlot {
+                addr: request.arch.debugreg[n],
+                condition: requested.condition(n as u8),
+                len: if requested.condition(n as u8) == Condition::Execute { 1 } else { requested.len(n as u8) },
+            });
+        }
+    }
+
+    let mut debug = kvm_guest_debug::default();
+    if slots.iter().any(Option::is_some) {
+        control |= KVM_GUESTDBG_USE_HW_BP;
+        let (addrs, dr7) = encode(&slots);
+        debug.arch.debugreg[..DEBUG_REGISTERS].copy_from_slice(&addrs);
+        debug.arch.debugreg[7] = dr7;
+    }
+    if control != 0 {
+        control |= KVM_GUESTDBG_ENABLE;
+    }
+    debug.control = control;
+    debug
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(addr: u64) -> Option<DebugRegisterSlot> {
+        Some(DebugRegisterSlot { addr, condition: Condition::Execute, len: 1 })
+    }
+
+    #[test]
+    fn nothing_asked_means_debugging_off() {
+        let d = effective_debug(&VcpuDebug::default(), &LibraryDebug::default(), true);
+        assert_eq!(d.control, 0);
+        assert_eq!(d.arch.debugreg, [0; 8]);
+    }
+
+    #[test]
+    fn patches_turn_on_software_breakpoints() {
+        let lib = LibraryDebug { patches: true, ..Default::default() };
+        assert_eq!(effective_debug(&VcpuDebug::default(), &lib, true).control, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP);
+    }
+
+    #[test]
+    fn step_over_single_steps_with_interrupts_blocked_where_offered() {
+        let state = VcpuDebug { step_over: Some(StepOver::Patch { gpa: 0x10 }), ..Default::default() };
+        let lib = LibraryDebug { patches: true, ..Default::default() };
+        let with = effective_debug(&state, &lib, true).control;
+        assert_eq!(with & (KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ), KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ);
+        let without = effective_debug(&state, &lib, false).control;
+        assert_eq!(without & KVM_GUESTDBG_BLOCKIRQ, 0);
+        let user = VcpuDebug { singlestep: true, ..Default::default() };
+        assert_eq!(effective_debug(&user, &lib, true).control & KVM_GUESTDBG_BLOCKIRQ, 0, "only our own step blocks interrupts");
+    }
+
+    #[test]
+    fn stepping_over_a_register_breakpoint_disables_only_that_register() {
+        let lib = LibraryDebug { slots: [exec(0x1000), exec(0x2000), None, None], patches: false };
+        let state = VcpuDebug { step_over: Some(StepOver::Register { n: 1 }), ..Default::default() };
+        let d = effective_debug(&state, &lib, true);
+        let dr7 = Dr7(d.arch.debugreg[7]);
+        assert!(dr7.enabled(0) && !dr7.enabled(1));
+        assert_eq!(d.control & KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_HW_BP);
+    }
+
+    #[test]
+    fn request_registers_fill_the_ones_the_library_does_not_use() {
+        let mut state = VcpuDebug::default();
+        state.request.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+        state.request.arch.debugreg[0] = 0xaaa;
+        state.request.arch.debugreg[2] = 0xccc;
+        state.request.arch.debugreg[7] = (2 << 0) | (2 << 4) | (1 << 24) | (3 << 26); // DR0 exec, DR2 write len 4
+        let lib = LibraryDebug { slots: [exec(0x1000), None, None, None], patches: false };
+        let d = effective_debug(&state, &lib, true);
+        assert_eq!(d.arch.debugreg[0], 0x1000, "the library's register wins");
+        assert_eq!(d.arch.debugreg[2], 0xccc);
+        let dr7 = Dr7(d.arch.debugreg[7]);
+        assert_eq!((dr7.condition(2), dr7.len(2)), (Condition::Write, 4));
+    }
+
+    #[test]
+    fn the_vmm_request_passes_through_alone() {
+        let mut state = VcpuDebug::default();
+        state.request.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP | KVM_GUESTDBG_SINGLESTEP;
+        let d = effective_debug(&state, &LibraryDebug::default(), true);
+        assert_eq!(d.control, state.request.control);
+        state.request.control = KVM_GUESTDBG_ENABLE;
+        assert_eq!(effective_debug(&state, &LibraryDebug::default(), true).control, KVM_GUESTDBG_ENABLE);
+    }
+}
