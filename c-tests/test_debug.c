@@ -26,6 +26,8 @@ DECLARE_GUEST_LABEL(store_variable, variable);
 DECLARE_GUEST(own_int3);
 DECLARE_GUEST_LABEL(own_int3, debugger_spot);
 DECLARE_GUEST_LABEL(own_int3, handler);
+DECLARE_GUEST(own_trap_flag);
+DECLARE_GUEST_LABEL(own_trap_flag, handler);
 DECLARE_GUEST(patched_by_frontend);
 DECLARE_GUEST_LABEL(patched_by_frontend, int3);
 DECLARE_GUEST(map_and_jump);
@@ -47,6 +49,7 @@ struct debug_log {
     struct debug_event ev[MAX_EVENTS];
     int n;
     uint16_t ports[MAX_EVENTS];
+    uint8_t values[MAX_EVENTS];
     int outs;
     int debug_result; /* what the debug callback returns: 0 runs on */
 };
@@ -69,9 +72,10 @@ static int log_debug(void *opaque, int vcpu, int type, uint64_t watch)
 static int log_outb(void *opaque, uint16_t port, uint8_t value)
 {
     struct debug_log *log = opaque;
-    (void)value;
-    if (log->outs < MAX_EVENTS)
+    if (log->outs < MAX_EVENTS) {
         log->ports[log->outs] = port;
+        log->values[log->outs] = value;
+    }
     log->outs++;
     return 0;
 }
@@ -346,6 +350,27 @@ static void guest_int3_runs_its_handler_without_any_debugging(void)
     CHECK_EQ(kvm_run(vm.kvm, 0), 1);
     CHECK_EQ(log.outs, 3);
     CHECK_EQ(log.ports[0], 0x33);
+    CHECK_EQ(log.n, 0);
+    test_vm_destroy(&vm);
+}
+
+/* A #DB the debugger did not cause (the guest's own TF) reaches the
+ * guest's handler with DR6.BS, while the library has debug registers armed. */
+static void guest_trap_flag_reaches_its_own_handler_while_the_library_debugs(void)
+{
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, own_trap_flag) == 0);
+    test_vm_set_idt_gate(&vm, 1, GUEST_LABEL_ADDR(own_trap_flag, handler));
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_HW, 0x7ff000, 1), 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, 0x7ff000, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    REQUIRE(log.outs == 2);
+    CHECK_EQ(log.ports[0], 0x31);
+    CHECK_EQ(log.values[0], 1); /* DR6.BS */
+    CHECK_EQ(log.ports[1], 0x10);
     CHECK_EQ(log.n, 0);
     test_vm_destroy(&vm);
 }
@@ -670,6 +695,7 @@ int main(void)
     RUN(write_watchpoint_reports_the_address);
     RUN(guest_int3_reaches_its_own_handler_while_the_library_debugs);
     RUN(guest_int3_runs_its_handler_without_any_debugging);
+    RUN(guest_trap_flag_reaches_its_own_handler_while_the_library_debugs);
     RUN(old_debug_request_reports_every_int3);
     RUN(old_debug_request_hardware_breakpoint_and_singlestep);
     RUN(ten_thousand_breakpoints_leave_memory_identical);

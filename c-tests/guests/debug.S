@@ -53,6 +53,24 @@ LABEL(own_int3, handler)
     iretq
 GUEST_END(own_int3)
 
+/* The guest single-steps itself with TF: its #DB handler reports DR6.BS on
+ * port 0x31, clears TF in the interrupted RFLAGS and returns. */
+GUEST_BEGIN(own_trap_flag)
+    pushfq
+    orq $0x100, (%rsp)
+    popfq
+    nop
+    out %al, $0x10
+    hlt
+LABEL(own_trap_flag, handler)
+    mov %dr6, %rax
+    shr $14, %eax
+    and $1, %eax
+    out %al, $0x31
+    andq $~0x100, 16(%rsp)
+    iretq
+GUEST_END(own_trap_flag)
+
 /* Code with an int3 in it, as a 2008 frontend would have patched. */
 GUEST_BEGIN(patched_by_frontend)
     mov $7, %eax

@@ -12,7 +12,7 @@ use std::ffi::c_int;
 
 use kvm_bindings::{kvm_debug_exit_arch, kvm_regs, kvm_sregs};
 
-use super::breakpoints::{CodeMemory, Location, INT3};
+use super::breakpoints::{CodeMemory, HardwareBreakpoint, Location, INT3};
 use super::decode::{decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS};
 use super::pagewalk::translate;
 use super::vcpu_state::{ResumePoint, StepOver, VcpuDebug};
@@ -198,14 +198,23 @@ fn judge_int3(ctx: &Context, vcpu: &Vcpu, state: &VcpuDebug, pc: u64) -> Result<
     Ok(if still_int3 { Verdict::ReinjectBreakpoint } else { Verdict::Resume })
 }
 
-/// Whose is a hit of debug register `n`; sets the reported type.
-fn judge_register(ctx: &Context, state: &VcpuDebug, event: &mut DebugEvent, n: u8) -> Verdict {
-    if !state.programmed_register(n) {
-        return Verdict::ReinjectDebug;
-    }
-    let programmed_addr = state.programmed.arch.debugreg[n as usize];
-    match ctx.debugger().table().register(n as usize) {
-        Some(hw) if hw.addr == programmed_addr => {
+/// Whose is a `#DB` other than the end of our own step: a single step the
+/// VMM asked for, a debug register the library or the VMM programmed (whose
+/// break type is then set from the table), a breakpoint removed since it
+/// was programmed (ignored), or the guest's own. `register` looks up what
+/// the breakpoint table holds in a debug register now.
+fn judge_debug_exception(
+    state: &VcpuDebug,
+    event: &mut DebugEvent,
+    register: impl Fn(u8) -> Option<HardwareBreakpoint>,
+) -> Verdict {
+    let n = match event.cause {
+        DebugCause::SingleStep if state.stepping() => return Verdict::Report(None),
+        DebugCause::Register(n) if state.programmed_register(n) => n,
+        _ => return Verdict::ReinjectDebug,
+    };
+    match register(n) {
+        Some(hw) if hw.addr == state.programmed.arch.debugreg[n as usize] => {
             event.break_type = hw.kind;
             match hw.kind {
                 BreakType::SoftwareBreakpoint | BreakType::HardwareBreakpoint => {
@@ -233,9 +242,7 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
     }
     let verdict = match event.cause {
         DebugCause::Int3 => judge_int3(ctx, vcpu, &state, event.pc)?,
-        DebugCause::SingleStep if state.stepping() => Verdict::Report(None),
-        DebugCause::Register(n) => judge_register(ctx, &state, &mut event, n),
-        DebugCause::SingleStep | DebugCause::Other => Verdict::ReinjectDebug,
+        _ => judge_debug_exception(&state, &mut event, |n| ctx.debugger().table().register(n as usize).copied()),
     };
     act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit { pc: arch.pc })
 }
@@ -372,6 +379,80 @@ mod tests {
         let step = Exit::Debug(kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x10, dr6: DR6_BS, dr7: 0 });
         assert_eq!(int3_exit(&step), None);
         assert_eq!(int3_exit(&Exit::Hlt), None);
+    }
+
+    fn db_event(dr6: u64, pc: u64) -> DebugEvent {
+        let arch = kvm_debug_exit_arch { exception: 1, pad: 0, pc, dr6, dr7: 0 };
+        let state = programmed_state(&[]);
+        decode_debug_exit(&arch, &state.programmed_registers())
+    }
+
+    /// A vcpu state with `registers` (number, address) programmed as DR0-3
+    /// execution breakpoints.
+    fn programmed_state(registers: &[(u8, u64)]) -> VcpuDebug {
+        let mut state = VcpuDebug::default();
+        if !registers.is_empty() {
+            state.programmed.control = kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+        }
+        for &(n, addr) in registers {
+            state.programmed.arch.debugreg[n as usize] = addr;
+            state.programmed.arch.debugreg[7] |= 2 << (2 * n);
+        }
+        state
+    }
+
+    fn hw(kind: BreakType, addr: u64) -> HardwareBreakpoint {
+        let mut table = crate::debug::breakpoints::BreakpointTable::default();
+        table.insert_hardware(kind, addr, 8).unwrap();
+        *table.register(0).unwrap()
+    }
+
+    #[test]
+    fn a_step_nobody_asked_for_goes_back_to_the_guest() {
+        let state = VcpuDebug::default();
+        let mut event = db_event(DR6_BS, 0x10);
+        assert_eq!(judge_debug_exception(&state, &mut event, |_| None), Verdict::ReinjectDebug);
+        let stepping = VcpuDebug { singlestep: true, ..state };
+        assert_eq!(judge_debug_exception(&stepping, &mut event, |_| None), Verdict::Report(None));
+    }
+
+    #[test]
+    fn a_register_hit_is_ours_only_if_we_programmed_the_register() {
+        let state = programmed_state(&[(0, 0x1000)]);
+        let decode = |dr6| decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1000, dr6, dr7: 0 }, &state.programmed_registers());
+        let mut hit0 = decode(0b0001);
+        assert_eq!(
+            judge_debug_exception(&state, &mut hit0, |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000))),
+            Verdict::Report(Some(ResumePoint { pc: 0x1000, register: Some(0) }))
+        );
+        // DR2 was never programmed: the guest's own #DB.
+        let mut hit2 = db_event(0b0100, 0x1000);
+        assert_eq!(judge_debug_exception(&state, &mut hit2, |_| None), Verdict::ReinjectDebug);
+    }
+
+    #[test]
+    fn a_watchpoint_reports_the_type_the_vmm_inserted() {
+        let state = programmed_state(&[(0, 0x2000)]);
+        let mut event = decode_debug_exit(
+            &kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1004, dr6: 1, dr7: 0 },
+            &state.programmed_registers(),
+        );
+        let verdict = judge_debug_exception(&state, &mut event, |_| Some(hw(BreakType::WatchRead, 0x2000)));
+        assert_eq!((verdict, event.break_type), (Verdict::Report(None), BreakType::WatchRead));
+    }
+
+    #[test]
+    fn a_breakpoint_removed_since_it_was_programmed_is_ignored() {
+        let state = programmed_state(&[(1, 0x3000)]);
+        let mut event = decode_debug_exit(
+            &kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x3000, dr6: 0b10, dr7: 0 },
+            &state.programmed_registers(),
+        );
+        assert_eq!(judge_debug_exception(&state, &mut event, |_| None), Verdict::Resume);
+        // ... unless the VMM's own request still uses that register.
+        let mut requested = state;
+        requested.request = state.programmed;
+        assert_eq!(judge_debug_exception(&requested, &mut event, |_| None), Verdict::Report(None));
     }
 
     #[test]
