@@ -4,6 +4,7 @@
 #   make test         cargo tests and every C test
 #   make c-tests      the C tests only
 #   make demo         build and run examples/hello.c
+#   make debug-demo   the same VMM waiting for gdb on 127.0.0.1:1234
 #   make install      PREFIX=/usr/local: library, header, libkvm.pc
 #   make clean
 
@@ -34,7 +35,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test cargo-test c-tests check-install demo install clean FORCE
+.PHONY: all header lib test cargo-test c-tests check-install demo debug-demo install clean FORCE
 
 all: header
 
@@ -53,8 +54,12 @@ test: cargo-test c-tests check-install
 cargo-test:
 	$(CARGO) test --release
 
-c-tests: lib $(C_TESTS) $(HEADER_TESTS)
-	c-tests/run.sh $(HEADER_TESTS) $(C_TESTS)
+c-tests: lib $(C_TESTS) $(HEADER_TESTS) $(BUILD)/gdb_vmm
+	c-tests/run.sh $(HEADER_TESTS) $(C_TESTS) c-tests/gdb/run.sh
+
+# The VMM that c-tests/gdb/test_gdb.py debugs with the real gdb.
+$(BUILD)/gdb_vmm: c-tests/gdb/gdb_vmm.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
+	$(CC) $(TEST_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
 
 $(BUILD) $(BUILD)/guests $(EXAMPLES_BUILD):
 	mkdir -p $@
@@ -95,6 +100,13 @@ $(EXAMPLES_BUILD)/hello: examples/hello.c examples/hello-bios.S $(HEADER) $(STAT
 
 demo: lib $(EXAMPLES_BUILD)/hello
 	$(EXAMPLES_BUILD)/hello
+
+# The demo VMM, unmodified, waiting for gdb (LIBKVM_GDB makes kvm_create start the stub).
+GDB_LISTEN ?= 127.0.0.1:1234
+debug-demo: lib $(EXAMPLES_BUILD)/hello
+	@echo "The demo VMM waits for gdb. In another terminal, run:"
+	@echo "    gdb -ex 'target remote $(GDB_LISTEN)' -ex 'break *0xf0005' -ex continue"
+	LIBKVM_GDB=$(GDB_LISTEN) $(EXAMPLES_BUILD)/hello
 
 libkvm.pc: FORCE
 	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \

@@ -334,7 +334,8 @@ void kvm_set_cr8(kvm_context_t kvm, int vcpu, uint64_t cr8);
 uint64_t kvm_get_cr8(kvm_context_t kvm, int vcpu);
 
 // Sets the signal mask `vcpu`'s thread has while the guest runs
-// (`KVM_SET_SIGNAL_MASK`); NULL removes it.
+// (`KVM_SET_SIGNAL_MASK`); NULL removes it. The signal libkvm reserves to
+// stop vcpus for a debugger (`SIGRTMAX - 2`) always stays unblocked.
 int kvm_set_signal_mask(kvm_context_t kvm, int vcpu, const sigset_t *sigset);
 
 // Reports TPR accesses of `vcpu` to the `tpr_access` callback.
@@ -472,6 +473,25 @@ int kvm_translate_gva(kvm_context_t kvm, int vcpu, uint64_t gva, uint64_t *gpa);
 // Like `kvm_translate_gva`, with the page size and the permissions of
 // the mapping.
 int kvm_translate_gva_ex(kvm_context_t kvm, int vcpu, uint64_t gva, struct kvm_gva_translation *out);
+
+// Starts the GDB remote stub for the VM, listening at `listen`:
+// `"127.0.0.1:1234"`, `"[::1]:1234"`, `"unix:/path"`, or a bare port
+// (`"1234"`, loopback only). One gdb at a time; threads are vcpus (thread
+// id = vcpu + 1). While gdb is connected, debug events go to gdb rather
+// than to the `debug` callback, and a stop parks every vcpu thread inside
+// `kvm_run`. When gdb detaches or disconnects, its breakpoints are removed
+// and the guest runs on; gdb's `kill` ends each `kvm_run` through the
+// `shutdown` callback. `-EBUSY` when a stub runs already, `-EINVAL` for a
+// bad address, `-EADDRINUSE` and the like from the socket.
+//
+// Setting `LIBKVM_GDB=<listen>` in the environment makes `kvm_create`
+// start the stub itself, with every vcpu waiting for gdb before its first
+// instruction.
+int kvm_gdbstub_start(kvm_context_t kvm, const char *listen);
+
+// Stops the stub: a connected gdb is disconnected (its breakpoints
+// removed) and the guest runs on. `-ENOENT` when no stub runs.
+int kvm_gdbstub_stop(kvm_context_t kvm);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -21,6 +21,7 @@ pub mod capi;
 pub mod context;
 pub mod error;
 pub mod exit;
+pub mod gdb;
 pub mod memory;
 pub mod run;
 pub(crate) mod sys;

@@ -8,6 +8,7 @@ use crate::debug;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, IoDirection};
 use crate::debug::exits::Entry;
+use crate::gdb::stopper::{Checkpoint, KvmRunThread};
 use crate::vcpu::{RunnerGuard, Vcpu, IO_DATA_MAX};
 use crate::x86;
 
@@ -18,6 +19,7 @@ pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
         Ok(guard) => guard,
         Err(e) => return e.negated(),
     };
+    let _kickable = KvmRunThread::enter(vcpu);
     let mut io_data = [0u8; IO_DATA_MAX];
     loop {
         let r = run_once(ctx, vcpu, &runner, &mut io_data);
@@ -32,6 +34,9 @@ pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
 fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> c_int {
     let callbacks = ctx.callbacks();
     let index = vcpu.index();
+    if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
+        return callbacks.shutdown(index);
+    }
     let request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
     let r = callbacks.pre_kvm_run(index);
     if r != 0 {
@@ -46,6 +51,8 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
     callbacks.post_kvm_run(index);
     match exit {
         Ok(exit) => handle_exit(ctx, vcpu, runner, exit, io_data),
+        // A kick from the debugger is not the VMM's business: park instead.
+        Err(Errno(libc::EINTR | libc::EAGAIN)) if vcpu.is_held() => 0,
         Err(Errno(libc::EINTR | libc::EAGAIN)) => callbacks.io_window(),
         Err(e) => {
             eprintln!("kvm_run: vcpu {index}: KVM_RUN failed: {e}");

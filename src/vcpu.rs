@@ -41,6 +41,14 @@ pub struct Vcpu {
     debug_attention: AtomicBool,
     /// Set while the vcpu single-steps (see [`Vcpu::set_stepping`]).
     stepping: AtomicBool,
+    /// Set while a debugger wants the vcpu stopped: the thread running it
+    /// parks inside `kvm_run` (see [`crate::gdb::stopper`]).
+    held: AtomicBool,
+    /// Set while the running thread is parked.
+    parked: AtomicBool,
+    /// The thread inside `kvm_run`, for kicking it out of the guest. The
+    /// mutex keeps the thread inside `kvm_run` while a kick is sent.
+    runner_thread: Mutex<Option<libc::pthread_t>>,
 }
 
 // SAFETY: `run_page` points into the mmap owned by `fd`, which lives as long
@@ -56,6 +64,7 @@ pub struct RunnerGuard<'a> {
 
 impl Drop for RunnerGuard<'_> {
     fn drop(&mut self) {
+        *lock(&self.vcpu.runner_thread) = None;
         self.vcpu.running.store(false, Ordering::Release);
     }
 }
@@ -75,6 +84,9 @@ impl Vcpu {
             debug: Mutex::new(VcpuDebug::default()),
             debug_attention: AtomicBool::new(false),
             stepping: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            runner_thread: Mutex::new(None),
         }
     }
 
@@ -159,10 +171,45 @@ impl Vcpu {
     /// Marks the calling thread as the one running this vcpu; `EBUSY` when
     /// another thread already is.
     pub fn claim_runner(&self) -> Result<RunnerGuard<'_>> {
-        self.running
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .map(|_| RunnerGuard { vcpu: self })
-            .map_err(|_| Errno::BUSY)
+        self.running.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).map_err(|_| Errno::BUSY)?;
+        // SAFETY: pthread_self has no preconditions.
+        *lock(&self.runner_thread) = Some(unsafe { libc::pthread_self() });
+        Ok(RunnerGuard { vcpu: self })
+    }
+
+    /// True while a thread is inside `kvm_run` for this vcpu.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Asks the vcpu to stop (`true`) or lets it go (`false`).
+    pub fn set_held(&self, held: bool) {
+        self.held.store(held, Ordering::Release);
+    }
+
+    /// True while a debugger wants the vcpu stopped.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Records whether the running thread is parked.
+    pub fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
+    }
+
+    /// True while the running thread is parked (or no thread runs the vcpu).
+    pub fn is_stopped(&self) -> bool {
+        !self.is_running() || self.parked.load(Ordering::Acquire)
+    }
+
+    /// Sends `signal` to the thread running this vcpu, if any.
+    pub fn signal_runner(&self, signal: libc::c_int) {
+        let thread = lock(&self.runner_thread);
+        if let Some(thread) = *thread {
+            // SAFETY: the thread is inside kvm_run (it clears runner_thread,
+            // under this lock, before leaving), so the pthread_t is live.
+            unsafe { libc::pthread_kill(thread, signal) };
+        }
     }
 
     /// Enters the guest once and returns the exit. Port output data is

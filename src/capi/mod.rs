@@ -15,6 +15,7 @@ mod vm;
 mod registers;
 mod memory;
 mod debug;
+mod gdb;
 
 use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -27,6 +28,7 @@ pub use vm::*;
 pub use registers::*;
 pub use memory::*;
 pub use debug::*;
+pub use gdb::*;
 
 /// `#BP`/`int3` software breakpoint (`debug` callback `break_type`).
 pub const KVM_GDB_BREAKPOINT_SW: c_int = 0;

@@ -233,13 +233,19 @@ pub unsafe extern "C" fn kvm_get_cr8(kvm: kvm_context_t, vcpu: c_int) -> u64 {
 }
 
 /// Sets the signal mask `vcpu`'s thread has while the guest runs
-/// (`KVM_SET_SIGNAL_MASK`); NULL removes it.
+/// (`KVM_SET_SIGNAL_MASK`); NULL removes it. The signal libkvm reserves to
+/// stop vcpus for a debugger (`SIGRTMAX - 2`) always stays unblocked.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_signal_mask(kvm: kvm_context_t, vcpu: c_int, sigset: *const libc::sigset_t) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init, and a sigset or NULL.
         let ((_, vcpu), mask) = unsafe { (checked_vcpu(kvm, vcpu)?, sigset.as_ref()) };
-        vcpu.with_fd(|fd| sys::set_signal_mask(fd, mask))
+        let mask = mask.map(|m| {
+            let mut m = *m;
+            crate::gdb::stopper::keep_kick_unblocked(&mut m);
+            m
+        });
+        vcpu.with_fd(|fd| sys::set_signal_mask(fd, mask.as_ref()))
     })
 }
 

@@ -13,6 +13,8 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::callbacks::{kvm_callbacks, Callbacks};
 use crate::debug::Debugger;
+use crate::gdb::stopper::Stopper;
+use crate::gdb::GdbServer;
 use crate::error::{Errno, Result};
 use crate::lock;
 use crate::memory::GuestMemory;
@@ -39,6 +41,15 @@ pub struct Context {
     irqchip_in_kernel: AtomicBool,
     pit_in_kernel: AtomicBool,
     pub(crate) debugger: Debugger,
+    stopper: Stopper,
+    pub(crate) gdb_server: Mutex<Option<GdbServer>>,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // The stub thread uses the context: it must end first.
+        let _ = self.stop_gdbstub();
+    }
 }
 
 impl Context {
@@ -63,6 +74,8 @@ impl Context {
             irqchip_in_kernel: AtomicBool::new(false),
             pit_in_kernel: AtomicBool::new(false),
             debugger,
+            stopper: Stopper::new()?,
+            gdb_server: Mutex::new(None),
         })
     }
 
@@ -79,6 +92,11 @@ impl Context {
     /// The VM fd; `ENODEV` before `kvm_create_vm`.
     pub fn vm(&self) -> Result<&VmFd> {
         self.vm.get().ok_or(Errno::NODEV)
+    }
+
+    /// The all-stop machinery the GDB stub uses.
+    pub fn stopper(&self) -> &Stopper {
+        &self.stopper
     }
 
     /// The guest memory table, locked.
@@ -141,6 +159,9 @@ impl Context {
             self.pit_in_kernel.store(true, Ordering::Release);
         }
         self.create_vcpu_locked(0)?;
+        if let Some(address) = std::env::var_os("LIBKVM_GDB") {
+            self.start_gdbstub_waiting(&address.to_string_lossy())?;
+        }
         Ok(ram)
     }
 
@@ -177,6 +198,9 @@ impl Context {
         let vm = self.vm()?;
         let fd = vm.create_vcpu(u64::from(index)).map_err(Errno::from)?;
         let vcpu = Vcpu::new(index, fd, vm.run_size());
+        // A debugger that is waiting for the VM, or attached, gets the new
+        // vcpu stopped like the others.
+        vcpu.set_held(self.stopper.holds_new_vcpus() || self.stopper.attached());
         Ok(cell.get_or_init(|| Box::new(vcpu)))
     }
 

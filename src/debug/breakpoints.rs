@@ -250,6 +250,27 @@ impl BreakpointTable {
         Ok(())
     }
 
+    /// A line per breakpoint, for the GDB stub's `monitor breakpoints`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for bp in &self.software {
+            let place = match bp.location {
+                Location::Patched(gpa) => format!("int3 at gpa {gpa:#x}"),
+                Location::Register(n) => format!("debug register {n} (not mapped when inserted)"),
+            };
+            out += &format!("software {:#x}: {place}, {} reference(s)\n", bp.gva, bp.refs);
+        }
+        for (n, r) in self.registers.iter().enumerate() {
+            if let Some(r) = r.filter(|r| r.kind != BreakType::SoftwareBreakpoint) {
+                out += &format!("DR{n}: {:?} {:#x} length {}, {} reference(s)\n", r.kind, r.addr, r.len, r.refs);
+            }
+        }
+        if out.is_empty() {
+            out = "no breakpoints\n".into();
+        }
+        out
+    }
+
     /// Removes everything, restoring every patched byte that is still `int3`.
     pub fn remove_all(&mut self, mem: &impl CodeMemory) {
         for patch in self.patches.drain(..) {

@@ -279,6 +279,11 @@ fn act(
             drop(state);
             vcpu.request_debug_attention();
             rearm_breakpoints(ctx, vcpu)?;
+            if ctx.stopper().attached() {
+                // gdb owns the debug events: stop everything and tell it.
+                ctx.stopper().report(ctx, vcpu, event);
+                return Ok(0);
+            }
             Ok(ctx.callbacks().debug(vcpu.index(), event.break_type as c_int, event.watch_addr))
         }
         Verdict::Resume => Ok(0),

@@ -87,6 +87,29 @@ impl Context {
         Ok(())
     }
 
+    /// Reads guest-physical memory, showing original bytes under software
+    /// breakpoints.
+    pub fn read_guest_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
+        let table = self.debugger().table();
+        self.memory().read(gpa, buf)?;
+        show_originals(&table, gpa, buf);
+        Ok(())
+    }
+
+    /// Writes guest-physical memory; a byte under a software breakpoint
+    /// becomes its original.
+    pub fn write_guest_phys(&self, gpa: u64, buf: &[u8]) -> Result<()> {
+        let mut table = self.debugger().table();
+        let mem = self.memory();
+        mem.write(gpa, buf)?;
+        let patched: Vec<u64> = table.patches_in(gpa, buf.len() as u64).map(|p| p.gpa).collect();
+        for patch in patched {
+            table.set_original(patch, buf[(patch - gpa) as usize]);
+            mem.write_byte(patch, super::breakpoints::INT3)?;
+        }
+        Ok(())
+    }
+
     /// The guest-physical runs behind `[gva, gva + len)`, each inside one
     /// page and backed by memory; `EFAULT` if any part is not.
     fn physical_runs(

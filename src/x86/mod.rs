@@ -72,6 +72,17 @@ pub fn format_events(e: &kvm_vcpu_events) -> String {
 
 /// Prints general and segment registers of `vcpu` to stderr (`kvm_show_regs`).
 pub fn show_regs(vcpu: &Vcpu) {
+    eprint!("{}", show_regs_text(vcpu));
+}
+
+/// Prints everything `show_regs` prints plus events and debug registers
+/// (`kvm_dump_vcpu`).
+pub fn dump_vcpu(vcpu: &Vcpu) {
+    eprint!("{}", dump_text(vcpu));
+}
+
+/// The text of `kvm_show_regs`.
+pub fn show_regs_text(vcpu: &Vcpu) -> String {
     let mut out = format!("vcpu {}:\n", vcpu.index());
     match vcpu.ioctl(|fd| fd.get_regs()) {
         Ok(regs) => out += &format_regs(&regs),
@@ -81,14 +92,12 @@ pub fn show_regs(vcpu: &Vcpu) {
         Ok(sregs) => out += &format_sregs(&sregs),
         Err(e) => out += &format!("sregs: {e}\n"),
     }
-    eprint!("{out}");
+    out
 }
 
-/// Prints everything `show_regs` prints plus events and debug registers
-/// (`kvm_dump_vcpu`).
-pub fn dump_vcpu(vcpu: &Vcpu) {
-    show_regs(vcpu);
-    let mut out = String::new();
+/// The text of `kvm_dump_vcpu`.
+pub fn dump_text(vcpu: &Vcpu) -> String {
+    let mut out = show_regs_text(vcpu);
     match vcpu.ioctl(|fd| fd.get_vcpu_events()) {
         Ok(events) => out += &format_events(&events),
         Err(e) => out += &format!("events: {e}\n"),
@@ -107,7 +116,7 @@ pub fn dump_vcpu(vcpu: &Vcpu) {
         Ok(mp) => out += &format!("mp_state {}\n", mp.mp_state),
         Err(e) => out += &format!("mp_state: {e}\n"),
     }
-    eprint!("{out}");
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,289 @@
+//! The stub's thread: accepts one gdb at a time and drives `gdbstub`'s
+//! non-blocking state machine from a `poll` loop over the connection, the
+//! vcpus' stop events and a shutdown request. Nothing busy-polls.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::net::{TcpListener, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use gdbstub::common::Signal;
+use gdbstub::conn::Connection;
+use gdbstub::stub::state_machine::GdbStubStateMachine;
+use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::target::{tid_of, VmTarget};
+use crate::context::Context;
+
+/// A listening socket: TCP or unix.
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A unix socket (the path is removed when the stub stops).
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A connected gdb.
+pub enum Stream {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// Over a unix socket.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => Write::write_all(s, buf),
+            Stream::Unix(s) => Write::write_all(s, buf),
+        }
+    }
+}
+
+/// The connection `gdbstub` writes to: replies are collected and sent in
+/// one write at each flush rather than a system call per byte.
+struct BufferedConnection {
+    stream: Stream,
+    out: Vec<u8>,
+}
+
+impl Connection for BufferedConnection {
+    type Error = std::io::Error;
+
+    fn write(&mut self, byte: u8) -> std::io::Result<()> {
+        self.out.push(byte);
+        Ok(())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.out.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.stream.write_all(&self.out);
+        self.out.clear();
+        result
+    }
+
+    fn on_session_start(&mut self) -> std::io::Result<()> {
+        if let Stream::Tcp(s) = &self.stream {
+            s.set_nodelay(true)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until one of `fds` is readable; returns a bit per fd.
+fn wait_readable(fds: &[RawFd]) -> u32 {
+    let mut polls = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 4];
+    for (p, fd) in polls.iter_mut().zip(fds) {
+        p.fd = *fd;
+    }
+    loop {
+        // SAFETY: `polls` holds `fds.len()` initialised pollfd entries.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n > 0 {
+            return polls[..fds.len()]
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.revents != 0)
+                .fold(0, |bits, (i, _)| bits | (1 << i));
+        }
+    }
+}
+
+/// Runs the stub until `shutdown` is signalled.
+pub fn serve(ctx: &Context, listener: Listener, shutdown: &EventFd) {
+    loop {
+        let ready = wait_readable(&[listener.fd(), shutdown.as_raw_fd()]);
+        if ready & 0b10 != 0 {
+            break;
+        }
+        let Ok(stream) = listener.accept() else { continue };
+        let mut inserted = Vec::new();
+        let mut ending = End::Detach;
+        let outcome = catch_unwind(AssertUnwindSafe(|| session(ctx, stream, shutdown, &mut inserted)));
+        if let Ok(end) = outcome {
+            ending = end;
+        }
+        finish_session(ctx, &inserted, ending);
+        if ending == End::Shutdown {
+            break;
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// gdb detached or went away: the guest runs on.
+    Detach,
+    /// gdb killed the VM.
+    Kill,
+    /// The stub is being stopped.
+    Shutdown,
+}
+
+/// Leaves the VM as if gdb had never come: gdb's breakpoints removed (the
+/// VMM's own stay), no single-stepping, every vcpu running.
+fn finish_session(ctx: &Context, inserted: &[(crate::debug::BreakType, u64, u64)], end: End) {
+    for &(kind, addr, len) in inserted {
+        let _ = ctx.remove_breakpoint(kind, addr, len);
+    }
+    for vcpu in ctx.vcpus() {
+        let _ = ctx.set_singlestep(vcpu, false);
+    }
+    let stopper = ctx.stopper();
+    stopper.set_attached(false);
+    stopper.set_hold_new_vcpus(false);
+    if end == End::Kill {
+        stopper.kill(ctx);
+    } else {
+        stopper.release(ctx, |_| true);
+    }
+}
+
+/// One gdb connection, from the stop of every vcpu to the disconnect.
+fn session(
+    ctx: &Context,
+    stream: Stream,
+    shutdown: &EventFd,
+    inserted: &mut Vec<(crate::debug::BreakType, u64, u64)>,
+) -> End {
+    let stopper = ctx.stopper();
+    stopper.set_attached(true);
+    stopper.hold_all(ctx);
+    stopper.wait_all_stopped(ctx);
+
+    let conn_fd = stream.fd();
+    let mut target = VmTarget::new(ctx, inserted);
+    let conn = BufferedConnection { stream, out: Vec::with_capacity(4096) };
+    let mut gdb = match GdbStub::new(conn).run_state_machine(&mut target) {
+        Ok(gdb) => gdb,
+        Err(_) => return End::Detach,
+    };
+    let mut pending = [0u8; 4096];
+    let (mut next, mut len) = (0usize, 0usize);
+    let end = loop {
+        let step = match gdb {
+            GdbStubStateMachine::Idle(mut g) => {
+                if next == len {
+                    let ready = wait_readable(&[conn_fd, shutdown.as_raw_fd()]);
+                    if ready & 0b10 != 0 {
+                        break End::Shutdown;
+                    }
+                    match read_into(g.borrow_conn(), &mut pending) {
+                        Some(n) => (next, len) = (0, n),
+                        None => break End::Detach,
+                    }
+                    gdb = g.into();
+                    continue;
+                }
+                next += 1;
+                g.incoming_data(&mut target, pending[next - 1])
+            }
+            GdbStubStateMachine::Running(mut g) => {
+                if next < len {
+                    next += 1;
+                    g.incoming_data(&mut target, pending[next - 1])
+                } else if stopper.has_events() {
+                    stopper.hold_all(ctx);
+                    stopper.wait_all_stopped(ctx);
+                    match stopper.take_event() {
+                        Some(stop) => {
+                            target.current = stop.vcpu;
+                            g.report_stop(&mut target, VmTarget::stop_reason(&stop))
+                        }
+                        None => Ok(g.into()),
+                    }
+                } else {
+                    let ready = wait_readable(&[conn_fd, stopper.wake_fd().as_raw_fd(), shutdown.as_raw_fd()]);
+                    if ready & 0b100 != 0 {
+                        break End::Shutdown;
+                    }
+                    if ready & 0b1 != 0 {
+                        match read_into(g.borrow_conn(), &mut pending) {
+                            Some(n) => (next, len) = (0, n),
+                            None => break End::Detach,
+                        }
+                    }
+                    Ok(g.into())
+                }
+            }
+            GdbStubStateMachine::CtrlCInterrupt(g) => {
+                stopper.hold_all(ctx);
+                stopper.wait_all_stopped(ctx);
+                let reason = match stopper.take_event() {
+                    Some(stop) => {
+                        target.current = stop.vcpu;
+                        VmTarget::stop_reason(&stop)
+                    }
+                    None => MultiThreadStopReason::SignalWithThread { tid: tid_of(target.current), signal: Signal::SIGINT },
+                };
+                g.interrupt_handled(&mut target, Some(reason))
+            }
+            GdbStubStateMachine::Disconnected(g) => {
+                break match g.get_reason() {
+                    DisconnectReason::Kill => End::Kill,
+                    _ => End::Detach,
+                };
+            }
+        };
+        gdb = match step {
+            Ok(gdb) => gdb,
+            // A broken connection or a packet gdbstub cannot handle ends the
+            // session like a detach: the guest runs on.
+            Err(_) => break End::Detach,
+        };
+    };
+    end
+}
+
+/// Reads what gdb sent; `None` when the connection closed or failed.
+fn read_into(conn: &mut BufferedConnection, buf: &mut [u8]) -> Option<usize> {
+    match conn.stream.read(buf) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}

@@ -1,0 +1,257 @@
+//! All-stop for a debugger: every vcpu thread parks inside `kvm_run` while
+//! a debugger looks at the VM, and vcpus inside the guest are kicked out of
+//! it with `immediate_exit` and a signal the library reserves.
+//!
+//! The VMM's own loop never sees a stop: `kvm_run` does not return while
+//! its vcpu is parked, and a kick does not reach the `io_window` callback.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, Once};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::context::Context;
+use crate::debug::decode::DebugEvent;
+use crate::error::Result;
+use crate::lock;
+use crate::vcpu::Vcpu;
+
+/// The signal the library reserves to kick vcpu threads out of the guest:
+/// `SIGRTMAX - 2`. `kvm_run` keeps it unblocked in the calling thread and
+/// in the guest signal mask.
+pub fn kick_signal() -> c_int {
+    libc::SIGRTMAX() - 2
+}
+
+thread_local! {
+    /// The vcpu this thread runs, for the kick signal handler.
+    static RUNNING_VCPU: Cell<*const Vcpu> = const { Cell::new(std::ptr::null()) };
+}
+
+extern "C" fn on_kick(_signal: c_int) {
+    RUNNING_VCPU.with(|current| {
+        let vcpu = current.get();
+        if !vcpu.is_null() {
+            // SAFETY: RUNNING_VCPU is set only while this thread is inside
+            // kvm_run for that vcpu (see KvmRunThread), which keeps it alive.
+            unsafe { (*vcpu).kick_from_signal_handler() }
+        }
+    });
+}
+
+fn install_kick_handler() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: a plain handler for a signal reserved by the library; it
+        // only does a volatile store through a thread-local pointer.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_kick as extern "C" fn(c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Marks the calling thread as running `vcpu` for the kick handler, for as
+/// long as it lives.
+pub struct KvmRunThread {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl KvmRunThread {
+    /// Called on entry to `kvm_run`.
+    pub fn enter(vcpu: &Vcpu) -> KvmRunThread {
+        install_kick_handler();
+        // SAFETY: plain signal-set manipulation on local values.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, kick_signal());
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+        RUNNING_VCPU.with(|current| current.set(vcpu));
+        KvmRunThread { _not_send: std::marker::PhantomData }
+    }
+}
+
+impl Drop for KvmRunThread {
+    fn drop(&mut self) {
+        RUNNING_VCPU.with(|current| current.set(std::ptr::null()));
+    }
+}
+
+/// Removes the kick signal from a guest signal mask.
+pub fn keep_kick_unblocked(mask: &mut libc::sigset_t) {
+    // SAFETY: `mask` is a valid sigset_t.
+    unsafe { libc::sigdelset(mask, kick_signal()) };
+}
+
+/// A debug event on a vcpu while a debugger is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopEvent {
+    /// The vcpu it happened on.
+    pub vcpu: u32,
+    /// What happened.
+    pub event: DebugEvent,
+}
+
+/// What a parked vcpu does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Enter the guest.
+    Run,
+    /// The debugger killed the VM: end `kvm_run` through `shutdown`.
+    Killed,
+}
+
+/// The all-stop machinery of one VM.
+pub struct Stopper {
+    events: Mutex<VecDeque<StopEvent>>,
+    /// Signalled when a vcpu parks or is released.
+    changed: Condvar,
+    /// Wakes the debugger's poll loop when a vcpu queues an event.
+    wake: EventFd,
+    attached: AtomicBool,
+    killed: AtomicBool,
+    hold_new_vcpus: AtomicBool,
+}
+
+impl Stopper {
+    /// A stopper with no debugger attached.
+    pub fn new() -> Result<Stopper> {
+        Ok(Stopper {
+            events: Mutex::new(VecDeque::new()),
+            changed: Condvar::new(),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(crate::gdb::io_errno)?,
+            attached: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            hold_new_vcpus: AtomicBool::new(false),
+        })
+    }
+
+    /// The eventfd that becomes readable when a vcpu queued a stop event.
+    pub fn wake_fd(&self) -> &EventFd {
+        &self.wake
+    }
+
+    /// True while a debugger receives the debug events.
+    pub fn attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Routes debug events to the debugger (`true`) or to the VMM's callback.
+    pub fn set_attached(&self, attached: bool) {
+        self.attached.store(attached, Ordering::Release);
+        if !attached {
+            lock(&self.events).clear();
+        }
+    }
+
+    /// Makes vcpus created from now on start held (a VMM waiting for gdb).
+    pub fn set_hold_new_vcpus(&self, hold: bool) {
+        self.hold_new_vcpus.store(hold, Ordering::Release);
+    }
+
+    /// True when new vcpus start held.
+    pub fn holds_new_vcpus(&self) -> bool {
+        self.hold_new_vcpus.load(Ordering::Acquire)
+    }
+
+    /// Called by the thread running `vcpu` before each entry: parks it while
+    /// it is held. One atomic load when it is not.
+    pub fn checkpoint(&self, vcpu: &Vcpu) -> Checkpoint {
+        if !vcpu.is_held() {
+            return Checkpoint::Run;
+        }
+        let mut events = lock(&self.events);
+        vcpu.set_parked(true);
+        self.changed.notify_all();
+        while vcpu.is_held() && !self.killed.load(Ordering::Acquire) {
+            events = self.changed.wait(events).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        vcpu.set_parked(false);
+        drop(events);
+        if self.killed.load(Ordering::Acquire) {
+            Checkpoint::Killed
+        } else {
+            Checkpoint::Run
+        }
+    }
+
+    /// Called by the thread running `vcpu` for a debug event while a
+    /// debugger is attached: queue it, stop every vcpu, wake the debugger.
+    /// The vcpu parks at its next checkpoint.
+    pub fn report(&self, ctx: &Context, vcpu: &Vcpu, event: DebugEvent) {
+        lock(&self.events).push_back(StopEvent { vcpu: vcpu.index(), event });
+        self.hold_all(ctx);
+        let _ = self.wake.write(1);
+    }
+
+    /// The oldest queued stop event.
+    pub fn take_event(&self) -> Option<StopEvent> {
+        let _ = self.wake.read();
+        lock(&self.events).pop_front()
+    }
+
+    /// True when stop events wait for the debugger.
+    pub fn has_events(&self) -> bool {
+        !lock(&self.events).is_empty()
+    }
+
+    /// Asks every vcpu to stop and kicks those inside the guest.
+    pub fn hold_all(&self, ctx: &Context) {
+        for vcpu in ctx.vcpus() {
+            vcpu.set_held(true);
+            if !vcpu.is_stopped() {
+                vcpu.signal_runner(kick_signal());
+            }
+        }
+    }
+
+    /// Waits until every vcpu is parked or outside `kvm_run`, kicking the
+    /// ones still in the guest again now and then (a vcpu may have been
+    /// between two entries when first kicked).
+    pub fn wait_all_stopped(&self, ctx: &Context) {
+        let mut events = lock(&self.events);
+        loop {
+            let running: Vec<&Vcpu> = ctx.vcpus().filter(|v| !v.is_stopped()).collect();
+            if running.is_empty() {
+                return;
+            }
+            for vcpu in running {
+                vcpu.signal_runner(kick_signal());
+            }
+            events = self
+                .changed
+                .wait_timeout(events, Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets go of the vcpus for which `release` is true.
+    pub fn release(&self, ctx: &Context, release: impl Fn(&Vcpu) -> bool) {
+        for vcpu in ctx.vcpus().filter(|v| release(v)) {
+            vcpu.set_held(false);
+        }
+        let _events = lock(&self.events);
+        self.changed.notify_all();
+    }
+
+    /// Ends the VM for the debugger's `kill`: every parked vcpu leaves
+    /// `kvm_run` through the VMM's `shutdown` callback.
+    pub fn kill(&self, ctx: &Context) {
+        self.killed.store(true, Ordering::Release);
+        self.release(ctx, |_| true);
+    }
+
+    /// True after `kill`.
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+}
