@@ -35,7 +35,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test cargo-test c-tests check-install demo debug-demo install clean FORCE
+.PHONY: all header lib test cargo-test c-tests check-install demo debug-demo bench install clean FORCE
 
 all: header
 
@@ -100,6 +100,16 @@ $(EXAMPLES_BUILD)/hello: examples/hello.c examples/hello-bios.S $(HEADER) $(STAT
 
 demo: lib $(EXAMPLES_BUILD)/hello
 	$(EXAMPLES_BUILD)/hello
+
+# Benchmarks: libkvm against raw KVM ioctls in the same process, rates of
+# the debugging calls, the page walker, and gdb round trips (BENCHMARKS.md).
+$(BUILD)/exit_bench: bench/exit_bench.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
+	$(CC) $(TEST_CFLAGS) -O2 -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
+
+bench: lib $(BUILD)/exit_bench $(BUILD)/gdb_vmm
+	$(BUILD)/exit_bench
+	$(CARGO) bench --bench pagewalk --quiet
+	GDB_TEST_VMM=$(CURDIR)/$(BUILD)/gdb_vmm timeout 300 gdb -batch -nx -x bench/bench_gdb.py
 
 # The demo VMM, unmodified, waiting for gdb (LIBKVM_GDB makes kvm_create start the stub).
 GDB_LISTEN ?= 127.0.0.1:1234

@@ -4,7 +4,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 
-use kvm_bindings::kvm_run;
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
 
 use crate::debug::pagewalk::PagingRegisters;
@@ -41,6 +41,14 @@ pub struct Vcpu {
     debug_attention: AtomicBool,
     /// Set while the vcpu single-steps (see [`Vcpu::set_stepping`]).
     stepping: AtomicBool,
+    /// The host can copy registers into `kvm_run` at each exit (`KVM_CAP_SYNC_REGS`).
+    can_sync_registers: bool,
+    /// Set while debugging is on: exits then carry the registers, which
+    /// the debug handlers read instead of issuing ioctls.
+    sync_registers: AtomicBool,
+    /// The `state_epoch` at which `kvm_run` held synced registers (the
+    /// last exit's), or `u64::MAX`.
+    synced_epoch: AtomicU64,
     /// Set while a debugger wants the vcpu stopped: the thread running it
     /// parks inside `kvm_run` (see [`crate::gdb::stopper`]).
     held: AtomicBool,
@@ -71,7 +79,7 @@ impl Drop for RunnerGuard<'_> {
 
 impl Vcpu {
     /// Wraps a freshly created vcpu fd whose mapping is `mmap_size` bytes.
-    pub fn new(index: u32, mut fd: VcpuFd, mmap_size: usize) -> Vcpu {
+    pub fn new(index: u32, mut fd: VcpuFd, mmap_size: usize, can_sync_registers: bool) -> Vcpu {
         let run_page = NonNull::from(fd.get_kvm_run());
         Vcpu {
             index,
@@ -84,6 +92,9 @@ impl Vcpu {
             debug: Mutex::new(VcpuDebug::default()),
             debug_attention: AtomicBool::new(false),
             stepping: AtomicBool::new(false),
+            can_sync_registers,
+            sync_registers: AtomicBool::new(false),
+            synced_epoch: AtomicU64::new(u64::MAX),
             held: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             runner_thread: Mutex::new(None),
@@ -136,6 +147,11 @@ impl Vcpu {
                 return Ok(regs);
             }
         }
+        let paging = |s: &kvm_sregs| PagingRegisters { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer };
+        if let Some(regs) = self.with_registers_at_exit(|_, sregs| paging(sregs)) {
+            *cache = Some((epoch, regs));
+            return Ok(regs);
+        }
         let sregs = match (self.fd.try_lock(), *cache) {
             (Ok(fd), _) => fd.get_sregs(),
             (Err(TryLockError::Poisoned(p)), _) => p.into_inner().get_sregs(),
@@ -143,7 +159,7 @@ impl Vcpu {
             (Err(TryLockError::WouldBlock), None) => self.with_fd(|fd| fd.get_sregs()),
         }
         .map_err(Errno::from)?;
-        let regs = PagingRegisters { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
+        let regs = paging(&sregs);
         *cache = Some((epoch, regs));
         Ok(regs)
     }
@@ -155,7 +171,8 @@ impl Vcpu {
 
     /// True (once) when the debug state must be looked at before entering.
     pub fn take_debug_attention(&self) -> bool {
-        self.debug_attention.swap(false, Ordering::AcqRel)
+        // A plain load first: the exit path mostly finds nothing to do.
+        self.debug_attention.load(Ordering::Acquire) && self.debug_attention.swap(false, Ordering::AcqRel)
     }
 
     /// Records whether the vcpu is single-stepping, for the run loop's checks.
@@ -216,12 +233,12 @@ impl Vcpu {
     /// copied into `io_data` (elements back to back).
     pub fn enter(&self, _runner: &RunnerGuard<'_>, request_interrupt_window: bool, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Exit> {
         let mut fd = lock(&self.fd);
-        fd.get_kvm_run().request_interrupt_window = u8::from(request_interrupt_window);
+        let run = fd.get_kvm_run();
+        run.request_interrupt_window = u8::from(request_interrupt_window);
+        let sync = self.sync_registers.load(Ordering::Relaxed);
+        run.kvm_valid_regs = if sync { u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) } else { 0 };
         let ran = fd.run();
-        // Copies of registers taken before the run stay usable while it runs
-        // (the paging registers, for a debugger translating addresses) and
-        // become stale now.
-        self.state_changed();
+        self.after_run(sync);
         if let Err(e) = ran {
             // A kick may have set immediate_exit to make this run return at once.
             fd.get_kvm_run().immediate_exit = 0;
@@ -239,16 +256,56 @@ impl Vcpu {
         Ok(exit)
     }
 
+    /// Copies of registers taken before a run stay usable while it runs
+    /// (the paging registers, for a debugger translating addresses) and
+    /// become stale when it returns; registers synced into `kvm_run` are
+    /// valid until the next write.
+    fn after_run(&self, synced: bool) {
+        let epoch = self.state_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.synced_epoch.store(if synced { epoch } else { u64::MAX }, Ordering::Release);
+    }
+
+    /// Asks for registers in `kvm_run` at each exit, where the host can.
+    pub fn set_sync_registers(&self, on: bool) {
+        self.sync_registers.store(on && self.can_sync_registers, Ordering::Relaxed);
+    }
+
+    /// Calls `f` with the registers at the last exit, when `kvm_run` holds
+    /// them and nobody has written the vcpu's registers since; `None`
+    /// otherwise. No copy: the debug paths read a few fields per exit.
+    pub fn with_registers_at_exit<R>(&self, f: impl FnOnce(&kvm_regs, &kvm_sregs) -> R) -> Option<R> {
+        let mut fd = lock(&self.fd);
+        if self.synced_epoch.load(Ordering::Acquire) != self.state_epoch() {
+            return None;
+        }
+        // SAFETY: the last run asked for KVM_SYNC_X86_REGS and _SREGS
+        // (synced_epoch says so), so the kernel filled the `regs` member.
+        let synced = unsafe { &fd.get_kvm_run().s.regs };
+        Some(f(&synced.regs, &synced.sregs))
+    }
+
+    /// The general and segment registers: from the last exit when they are
+    /// current, else from the vcpu.
+    pub fn regs_and_sregs(&self) -> Result<(kvm_regs, kvm_sregs)> {
+        if let Some(registers) = self.with_registers_at_exit(|regs, sregs| (*regs, *sregs)) {
+            return Ok(registers);
+        }
+        let regs = self.ioctl(|fd| fd.get_regs())?;
+        let sregs = self.ioctl(|fd| fd.get_sregs())?;
+        Ok((regs, sregs))
+    }
+
     /// Lets KVM finish the instruction of the last port or MMIO exit without
     /// entering the guest (`immediate_exit`). Returns the exit that
     /// finishing it caused (a single step, on hosts that trap there), or
     /// `None` when it just completed.
     pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>) -> Result<Option<Exit>> {
         let mut fd = lock(&self.fd);
+        let sync = self.sync_registers.load(Ordering::Relaxed);
         fd.set_kvm_immediate_exit(1);
         let ran = fd.run().map(drop);
         fd.set_kvm_immediate_exit(0);
-        self.state_changed();
+        self.after_run(sync);
         match ran {
             Ok(()) => Ok(Some(exit::decode(fd.get_kvm_run()))),
             Err(e) if e.errno() == libc::EINTR => Ok(None),

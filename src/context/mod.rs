@@ -9,6 +9,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::callbacks::{kvm_callbacks, Callbacks};
@@ -197,7 +198,9 @@ impl Context {
         }
         let vm = self.vm()?;
         let fd = vm.create_vcpu(u64::from(index)).map_err(Errno::from)?;
-        let vcpu = Vcpu::new(index, fd, vm.run_size());
+        let can_sync = self.check_extension(kvm_bindings::KVM_CAP_SYNC_REGS) as u32 & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+            == (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
+        let vcpu = Vcpu::new(index, fd, vm.run_size(), can_sync);
         // A debugger that is waiting for the VM, or attached, gets the new
         // vcpu stopped like the others.
         vcpu.set_held(self.stopper.holds_new_vcpus() || self.stopper.attached());

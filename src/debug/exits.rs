@@ -74,8 +74,10 @@ fn linear_pc(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
 }
 
 fn current_pc(vcpu: &Vcpu) -> Result<u64> {
-    let regs = vcpu.ioctl(|fd| fd.get_regs())?;
-    let sregs = vcpu.ioctl(|fd| fd.get_sregs())?;
+    if let Some(pc) = vcpu.with_registers_at_exit(linear_pc) {
+        return Ok(pc);
+    }
+    let (regs, sregs) = vcpu.regs_and_sregs()?;
     Ok(linear_pc(&regs, &sregs))
 }
 
@@ -100,11 +102,17 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     if let Some(resume) = state.resume.take() {
         start_step_over(ctx, vcpu, &mut state, resume)?;
     }
-    if (state.stepping() || state.step_over.is_some()) && !ctx.irqchip_in_kernel() && at_hlt(ctx, vcpu)? {
+    let stepping = state.stepping() || state.step_over.is_some();
+    if stepping
+        && !ctx.irqchip_in_kernel()
+        && ctx.debugger().single_step_skips_halts(ctx.kvm())
+        && at_hlt(ctx, vcpu)?
+    {
         // Single-stepping hlt loses the halt on emulating hosts (the step
         // is reported past it); VMX reports the halt. Do what VMX does.
-        let mut regs = vcpu.ioctl(|fd| fd.get_regs())?;
+        let (mut regs, _) = vcpu.regs_and_sregs()?;
         regs.rip = regs.rip.wrapping_add(1);
+        vcpu.state_changed();
         vcpu.ioctl(|fd| fd.set_regs(&regs))?;
         if let Some(step) = state.step_over.take() {
             finish_step_over(ctx, vcpu, step)?;
@@ -324,8 +332,9 @@ fn inject_breakpoint(vcpu: &Vcpu, shape: Int3Exit) -> Result<()> {
     if shape == Int3Exit::EmulationFailure {
         // The emulator stopped before the int3; a trap-style #BP returns
         // after it. (On VMX/SVM, KVM advances RIP by the exit's length.)
-        let mut regs = vcpu.ioctl(|fd| fd.get_regs())?;
+        let (mut regs, _) = vcpu.regs_and_sregs()?;
         regs.rip = regs.rip.wrapping_add(1);
+        vcpu.state_changed();
         vcpu.ioctl(|fd| fd.set_regs(&regs))?;
     }
     inject_exception(vcpu, BREAKPOINT_EXCEPTION as u8)

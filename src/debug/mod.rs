@@ -17,12 +17,13 @@ pub mod debugregs;
 pub mod decode;
 pub mod exits;
 pub mod guest_memory;
+pub mod host_quirks;
 pub mod pagewalk;
 pub mod request;
 pub mod vcpu_state;
 
 use std::ffi::c_int;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use kvm_bindings::{kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 
@@ -71,13 +72,18 @@ impl BreakType {
 pub struct Debugger {
     table: Mutex<BreakpointTable>,
     blockirq: bool,
+    single_step_skips_halts: OnceLock<bool>,
 }
 
 impl Debugger {
     /// Probes the host through `check_extension`.
     pub fn new(check_extension: impl Fn(u32) -> i32) -> Debugger {
         let flags = check_extension(KVM_CAP_SET_GUEST_DEBUG2).max(0) as u32;
-        Debugger { table: Mutex::new(BreakpointTable::default()), blockirq: flags & KVM_GUESTDBG_BLOCKIRQ != 0 }
+        Debugger {
+            table: Mutex::new(BreakpointTable::default()),
+            blockirq: flags & KVM_GUESTDBG_BLOCKIRQ != 0,
+            single_step_skips_halts: OnceLock::new(),
+        }
     }
 
     /// The breakpoint table, locked.
@@ -88,6 +94,12 @@ impl Debugger {
     /// True when the host can block interrupts while single-stepping.
     pub fn blockirq(&self) -> bool {
         self.blockirq
+    }
+
+    /// True when single-stepping a `hlt` on this host reports a step
+    /// instead of the halt (probed once, on the first single step).
+    pub fn single_step_skips_halts(&self, kvm: &kvm_ioctls::Kvm) -> bool {
+        *self.single_step_skips_halts.get_or_init(|| host_quirks::single_step_skips_halts(kvm))
     }
 }
 
@@ -103,6 +115,7 @@ fn desired_debug(ctx: &Context, state: &vcpu_state::VcpuDebug) -> kvm_guest_debu
 fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug) -> Result<()> {
     vcpu.set_stepping(state.stepping());
     let desired = desired_debug(ctx, state);
+    vcpu.set_sync_registers(desired.control != 0);
     if desired != state.programmed {
         vcpu.ioctl(|fd| fd.set_guest_debug(&desired))?;
         state.programmed = desired;
