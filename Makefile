@@ -52,7 +52,7 @@ $(STATIC_LIB) $(SHARED_LIB): lib
 test: cargo-test c-tests check-install
 
 cargo-test:
-	$(CARGO) test --release
+	$(CARGO) test --release --features test-hooks
 
 c-tests: lib $(C_TESTS) $(HEADER_TESTS) $(BUILD)/gdb_vmm
 	c-tests/run.sh $(HEADER_TESTS) $(C_TESTS) c-tests/gdb/run.sh

@@ -304,14 +304,16 @@ int kvm_get_mpstate(kvm_context_t kvm, int vcpu, struct kvm_mp_state *mp_state);
 int kvm_set_mpstate(kvm_context_t kvm, int vcpu, struct kvm_mp_state *mp_state);
 
 // Reads the `n` MSRs whose `index` fields are set in `msrs`; returns how
-// many were read (the kernel stops at the first it cannot read).
+// many were read (the kernel stops at the first it cannot read). More than
+// 256 is `-E2BIG`.
 int kvm_get_msrs(kvm_context_t kvm, int vcpu, struct kvm_msr_entry *msrs, int n);
 
-// Writes `n` MSRs; returns how many were written.
+// Writes `n` MSRs; returns how many were written. More than 256 is `-E2BIG`.
 int kvm_set_msrs(kvm_context_t kvm, int vcpu, struct kvm_msr_entry *msrs, int n);
 
 // Sets the CPUID of `vcpu` from `nent` old-style entries (`KVM_SET_CPUID`;
 // sent as `KVM_SET_CPUID2` with index and flags 0, as the kernel does).
+// More than 256 entries is `-E2BIG`.
 int kvm_setup_cpuid(kvm_context_t kvm, int vcpu, int nent, struct kvm_cpuid_entry *entries);
 
 // Queues external interrupt vector `irq` on `vcpu` (`KVM_INTERRUPT`; only
@@ -352,8 +354,9 @@ int kvm_enable_vapic(kvm_context_t kvm, int vcpu, uint64_t vapic);
 // returning its host address. `log` turns on dirty-page logging;
 // `writable = 0` makes guest writes exit as MMIO. When the range lies
 // inside memory the library already mapped (such as `kvm_create`'s RAM),
-// the existing host address is returned and only parts without a slot are
-// registered. NULL with `errno` on failure.
+// its host address is returned and no slot changes (the VGA window stays
+// MMIO; back it with `kvm_register_userspace_phys_mem` if wanted). NULL
+// with `errno` on failure.
 void *kvm_create_phys_mem(kvm_context_t kvm, unsigned long phys_start, unsigned long len, int log, int writable);
 
 // Removes the guest RAM in `[phys_start, phys_start + len)`, splitting

@@ -257,33 +257,6 @@ impl GuestMemory {
         Ok(slot)
     }
 
-    /// Backs every part of `[start, start + len)` that no slot covers with
-    /// the library mapping `mapping`, whose host address for `start` is `host`.
-    pub fn fill_gaps(&mut self, kvm: &dyn SlotRegistry, start: u64, len: u64, host: u64, template: Slot) -> Result<()> {
-        let end = page_range(start, len)?;
-        let mut cursor = start;
-        while cursor < end {
-            let next_slot_start = self
-                .slots
-                .iter()
-                .filter(|s| s.end() > cursor && s.gpa < end)
-                .map(|s| s.gpa)
-                .min();
-            match next_slot_start {
-                Some(s) if s <= cursor => {
-                    cursor = self.slot_containing(cursor).map_or(end, |s| s.end()).min(end);
-                }
-                next => {
-                    let gap_end = next.unwrap_or(end).min(end);
-                    let gap = Slot { gpa: cursor, len: gap_end - cursor, host: host + (cursor - start), ..template };
-                    self.add_slot(kvm, gap)?;
-                    cursor = gap_end;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Makes `[start, start + len)` unbacked: slots inside it go away, slots
     /// that straddle its edges are split and keep their outer parts.
     pub fn unback(&mut self, kvm: &dyn SlotRegistry, start: u64, len: u64) -> Result<()> {
@@ -473,19 +446,6 @@ mod tests {
         mem.add_slot(&kvm, ram(0x8000, 0x4000, 0x30_0000)).unwrap();
         mem.unback(&kvm, 0x2000, 0x8000).unwrap();
         assert_eq!(kvm.layout(), vec![(0, 0x2000, 0x10_0000), (0xa000, 0x2000, 0x30_2000)]);
-    }
-
-    #[test]
-    fn fill_gaps_backs_only_what_is_unbacked() {
-        let kvm = FakeKvm::default();
-        let mut mem = GuestMemory::new(32);
-        mem.add_slot(&kvm, ram(0, 0xa0000, 0x1000_0000)).unwrap();
-        mem.add_slot(&kvm, ram(0xc0000, 0x40000, 0x100c_0000)).unwrap();
-        mem.fill_gaps(&kvm, 0, 0x100000, 0x1000_0000, ram(0, 0, 0)).unwrap();
-        assert_eq!(
-            kvm.layout(),
-            vec![(0, 0xa0000, 0x1000_0000), (0xa0000, 0x20000, 0x100a_0000), (0xc0000, 0x40000, 0x100c_0000)]
-        );
     }
 
     #[test]

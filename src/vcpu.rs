@@ -108,7 +108,10 @@ impl Vcpu {
 
     /// Calls `f` with exclusive use of the vcpu fd.
     pub fn with_fd<R>(&self, f: impl FnOnce(&mut VcpuFd) -> R) -> R {
-        f(&mut lock(&self.fd))
+        let mut fd = lock(&self.fd);
+        #[cfg(feature = "test-hooks")]
+        crate::capi::test_hooks::reached(crate::capi::test_hooks::HookPoint::VcpuLocked);
+        f(&mut fd)
     }
 
     /// Runs an ioctl-style call on the fd, mapping its error to an errno.

@@ -16,8 +16,9 @@ pub type kvm_slot_bitmap_cb =
 /// returning its host address. `log` turns on dirty-page logging;
 /// `writable = 0` makes guest writes exit as MMIO. When the range lies
 /// inside memory the library already mapped (such as `kvm_create`'s RAM),
-/// the existing host address is returned and only parts without a slot are
-/// registered. NULL with `errno` on failure.
+/// its host address is returned and no slot changes (the VGA window stays
+/// MMIO; back it with `kvm_register_userspace_phys_mem` if wanted). NULL
+/// with `errno` on failure.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_create_phys_mem(
     kvm: kvm_context_t,

@@ -11,6 +11,8 @@
 //! A NULL context is `-EINVAL`; a NULL pointer argument is `-EFAULT`; a
 //! vcpu index out of range is `-EINVAL`, one not created yet `-ENOENT`.
 
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 mod vm;
 mod registers;
 mod memory;
@@ -57,9 +59,18 @@ pub(crate) fn set_errno(e: Errno) {
     unsafe { *libc::__errno_location() = e.0 };
 }
 
+/// Runs `f`, catching a panic (a bug in libkvm) instead of unwinding into C.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(feature = "test-hooks")]
+        test_hooks::reached(test_hooks::HookPoint::Boundary);
+        f()
+    }))
+}
+
 /// Runs `f` for a function returning `int`: the value, or the negated errno.
 pub(crate) fn int_result(f: impl FnOnce() -> Result<c_int>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match guarded(f) {
         Ok(Ok(value)) => value,
         Ok(Err(e)) => e.negated(),
         Err(_) => Errno::IO.negated(),
@@ -79,7 +90,7 @@ pub(crate) fn ptr_result<T>(f: impl FnOnce() -> Result<*mut T>) -> *mut T {
 /// Runs `f` for a function returning a plain value: `fallback` with `errno`
 /// on failure.
 pub(crate) fn value_result<T>(fallback: T, f: impl FnOnce() -> Result<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match guarded(f) {
         Ok(Ok(value)) => value,
         Ok(Err(e)) => {
             set_errno(e);

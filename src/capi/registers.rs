@@ -10,6 +10,19 @@ use kvm_bindings::{
 use super::*;
 use crate::sys;
 
+/// The most MSRs or CPUID entries one call takes (the kernel's own limit is
+/// lower for MSRs): a larger count is refused (`E2BIG`) before the array is
+/// touched, as it cannot be a real array.
+const MAX_ENTRIES: c_int = 256;
+
+fn checked_count(n: c_int) -> Result<c_int> {
+    if n > MAX_ENTRIES {
+        Err(Errno(libc::E2BIG))
+    } else {
+        Ok(n)
+    }
+}
+
 /// Reads one piece of vcpu state with `read` into `*out`.
 ///
 /// # Safety
@@ -117,12 +130,13 @@ pub unsafe extern "C" fn kvm_set_mpstate(kvm: kvm_context_t, vcpu: c_int, mp_sta
 }
 
 /// Reads the `n` MSRs whose `index` fields are set in `msrs`; returns how
-/// many were read (the kernel stops at the first it cannot read).
+/// many were read (the kernel stops at the first it cannot read). More than
+/// 256 is `-E2BIG`.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mut kvm_msr_entry, n: c_int) -> c_int {
     int_result(|| {
         // SAFETY: C passes a context from kvm_init and `n` entries.
-        let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(msrs, n)?) };
+        let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(msrs, checked_count(n)?)?) };
         let mut request = Msrs::from_entries(entries).map_err(|_| Errno(libc::E2BIG))?;
         let done = vcpu.ioctl(|fd| fd.get_msrs(&mut request))?;
         entries[..done].copy_from_slice(&request.as_slice()[..done]);
@@ -130,12 +144,12 @@ pub unsafe extern "C" fn kvm_get_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mu
     })
 }
 
-/// Writes `n` MSRs; returns how many were written.
+/// Writes `n` MSRs; returns how many were written. More than 256 is `-E2BIG`.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mut kvm_msr_entry, n: c_int) -> c_int {
     int_result(|| {
         // SAFETY: C passes a context from kvm_init and `n` entries.
-        let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(msrs, n)?) };
+        let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(msrs, checked_count(n)?)?) };
         let request = Msrs::from_entries(entries).map_err(|_| Errno(libc::E2BIG))?;
         vcpu.state_changed();
         Ok(vcpu.ioctl(|fd| fd.set_msrs(&request))? as c_int)
@@ -144,6 +158,7 @@ pub unsafe extern "C" fn kvm_set_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mu
 
 /// Sets the CPUID of `vcpu` from `nent` old-style entries (`KVM_SET_CPUID`;
 /// sent as `KVM_SET_CPUID2` with index and flags 0, as the kernel does).
+/// More than 256 entries is `-E2BIG`.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_setup_cpuid(
     kvm: kvm_context_t,
@@ -153,7 +168,7 @@ pub unsafe extern "C" fn kvm_setup_cpuid(
 ) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init and `nent` entries.
-        let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(entries, nent)?) };
+        let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(entries, checked_count(nent)?)?) };
         let converted: Vec<kvm_cpuid_entry2> = entries
             .iter()
             .map(|e| kvm_cpuid_entry2 {

@@ -37,15 +37,14 @@ impl Context {
     }
 
     /// `kvm_create_phys_mem`: RAM at `[start, start + len)`. Inside a
-    /// library mapping (such as `kvm_create`'s) it returns the existing host
-    /// memory and backs whatever part of the range has no slot yet.
+    /// library mapping (such as `kvm_create`'s) it only returns the host
+    /// address there: programs of 2008 call it after `kvm_create` to find
+    /// their RAM, and the VGA window must stay MMIO for them.
     pub fn create_phys_mem(&self, start: u64, len: u64, log: bool, writable: bool) -> Result<*mut u8> {
         page_range(start, len)?;
         let vm = self.vm()?;
         let mut mem = self.memory();
-        if let Some((mapping, host)) = mem.library_host_address(start, len) {
-            let template = ram_slot(start, len, host, Backing::Library(mapping), log, !writable);
-            mem.fill_gaps(vm, start, len, host, template)?;
+        if let Some((_, host)) = mem.library_host_address(start, len) {
             return Ok(host as *mut u8);
         }
         let mapping = mem.map_anonymous(start, len)?;

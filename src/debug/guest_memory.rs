@@ -2,8 +2,8 @@
 //! vcpu's page tables, and reads that show the original bytes under
 //! software breakpoints.
 
-use super::breakpoints::{BreakpointTable, CodeMemory};
-use super::pagewalk::{translate, PhysicalMemory, Translation};
+use super::breakpoints::{BreakpointTable, CodeMemory, INT3};
+use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::memory::{GuestMemory, PAGE_SIZE};
@@ -59,8 +59,9 @@ impl Context {
         let regs = vcpu.paging_registers()?;
         let table = self.debugger().table();
         let mem = self.memory();
-        let runs = self.physical_runs(&regs, &mem, gva, buf.len())?;
-        for (gpa, offset, n) in runs {
+        check_mapped(&regs, &mem, gva, buf.len())?;
+        for (at, offset, n) in page_runs(gva, buf.len()) {
+            let gpa = physical(&regs, &mem, at, n)?;
             let chunk = &mut buf[offset..offset + n];
             mem.read(gpa, chunk)?;
             show_originals(&table, gpa, chunk);
@@ -69,20 +70,16 @@ impl Context {
     }
 
     /// Writes guest memory at linear `gva`. A byte written where a software
-    /// breakpoint sits becomes its original; the `int3` stays.
+    /// breakpoint sits becomes its original; the `int3` stays. Nothing is
+    /// written unless the whole range is mapped (`EFAULT`).
     pub fn write_guest_virt(&self, vcpu: &Vcpu, gva: u64, buf: &[u8]) -> Result<()> {
         let regs = vcpu.paging_registers()?;
         let mut table = self.debugger().table();
         let mem = self.memory();
-        let runs = self.physical_runs(&regs, &mem, gva, buf.len())?;
-        for (gpa, offset, n) in runs {
-            let chunk = &buf[offset..offset + n];
-            mem.write(gpa, chunk)?;
-            let patched: Vec<u64> = table.patches_in(gpa, n as u64).map(|p| p.gpa).collect();
-            for patch in patched {
-                table.set_original(patch, chunk[(patch - gpa) as usize]);
-                mem.write_byte(patch, super::breakpoints::INT3)?;
-            }
+        check_mapped(&regs, &mem, gva, buf.len())?;
+        for (at, offset, n) in page_runs(gva, buf.len()) {
+            let gpa = physical(&regs, &mem, at, n)?;
+            write_keeping_breakpoints(&mut table, &mem, gpa, &buf[offset..offset + n])?;
         }
         Ok(())
     }
@@ -100,33 +97,33 @@ impl Context {
     /// becomes its original.
     pub fn write_guest_phys(&self, gpa: u64, buf: &[u8]) -> Result<()> {
         let mut table = self.debugger().table();
-        let mem = self.memory();
-        mem.write(gpa, buf)?;
-        let patched: Vec<u64> = table.patches_in(gpa, buf.len() as u64).map(|p| p.gpa).collect();
-        for patch in patched {
-            table.set_original(patch, buf[(patch - gpa) as usize]);
-            mem.write_byte(patch, super::breakpoints::INT3)?;
-        }
-        Ok(())
+        write_keeping_breakpoints(&mut table, &self.memory(), gpa, buf)
     }
+}
 
-    /// The guest-physical runs behind `[gva, gva + len)`, each inside one
-    /// page and backed by memory; `EFAULT` if any part is not.
-    fn physical_runs(
-        &self,
-        regs: &super::pagewalk::PagingRegisters,
-        mem: &GuestMemory,
-        gva: u64,
-        len: usize,
-    ) -> Result<Vec<(u64, usize, usize)>> {
-        page_runs(gva, len)
-            .map(|(at, offset, n)| {
-                let gpa = translate(regs, mem, at).map_err(|_| Errno::FAULT)?.gpa;
-                mem.host_address(gpa, n as u64).ok_or(Errno::FAULT)?;
-                Ok((gpa, offset, n))
-            })
-            .collect()
+/// The guest-physical address behind the `n` bytes at `gva` (one page).
+fn physical(regs: &PagingRegisters, mem: &GuestMemory, gva: u64, n: usize) -> Result<u64> {
+    let gpa = translate(regs, mem, gva).map_err(|_| Errno::FAULT)?.gpa;
+    mem.host_address(gpa, n as u64).ok_or(Errno::FAULT)?;
+    Ok(gpa)
+}
+
+/// `EFAULT` unless every page of `[gva, gva + len)` is mapped to memory:
+/// checked before anything is copied, and without allocating.
+fn check_mapped(regs: &PagingRegisters, mem: &GuestMemory, gva: u64, len: usize) -> Result<()> {
+    page_runs(gva, len).try_for_each(|(at, _, n)| physical(regs, mem, at, n).map(drop))
+}
+
+/// Writes `buf` at `gpa`; bytes that land on a software breakpoint become
+/// its original and the `int3` stays.
+fn write_keeping_breakpoints(table: &mut BreakpointTable, mem: &GuestMemory, gpa: u64, buf: &[u8]) -> Result<()> {
+    mem.write(gpa, buf)?;
+    let patches: Vec<u64> = table.patches_in(gpa, buf.len() as u64).map(|p| p.gpa).collect();
+    for patch in patches {
+        table.set_original(patch, buf[(patch - gpa) as usize]);
+        mem.write_byte(patch, INT3)?;
     }
+    Ok(())
 }
 
 /// Replaces the `int3` bytes in `chunk` (read from `gpa`) with the originals.

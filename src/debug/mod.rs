@@ -71,6 +71,8 @@ impl BreakType {
 /// offers.
 pub struct Debugger {
     table: Mutex<BreakpointTable>,
+    /// The `KVM_GUESTDBG_*` bits the host accepts.
+    valid_control: u32,
     blockirq: bool,
     single_step_skips_halts: OnceLock<bool>,
 }
@@ -81,6 +83,7 @@ impl Debugger {
         let flags = check_extension(KVM_CAP_SET_GUEST_DEBUG2).max(0) as u32;
         Debugger {
             table: Mutex::new(BreakpointTable::default()),
+            valid_control: flags,
             blockirq: flags & KVM_GUESTDBG_BLOCKIRQ != 0,
             single_step_skips_halts: OnceLock::new(),
         }
@@ -139,6 +142,9 @@ impl Context {
     /// `kvm_set_guest_debug`: the VMM's own request, remembered (so that
     /// exits are decoded against it) and given to KVM at once.
     pub fn set_guest_debug_request(&self, vcpu: &Vcpu, request: kvm_guest_debug) -> Result<()> {
+        if request.control & !self.debugger().valid_control != 0 {
+            return Err(Errno::INVAL);
+        }
         let mut state = lock(&vcpu.debug);
         let previous = state.request;
         state.request = request;
