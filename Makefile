@@ -35,7 +35,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test cargo-test c-tests check-install demo debug-demo bench install clean FORCE
+.PHONY: all header lib test cargo-test c-tests check-leaks check-install demo debug-demo bench install clean FORCE
 
 all: header
 
@@ -49,13 +49,20 @@ lib:
 
 $(STATIC_LIB) $(SHARED_LIB): lib
 
-test: cargo-test c-tests check-install
+test: cargo-test c-tests check-leaks check-install
 
 cargo-test:
 	$(CARGO) test --release --features test-hooks
 
 c-tests: lib $(C_TESTS) $(HEADER_TESTS) $(BUILD)/gdb_vmm
 	c-tests/run.sh $(HEADER_TESTS) $(C_TESTS) c-tests/gdb/run.sh
+
+# Every C test program under valgrind: no byte definitely lost, no invalid
+# access (c-tests/valgrind.supp lists valgrind's false positives on KVM).
+VALGRIND := valgrind -q --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=1 \
+    --suppressions=c-tests/valgrind.supp
+check-leaks: lib $(C_TESTS)
+	LAUNCHER="$(VALGRIND)" c-tests/run.sh $(C_TESTS)
 
 # The VMM that c-tests/gdb/test_gdb.py debugs with the real gdb.
 $(BUILD)/gdb_vmm: c-tests/gdb/gdb_vmm.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)

@@ -5,6 +5,8 @@
 set -u
 
 timeout_seconds=${C_TEST_TIMEOUT:-300}
+# LAUNCHER runs each program under something, e.g. valgrind (make check-leaks).
+read -r -a launcher <<< "${LAUNCHER:-}"
 passed=0
 failed=0
 broken=()
@@ -12,7 +14,7 @@ broken=()
 for program in "$@"; do
     echo "== $program"
     log=$(mktemp)
-    timeout --signal=KILL "$timeout_seconds" "$program" 2>&1 | tee "$log"
+    timeout --signal=KILL "$timeout_seconds" "${launcher[@]}" "$program" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
     summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
     rm -f "$log"

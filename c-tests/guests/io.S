@@ -70,3 +70,35 @@ GUEST_BEGIN(real_mode_io)
     out %al, $0x12
     hlt
 GUEST_END(real_mode_io)
+
+    .code64
+
+/* An undefined instruction with an empty IDT. */
+GUEST_BEGIN(undefined_instruction)
+    lidt undefined_instruction_empty_idt(%rip)
+    ud2
+    hlt
+LABEL(undefined_instruction, empty_idt)
+    .word 0
+    .quad 0
+GUEST_END(undefined_instruction)
+
+/* Stores to MMIO forever. */
+GUEST_BEGIN(mmio_forever_store)
+    mov $0xa0000, %ebx
+1:  movl $0x55, (%rbx)
+    jmp 1b
+GUEST_END(mmio_forever_store)
+
+/* Jumps into the VGA hole: code fetched from unbacked memory. */
+GUEST_BEGIN(execute_mmio)
+    mov $0xa0000, %eax
+    jmp *%rax
+GUEST_END(execute_mmio)
+
+/* vcpu N writes its number (rbx) to port 0x20 forever. */
+GUEST_BEGIN(out_forever)
+    mov %ebx, %eax
+1:  out %al, $0x20
+    jmp 1b
+GUEST_END(out_forever)
