@@ -1,9 +1,14 @@
-//! Guest-physical memory: the KVM slot table and the host mappings behind it.
+//! Guest-physical memory: the slot table and the host mappings behind it.
 //!
-//! Slot arithmetic (overlaps, splitting a range out of slots, aliases) is
-//! plain Rust over [`Slot`] values; the ioctls go through a [`SlotRegistry`]
-//! so the arithmetic is unit tested without `/dev/kvm`.
+//! A [`Slot`] is guest RAM as the VMM declared it. KVM sees each slot as one
+//! or more [`Piece`]s: normally one, but a page the debugger protects (a
+//! watchpoint) is cut out of its slot, as a read-only piece or as a hole,
+//! and put back when the protection ends, so the VMM's view (queries, dirty
+//! bitmaps, aliases) never changes. Slot arithmetic is plain Rust; the
+//! ioctls go through a [`SlotRegistry`], so it is unit tested without
+//! `/dev/kvm`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
@@ -37,10 +42,10 @@ pub enum Backing {
     Caller,
 }
 
-/// One KVM memory slot.
+/// One range of guest RAM as the VMM declared it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
-    /// The KVM slot number.
+    /// The library's number for the slot (not KVM's: see [`Piece`]).
     pub id: u32,
     /// First guest-physical address.
     pub gpa: u64,
@@ -88,22 +93,48 @@ impl Slot {
     }
 }
 
+/// How the debugger protects one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Guest stores exit as MMIO; loads and fetches run normally.
+    ReadOnly,
+    /// Every guest access exits as MMIO.
+    Unbacked,
+}
+
+/// One KVM memory slot: all or part of a [`Slot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The KVM slot number.
+    pub kvm_slot: u32,
+    /// First guest-physical address.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Host virtual address of `gpa`.
+    pub host: u64,
+    /// `KVM_MEM_*` flags.
+    pub flags: u32,
+}
+
 /// Tells KVM about slots. Implemented by [`VmFd`]; tests use a recorder.
 pub trait SlotRegistry {
-    /// Registers or updates `slot` with the given `KVM_MEM_*` flags.
-    fn register(&self, slot: &Slot, flags: u32) -> Result<()>;
-    /// Removes KVM slot `id`.
-    fn unregister(&self, id: u32) -> Result<()>;
+    /// Registers or updates a KVM slot.
+    fn register(&self, piece: &Piece) -> Result<()>;
+    /// Removes KVM slot `kvm_slot`.
+    fn unregister(&self, kvm_slot: u32) -> Result<()>;
+    /// The dirty-page bitmap of KVM slot `kvm_slot` of `len` bytes (cleared as read).
+    fn dirty_log(&self, kvm_slot: u32, len: u64) -> Result<Vec<u64>>;
 }
 
 impl SlotRegistry for VmFd {
-    fn register(&self, slot: &Slot, flags: u32) -> Result<()> {
+    fn register(&self, piece: &Piece) -> Result<()> {
         let region = kvm_userspace_memory_region {
-            slot: slot.id,
-            flags,
-            guest_phys_addr: slot.gpa,
-            memory_size: slot.len,
-            userspace_addr: slot.host,
+            slot: piece.kvm_slot,
+            flags: piece.flags,
+            guest_phys_addr: piece.gpa,
+            memory_size: piece.len,
+            userspace_addr: piece.host,
         };
         // SAFETY: `GuestMemory` keeps every library mapping alive while a slot
         // refers to it, and caller-registered memory stays valid by the
@@ -111,10 +142,14 @@ impl SlotRegistry for VmFd {
         unsafe { self.set_user_memory_region(region) }.map_err(Errno::from)
     }
 
-    fn unregister(&self, id: u32) -> Result<()> {
-        let region = kvm_userspace_memory_region { slot: id, ..Default::default() };
+    fn unregister(&self, kvm_slot: u32) -> Result<()> {
+        let region = kvm_userspace_memory_region { slot: kvm_slot, ..Default::default() };
         // SAFETY: a zero-sized region deletes the slot; no memory is referenced.
         unsafe { self.set_user_memory_region(region) }.map_err(Errno::from)
+    }
+
+    fn dirty_log(&self, kvm_slot: u32, len: u64) -> Result<Vec<u64>> {
+        self.get_dirty_log(kvm_slot, len as usize).map_err(Errno::from)
     }
 }
 
@@ -172,8 +207,16 @@ impl Drop for HostMapping {
 #[derive(Debug)]
 pub struct GuestMemory {
     slots: Vec<Slot>,
+    /// The KVM slots of each slot, by slot id.
+    pieces: BTreeMap<u32, Vec<Piece>>,
+    /// Pages the debugger protects, by guest-physical page address.
+    protected: BTreeMap<u64, Protection>,
+    /// Pages the library wrote for the guest (completing a store to a
+    /// protected page): dirty, though KVM never saw the store.
+    written_by_library: BTreeSet<u64>,
     mappings: Vec<HostMapping>,
     next_mapping: MappingId,
+    next_slot: u32,
     log_all: bool,
     max_slots: u32,
 }
@@ -190,7 +233,17 @@ pub fn page_range(start: u64, len: u64) -> Result<u64> {
 impl GuestMemory {
     /// An empty table for a host with `max_slots` usable slot numbers.
     pub fn new(max_slots: u32) -> GuestMemory {
-        GuestMemory { slots: Vec::new(), mappings: Vec::new(), next_mapping: 1, log_all: false, max_slots }
+        GuestMemory {
+            slots: Vec::new(),
+            pieces: BTreeMap::new(),
+            protected: BTreeMap::new(),
+            written_by_library: BTreeSet::new(),
+            mappings: Vec::new(),
+            next_mapping: 1,
+            next_slot: 0,
+            log_all: false,
+            max_slots,
+        }
     }
 
     /// The slots, in creation order.
@@ -237,8 +290,57 @@ impl GuestMemory {
         flags
     }
 
-    fn free_slot_id(&self) -> Result<u32> {
-        (0..self.max_slots).find(|id| self.slots.iter().all(|s| s.id != *id)).ok_or(Errno::NOSPC)
+    /// The KVM slots `slot` needs: the slot minus its protected pages, each
+    /// read-only page a piece of its own.
+    fn layout(&self, slot: &Slot) -> Vec<(u64, u64, u32)> {
+        let flags = self.flags(slot);
+        let mut layout = Vec::new();
+        let mut cursor = slot.gpa;
+        for (&page, &protection) in self.protected.range(slot.gpa..slot.end()) {
+            if page > cursor {
+                layout.push((cursor, page - cursor, flags));
+            }
+            if protection == Protection::ReadOnly {
+                layout.push((page, PAGE_SIZE, flags | KVM_MEM_READONLY));
+            }
+            cursor = page + PAGE_SIZE;
+        }
+        if cursor < slot.end() {
+            layout.push((cursor, slot.end() - cursor, flags));
+        }
+        layout
+    }
+
+    fn free_kvm_slot(&self, taken: &BTreeSet<u32>) -> Result<u32> {
+        (0..self.max_slots).find(|id| !taken.contains(id)).ok_or(Errno::NOSPC)
+    }
+
+    /// Gives KVM the pieces of slot `slot`, replacing the ones it had.
+    fn register_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
+        self.unregister_pieces(kvm, slot.id)?;
+        let mut taken: BTreeSet<u32> = self.pieces.values().flatten().map(|p| p.kvm_slot).collect();
+        let mut pieces = Vec::new();
+        for (gpa, len, flags) in self.layout(slot) {
+            let kvm_slot = self.free_kvm_slot(&taken)?;
+            taken.insert(kvm_slot);
+            let piece = Piece { kvm_slot, gpa, len, host: slot.host_of(gpa), flags };
+            kvm.register(&piece)?;
+            pieces.push(piece);
+        }
+        self.pieces.insert(slot.id, pieces);
+        Ok(())
+    }
+
+    fn unregister_pieces(&mut self, kvm: &dyn SlotRegistry, id: u32) -> Result<()> {
+        for piece in self.pieces.remove(&id).unwrap_or_default() {
+            kvm.unregister(piece.kvm_slot)?;
+        }
+        Ok(())
+    }
+
+    /// The KVM slots, for tests and diagnostics.
+    pub fn pieces(&self) -> impl Iterator<Item = &Piece> {
+        self.pieces.values().flatten()
     }
 
     /// Adds a slot over `[slot.gpa, slot.end())`; `slot.id` is assigned here.
@@ -251,10 +353,77 @@ impl GuestMemory {
         if self.slots.iter().any(|s| s.overlaps(slot.gpa, end)) {
             return Err(Errno::EXIST);
         }
-        let slot = Slot { id: self.free_slot_id()?, ..slot };
-        kvm.register(&slot, self.flags(&slot))?;
+        let slot = Slot { id: self.next_slot, ..slot };
+        self.next_slot += 1;
+        if let Err(e) = self.register_pieces(kvm, &slot) {
+            let _ = self.unregister_pieces(kvm, slot.id);
+            return Err(e);
+        }
         self.slots.push(slot);
         Ok(slot)
+    }
+
+    fn remove_slot(&mut self, kvm: &dyn SlotRegistry, id: u32) -> Result<()> {
+        self.unregister_pieces(kvm, id)?;
+        self.slots.retain(|s| s.id != id);
+        Ok(())
+    }
+
+    /// Protects guest-physical page `page` (`Some`) or ends its protection
+    /// (`None`); the slot around it is re-cut for KVM.
+    pub fn set_protection(&mut self, kvm: &dyn SlotRegistry, page: u64, protection: Option<Protection>) -> Result<()> {
+        let page = page & !(PAGE_SIZE - 1);
+        match protection {
+            Some(p) => self.protected.insert(page, p),
+            None => self.protected.remove(&page),
+        };
+        match self.slot_containing(page).copied() {
+            Some(slot) => self.register_pieces(kvm, &slot),
+            None => Ok(()),
+        }
+    }
+
+    /// How page `page` is protected.
+    pub fn protection(&self, page: u64) -> Option<Protection> {
+        self.protected.get(&(page & !(PAGE_SIZE - 1))).copied()
+    }
+
+    /// True when some page is protected.
+    pub fn has_protections(&self) -> bool {
+        !self.protected.is_empty()
+    }
+
+    /// Records that the library stored into `[gpa, gpa + len)` for the guest.
+    pub fn note_library_write(&mut self, gpa: u64, len: u64) {
+        let first = gpa & !(PAGE_SIZE - 1);
+        let last = (gpa + len.max(1) - 1) & !(PAGE_SIZE - 1);
+        for page in (first..=last).step_by(PAGE_SIZE as usize) {
+            self.written_by_library.insert(page);
+        }
+    }
+
+    /// The dirty-page bitmap of `slot` (one bit per page, `u64` words, least
+    /// significant bit first), assembled from its KVM slots and the pages
+    /// the library stored into; KVM clears its part as it is read.
+    pub fn dirty_bitmap(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<Vec<u64>> {
+        let pages = (slot.len / PAGE_SIZE) as usize;
+        let mut bitmap = vec![0u64; pages.div_ceil(64)];
+        let mut set = |page: usize| bitmap[page / 64] |= 1 << (page % 64);
+        for piece in self.pieces.get(&slot.id).map(Vec::as_slice).unwrap_or_default() {
+            let words = kvm.dirty_log(piece.kvm_slot, piece.len)?;
+            let first = ((piece.gpa - slot.gpa) / PAGE_SIZE) as usize;
+            for page in 0..(piece.len / PAGE_SIZE) as usize {
+                if words.get(page / 64).is_some_and(|w| w >> (page % 64) & 1 == 1) {
+                    set(first + page);
+                }
+            }
+        }
+        let written: Vec<u64> = self.written_by_library.range(slot.gpa..slot.end()).copied().collect();
+        for page in written {
+            self.written_by_library.remove(&page);
+            set(((page - slot.gpa) / PAGE_SIZE) as usize);
+        }
+        Ok(bitmap)
     }
 
     /// Makes `[start, start + len)` unbacked: slots inside it go away, slots
@@ -263,8 +432,7 @@ impl GuestMemory {
         let end = page_range(start, len)?;
         let hit: Vec<Slot> = self.slots.iter().copied().filter(|s| s.overlaps(start, end)).collect();
         for slot in hit {
-            kvm.unregister(slot.id)?;
-            self.slots.retain(|s| s.id != slot.id);
+            self.remove_slot(kvm, slot.id)?;
             if slot.gpa < start {
                 self.add_slot(kvm, slot.piece(slot.gpa, start))?;
             }
@@ -312,8 +480,7 @@ impl GuestMemory {
             return Err(Errno::NOENT);
         }
         for id in ids {
-            kvm.unregister(id)?;
-            self.slots.retain(|s| s.id != id);
+            self.remove_slot(kvm, id)?;
         }
         Ok(())
     }
@@ -322,8 +489,8 @@ impl GuestMemory {
     /// own flag.
     pub fn set_log_all(&mut self, kvm: &dyn SlotRegistry, on: bool) -> Result<()> {
         self.log_all = on;
-        for slot in &self.slots {
-            kvm.register(slot, self.flags(slot))?;
+        for slot in self.slots.clone() {
+            self.register_pieces(kvm, &slot)?;
         }
         Ok(())
     }
@@ -376,28 +543,45 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
-    /// Records the slot layout KVM would have.
+    /// Records the slot layout KVM would have, and fakes dirty pages.
     #[derive(Default)]
     struct FakeKvm {
         slots: RefCell<Vec<(u32, u64, u64, u64, u32)>>,
+        dirty_gpas: RefCell<Vec<u64>>,
     }
 
     impl SlotRegistry for FakeKvm {
-        fn register(&self, s: &Slot, flags: u32) -> Result<()> {
+        fn register(&self, p: &Piece) -> Result<()> {
             let mut slots = self.slots.borrow_mut();
-            slots.retain(|e| e.0 != s.id);
-            slots.push((s.id, s.gpa, s.len, s.host, flags));
+            assert!(slots.iter().all(|e| e.0 == p.kvm_slot || e.1 + e.2 <= p.gpa || p.gpa + p.len <= e.1), "KVM slots overlap");
+            slots.retain(|e| e.0 != p.kvm_slot);
+            slots.push((p.kvm_slot, p.gpa, p.len, p.host, p.flags));
             Ok(())
         }
         fn unregister(&self, id: u32) -> Result<()> {
             self.slots.borrow_mut().retain(|e| e.0 != id);
             Ok(())
         }
+        fn dirty_log(&self, kvm_slot: u32, len: u64) -> Result<Vec<u64>> {
+            let slots = self.slots.borrow();
+            let slot = slots.iter().find(|e| e.0 == kvm_slot).unwrap();
+            let mut words = vec![0u64; (len / PAGE_SIZE).div_ceil(64) as usize];
+            for &gpa in self.dirty_gpas.borrow().iter().filter(|&&g| g >= slot.1 && g < slot.1 + slot.2) {
+                let page = ((gpa - slot.1) / PAGE_SIZE) as usize;
+                words[page / 64] |= 1 << (page % 64);
+            }
+            Ok(words)
+        }
     }
 
     impl FakeKvm {
         fn layout(&self) -> Vec<(u64, u64, u64)> {
             let mut v: Vec<_> = self.slots.borrow().iter().map(|e| (e.1, e.2, e.3)).collect();
+            v.sort();
+            v
+        }
+        fn layout_with_flags(&self) -> Vec<(u64, u64, u64, u32)> {
+            let mut v: Vec<_> = self.slots.borrow().iter().map(|e| (e.1, e.2, e.3, e.4)).collect();
             v.sort();
             v
         }
@@ -413,7 +597,8 @@ mod tests {
         let mut mem = GuestMemory::new(32);
         mem.add_slot(&kvm, ram(0, 0x10000, 0x100000)).unwrap();
         assert_eq!(mem.add_slot(&kvm, ram(0xf000, 0x2000, 0x200000)), Err(Errno::EXIST));
-        assert_eq!(mem.add_slot(&kvm, ram(0x10000, 0x1000, 0x200000)).map(|s| s.id), Ok(1));
+        assert!(mem.add_slot(&kvm, ram(0x10000, 0x1000, 0x200000)).is_ok());
+        assert_eq!(kvm.layout().len(), 2);
     }
 
     #[test]
@@ -471,7 +656,7 @@ mod tests {
         mem.set_log_all(&kvm, true).unwrap();
         assert!(kvm.slots.borrow().iter().all(|e| e.4 == KVM_MEM_LOG_DIRTY_PAGES));
         mem.set_log_all(&kvm, false).unwrap();
-        let flags: Vec<u32> = kvm.slots.borrow().iter().map(|e| e.4).collect();
+        let flags: Vec<u32> = kvm.layout_with_flags().iter().map(|e| e.3).collect();
         assert_eq!(flags, vec![0, KVM_MEM_LOG_DIRTY_PAGES]);
     }
 
@@ -491,6 +676,46 @@ mod tests {
         let mut tail = [0u8; 4];
         mem.read(0x1ffc, &mut tail).unwrap();
         assert_eq!(tail, [0; 4], "a failed write must not write a partial range");
+    }
+
+    #[test]
+    fn protecting_pages_cuts_the_slot_and_ending_it_restores_the_layout_exactly() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(32);
+        mem.add_slot(&kvm, Slot { log: true, ..ram(0, 0x10000, 0x4000_0000) }).unwrap();
+        let before = kvm.layout_with_flags();
+        mem.set_protection(&kvm, 0x3000, Some(Protection::ReadOnly)).unwrap();
+        mem.set_protection(&kvm, 0x5000, Some(Protection::Unbacked)).unwrap();
+        let log = KVM_MEM_LOG_DIRTY_PAGES;
+        assert_eq!(
+            kvm.layout_with_flags(),
+            vec![
+                (0, 0x3000, 0x4000_0000, log),
+                (0x3000, 0x1000, 0x4000_3000, log | KVM_MEM_READONLY),
+                (0x4000, 0x1000, 0x4000_4000, log),
+                (0x6000, 0xa000, 0x4000_6000, log),
+            ]
+        );
+        // The VMM's view does not change.
+        assert_eq!(mem.slots().len(), 1);
+        assert_eq!(mem.host_address(0x5000, 8), Some(0x4000_5000));
+        mem.set_protection(&kvm, 0x3000, None).unwrap();
+        mem.set_protection(&kvm, 0x5000, None).unwrap();
+        assert_eq!(kvm.layout_with_flags(), before);
+    }
+
+    #[test]
+    fn dirty_bitmap_joins_the_pieces_and_the_librarys_own_stores() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(32);
+        let slot = mem.add_slot(&kvm, Slot { log: true, ..ram(0x10000, 0x8000, 0x4000_0000) }).unwrap();
+        mem.set_protection(&kvm, 0x12000, Some(Protection::Unbacked)).unwrap();
+        kvm.dirty_gpas.borrow_mut().extend([0x10000, 0x13000, 0x17000]);
+        mem.note_library_write(0x12ffe, 4); // a store completed for the guest, across two pages
+        let bitmap = mem.dirty_bitmap(&kvm, &slot).unwrap();
+        assert_eq!(bitmap, vec![0b1000_1101]);
+        kvm.dirty_gpas.borrow_mut().clear();
+        assert_eq!(mem.dirty_bitmap(&kvm, &slot).unwrap(), vec![0], "the library's part is cleared as read too");
     }
 
     #[test]

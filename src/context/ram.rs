@@ -101,10 +101,11 @@ impl Context {
     /// bit first, `(pages + 7) / 8` bytes), which KVM clears as it reads it.
     /// `ENOENT` when the slot does not log dirty pages.
     pub fn dirty_bitmap(&self, slot: &Slot) -> Result<Vec<u8>> {
-        if !self.memory().logs_dirty_pages(slot) {
+        let mut mem = self.memory();
+        if !mem.logs_dirty_pages(slot) {
             return Err(Errno::NOENT);
         }
-        let words = self.vm()?.get_dirty_log(slot.id, slot.len as usize).map_err(Errno::from)?;
+        let words = mem.dirty_bitmap(self.vm()?, slot)?;
         let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         bytes.truncate(bitmap_bytes(slot.len));
         Ok(bytes)
