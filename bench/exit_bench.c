@@ -23,6 +23,7 @@ DECLARE_GUEST(pio_forever);
 DECLARE_GUEST(mmio_forever);
 DECLARE_GUEST(hlt_forever);
 DECLARE_GUEST(nops_forever);
+DECLARE_GUEST(store_forever);
 DECLARE_GUEST_LABEL(nops_forever, spot);
 
 enum { ROUNDS = 31, RAM = 8 << 20 };
@@ -319,6 +320,26 @@ static void page_reads(struct test_vm *vm, long n)
             die("read");
 }
 
+/* A write watchpoint by page protection, hit n times by a store loop. */
+static void watch_hits(struct test_vm *vm, long n)
+{
+    exits_seen = 0;
+    exits_wanted = n;
+    if (kvm_run(vm->kvm, 0) != 1)
+        die("kvm_run with a watchpoint");
+}
+
+static void page_watch_pairs(struct test_vm *vm, long n)
+{
+    long i;
+    for (i = 0; i < n; i++) {
+        uint64_t addr = GUEST_DATA + 0x10000 + (uint64_t)(i % 64) * 4096;
+        if (kvm_insert_breakpoint(vm->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, addr, 8) < 0 ||
+            kvm_remove_breakpoint(vm->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, addr, 8) < 0)
+            die("page watch insert/remove");
+    }
+}
+
 static void contexts(struct test_vm *vm, long n)
 {
     struct kvm_callbacks cb;
@@ -352,6 +373,21 @@ int main(void)
     rate("translate_gva_4level", "per_s", translations, &vm, 1000000);
     rate("read_guest_virt_4k", "per_s", page_reads, &vm, 50000);
     rate("context_create_vcpu_finalize", "per_s", contexts, &vm, 100);
+    kvm_set_watchpoint_method(vm.kvm, KVM_WATCH_PAGE_PROTECTION);
+    rate("page_watchpoint_insert_remove_pairs", "per_s", page_watch_pairs, &vm, 2000);
+    test_vm_destroy(&vm);
+
+    /* Watchpoint hits: for comparison, on this machine QEMU with KVM never
+     * stops on a watchpoint and QEMU with TCG manages about 1,250 per second. */
+    memset(&cb, 0, sizeof(cb));
+    cb.debug = lib_debug;
+    if (test_vm_create(&vm, &cb, NULL, RAM, 0) < 0 || test_vcpu_long_mode(&vm, 0, GUEST_CODE) < 0)
+        die("vm");
+    TEST_VM_LOAD_GUEST(&vm, store_forever);
+    kvm_set_watchpoint_method(vm.kvm, KVM_WATCH_PAGE_PROTECTION);
+    if (kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, GUEST_DATA, 8) < 0)
+        die("watchpoint");
+    rate("watchpoint_hits", "per_s", watch_hits, &vm, 20000);
     test_vm_destroy(&vm);
     return 0;
 }

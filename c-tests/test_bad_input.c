@@ -259,9 +259,17 @@ static long gdbstub_twice(kvm_context_t kvm, struct fixture *f)
     X(insert_bad_type, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, 42, 0x10000, 1))                        \
     X(insert_negative_type, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, -1, 0x10000, 1))                   \
     X(insert_singlestep_type, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_SINGLESTEP, 0x10000, 1)) \
-    X(insert_watch_length_3, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 3)) \
-    X(insert_watch_length_0, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_READ, 0x200000, 0)) \
-    X(insert_watch_unaligned, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_ACCESS, 0x200002, 4)) \
+    X(insert_watch_length_3, INT, -EINVAL, kvm_insert_breakpoint(f->full, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 3)) \
+    X(insert_watch_length_0, INT, -EINVAL, kvm_insert_breakpoint(f->full, 0, KVM_GDB_WATCHPOINT_READ, 0x200000, 0)) \
+    X(insert_watch_unaligned, INT, -EINVAL, kvm_insert_breakpoint(f->full, 0, KVM_GDB_WATCHPOINT_ACCESS, 0x200002, 4)) \
+    X(page_watch_length_0, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 0)) \
+    X(page_watch_too_long, INT, -EINVAL, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 2 << 20)) \
+    X(page_watch_unmapped, INT, -EFAULT, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000000UL, 8)) \
+    X(page_watch_beyond_ram, INT, -EFAULT, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, RAM + 0x1000, 8)) \
+    X(page_watch_read_on_running_code, INT, -EBUSY, kvm_insert_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_READ, GUEST_CODE + 8, 4)) \
+    X(page_watch_remove_never_inserted, INT, -ENOENT, kvm_remove_breakpoint(f->kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 3)) \
+    X(watch_method_null, INT, -EINVAL, kvm_set_watchpoint_method(NULL, KVM_WATCH_AUTO)) \
+    X(watch_method_bad, INT, -EINVAL, kvm_set_watchpoint_method(f->kvm, 7)) \
     X(insert_fifth_hardware, INT, -ENOSPC, kvm_insert_breakpoint(f->full, 0, KVM_GDB_BREAKPOINT_HW, 0x10010, 1)) \
     X(insert_fifth_watchpoint, INT, -ENOSPC, kvm_insert_breakpoint(f->full, 0, KVM_GDB_WATCHPOINT_WRITE, 0x300000, 8)) \
     X(insert_unmapped_no_register, INT, -EFAULT, kvm_insert_breakpoint(f->full, 0, KVM_GDB_BREAKPOINT_SW, 0x200000000UL, 1)) \
@@ -352,6 +360,7 @@ static void every_function_refuses_bad_input_with_its_documented_error(void)
     REQUIRE(kvm_create_phys_mem(f.kvm, 0, RAM, 0, 1) != NULL);
     f.ram = kvm_create_phys_mem(f.kvm, 0, RAM, 0, 1);
     sigemptyset(&f.mask);
+    REQUIRE(kvm_set_watchpoint_method(f.full, KVM_WATCH_DEBUG_REGISTERS) == 0);
     REQUIRE(kvm_insert_breakpoint(f.full, 0, KVM_GDB_BREAKPOINT_HW, 0x10000, 1) == 0);
     REQUIRE(kvm_insert_breakpoint(f.full, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 8) == 0);
     REQUIRE(kvm_insert_breakpoint(f.full, 0, KVM_GDB_WATCHPOINT_READ, 0x200010, 4) == 0);

@@ -277,8 +277,9 @@ static void single_step_over_a_software_breakpoint_reports_both(void)
     test_vm_destroy(&vm);
 }
 
-/* Whether a write watchpoint fires here: the instruction emulators of some
- * hosts never report data breakpoints. */
+/* Whether a debug-register write watchpoint fires here: the instruction
+ * emulators of some hosts never report data breakpoints (test_watch.c covers
+ * watchpoints by page protection, which work everywhere). */
 static int host_reports_data_breakpoints(void)
 {
     static int answer = -1;
@@ -290,6 +291,7 @@ static int host_reports_data_breakpoints(void)
         return answer;
     if (DEBUG_VM(&vm, &log, &cb, store_variable) < 0)
         return 0;
+    kvm_set_watchpoint_method(vm.kvm, KVM_WATCH_DEBUG_REGISTERS);
     kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, GUEST_LABEL_ADDR(store_variable, variable), 8);
     kvm_run(vm.kvm, 0);
     answer = log.n > 0;
@@ -297,7 +299,7 @@ static int host_reports_data_breakpoints(void)
     return answer;
 }
 
-static void write_watchpoint_reports_the_address(void)
+static void debug_register_write_watchpoint_reports_the_address(void)
 {
     const uint64_t variable = GUEST_LABEL_ADDR(store_variable, variable);
     struct kvm_debug_exit_info info;
@@ -308,6 +310,7 @@ static void write_watchpoint_reports_the_address(void)
     if (!host_reports_data_breakpoints())
         SKIP("host KVM does not report data breakpoints");
     REQUIRE(DEBUG_VM(&vm, &log, &cb, store_variable) == 0);
+    CHECK_EQ(kvm_set_watchpoint_method(vm.kvm, KVM_WATCH_DEBUG_REGISTERS), 0);
     CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, variable, 8), 0);
     CHECK_EQ(kvm_run(vm.kvm, 0), 1);
     REQUIRE(log.n == 1);
@@ -474,6 +477,7 @@ static void debug_registers_run_out_after_four(void)
     struct test_vm vm;
 
     REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    CHECK_EQ(kvm_set_watchpoint_method(vm.kvm, KVM_WATCH_DEBUG_REGISTERS), 0);
     CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_HW, 0x10000, 1), 0);
     CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x200000, 8), 0);
     CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_READ, 0x200010, 4), 0);
@@ -692,7 +696,7 @@ int main(void)
     RUN(hardware_breakpoint_hits_and_resumes);
     RUN(single_step_reports_each_instruction);
     RUN(single_step_over_a_software_breakpoint_reports_both);
-    RUN(write_watchpoint_reports_the_address);
+    RUN(debug_register_write_watchpoint_reports_the_address);
     RUN(guest_int3_reaches_its_own_handler_while_the_library_debugs);
     RUN(guest_int3_runs_its_handler_without_any_debugging);
     RUN(guest_trap_flag_reaches_its_own_handler_while_the_library_debugs);

@@ -67,8 +67,22 @@ struct kvm_debug_guest {
 // Extension: a single step completed (`#DB` with DR6.BS).
 #define KVM_GDB_SINGLESTEP 5
 
+// `kvm_set_watchpoint_method`: a debug register when the host fires data
+// breakpoints, one is free and the length fits (1, 2, 4, 8, aligned);
+// page protection otherwise. The default.
+#define KVM_WATCH_AUTO 0
+
+// `kvm_set_watchpoint_method`: debug registers only (four at most).
+#define KVM_WATCH_DEBUG_REGISTERS 1
+
+// `kvm_set_watchpoint_method`: page protection only (any number, any length).
+#define KVM_WATCH_PAGE_PROTECTION 2
+
 // The `int3` opcode.
 #define INT3 204
+
+// The longest range one watchpoint may cover.
+#define MAX_WATCH_LEN (1 << 20)
 
 // The library's state for one VM. Opaque to C.
 struct kvm_context;
@@ -437,13 +451,28 @@ int kvm_get_debug_exit_info(kvm_context_t kvm, int vcpu, struct kvm_debug_exit_i
 // (or the vcpu is in real mode, whose `int3` some hosts never report) a
 // free debug register backs it instead; with none free: `-EFAULT`.
 //
-// `KVM_GDB_BREAKPOINT_HW` and the watchpoints take a free debug register
-// on every vcpu (`-ENOSPC` after four). Watchpoints need `len` 1, 2, 4 or
-// 8 with `addr` aligned to it (`-EINVAL`). x86 has no read-only condition:
-// `KVM_GDB_WATCHPOINT_READ` also fires on writes.
+// `KVM_GDB_BREAKPOINT_HW` takes a free debug register on every vcpu
+// (`-ENOSPC` after four).
+//
+// Watchpoints (`KVM_GDB_WATCHPOINT_WRITE`, `_READ`, `_ACCESS`) follow
+// `kvm_set_watchpoint_method`. In a debug register they need `len` 1, 2,
+// 4 or 8 with `addr` aligned to it (`-EINVAL`), and a read watchpoint also
+// fires on writes (x86 has no read-only condition). By page protection
+// they take any number and any `len` up to 1 MiB: the guest-physical pages
+// under the range (translated now, with `vcpu`'s page tables; `-EFAULT`
+// where not mapped to RAM) are cut out of their slot, read-only for a
+// write watchpoint, unbacked for a read or access one; the library
+// completes the guest's accesses to them and reports the ones that touch
+// the range, reads told from writes, with RIP past the instruction. A read
+// or access watchpoint on a page a vcpu is executing is refused
+// (`-EBUSY`): code cannot run from an unbacked page.
 //
 // Takes effect at each vcpu's next entry into the guest.
 int kvm_insert_breakpoint(kvm_context_t kvm, int vcpu, int type, uint64_t addr, uint64_t len);
+
+// Chooses how watchpoints inserted from now on are kept: `KVM_WATCH_AUTO`,
+// `KVM_WATCH_DEBUG_REGISTERS` or `KVM_WATCH_PAGE_PROTECTION`.
+int kvm_set_watchpoint_method(kvm_context_t kvm, int method);
 
 // Removes one reference to a breakpoint inserted with the same `type`,
 // `addr` (and `len` for watchpoints), restoring the original byte of a

@@ -82,12 +82,20 @@ fn handle_exit(
             }
             result
         }
-        Exit::Mmio { addr, len, is_write: true, mut data } => callbacks.mmio_write(addr, &mut data[..len as usize]),
-        Exit::Mmio { addr, len, is_write: false, .. } => {
-            let mut data = [0u8; 8];
-            let r = callbacks.mmio_read(addr, &mut data[..len as usize]);
-            vcpu.complete_mmio_read(&data[..len as usize]);
-            r
+        Exit::Mmio { addr, len, is_write, mut data } => {
+            let data = &mut data[..len as usize];
+            match debug::watch::complete_protected_access(ctx, addr, data, is_write) {
+                Some(watched) => match on_watched_access(ctx, vcpu, runner, watched, data, is_write, io_data) {
+                    Some(r) => return r,
+                    None => 0,
+                },
+                None if is_write => callbacks.mmio_write(addr, data),
+                None => {
+                    let r = callbacks.mmio_read(addr, data);
+                    vcpu.complete_mmio_read(data);
+                    r
+                }
+            }
         }
         Exit::Hlt => return callbacks.halt(index),
         Exit::Shutdown => return callbacks.shutdown(index),
@@ -111,6 +119,45 @@ fn handle_exit(
         Ok(None) => 0,
         Err(e) => e.negated(),
     }
+}
+
+/// A guest access to a page protected for a watchpoint, which the library
+/// completed: a watchpoint it fired is reported once its instruction is
+/// done (a load's instruction finishes at once, without entering the
+/// guest), as a hardware data breakpoint would be. `None` when no
+/// watchpoint fired: the exit is then done, like any handled MMIO.
+fn on_watched_access(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    runner: &RunnerGuard<'_>,
+    watched: Result<Option<debug::watch::WatchHit>>,
+    data: &[u8],
+    is_write: bool,
+    io_data: &mut [u8; IO_DATA_MAX],
+) -> Option<c_int> {
+    let hit = match watched {
+        Ok(hit) => hit,
+        Err(e) => return Some(e.negated()),
+    };
+    if !is_write {
+        vcpu.complete_mmio_read(data);
+    }
+    let hit = hit?;
+    if !is_write {
+        match vcpu.complete_instruction(runner) {
+            Ok(None) => {}
+            // Finishing the load caused another exit (a single step, the
+            // rest of a split access): that one first.
+            Ok(Some(next)) => {
+                let r = handle_exit(ctx, vcpu, runner, next, io_data);
+                if r != 0 {
+                    return Some(r);
+                }
+            }
+            Err(e) => return Some(e.negated()),
+        }
+    }
+    Some(result_code(debug::watch::report_hit(ctx, vcpu, hit)))
 }
 
 /// Calls the port handler once per element; stops at the first non-zero result.

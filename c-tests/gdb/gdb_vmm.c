@@ -22,7 +22,7 @@
 DECLARE_GUEST(gdbguest);
 #define LABELS(X)                                                                                  \
     X(main) X(regs_set) X(write_var) X(after_write) X(step_loop) X(step_add) X(step_xor) X(step_cmp) \
-    X(step_jne) X(spin) X(second) X(second_func) X(variable) X(quit)
+    X(step_jne) X(spin) X(second) X(second_func) X(variable) X(quit) X(read_var) X(after_read)
 #define DECLARE(label) DECLARE_GUEST_LABEL(gdbguest, label);
 LABELS(DECLARE)
 

@@ -167,6 +167,41 @@ def test_watch_stops_at_the_store():
         vmm.kill()
 
 
+def test_rwatch_stops_after_the_load_with_the_value_read():
+    vmm = Vmm("env")
+    try:
+        vmm.connect()
+        run("rwatch *(long *)%#x" % vmm["variable"])
+        event = stop_event_after("continue")
+        check(isinstance(event, gdb.BreakpointEvent) and event.breakpoint.type == gdb.BP_READ_WATCHPOINT,
+              "stop was %r" % event)
+        check(value("$rip") == vmm["after_read"], "rip %#x, the load is at %#x" % (value("$rip"), vmm["read_var"]))
+        check(value("$rax") == 0xABCDEF, "rax %#x: the guest read the stored value" % value("$rax"))
+        run("delete")
+        release_guest(vmm)
+        run("detach")
+        expect_clean_exit(vmm)
+    finally:
+        vmm.kill()
+
+
+def test_awatch_stops_at_the_store_and_at_the_load():
+    vmm = Vmm("env")
+    try:
+        vmm.connect()
+        run("awatch *(long *)%#x" % vmm["variable"])
+        stop_event_after("continue")
+        check(value("$rip") == vmm["after_write"], "first stop at %#x" % value("$rip"))
+        stop_event_after("continue")
+        check(value("$rip") == vmm["after_read"], "second stop at %#x" % value("$rip"))
+        run("delete")
+        release_guest(vmm)
+        run("detach")
+        expect_clean_exit(vmm)
+    finally:
+        vmm.kill()
+
+
 def test_threads_are_vcpus_and_a_breakpoint_on_the_second_stops_it():
     vmm = Vmm("env")
     try:

@@ -16,6 +16,10 @@ LABEL(gdbguest, write_var)
     movq $0xabcdef, gdbguest_variable(%rip)
 LABEL(gdbguest, after_write)
     nop
+LABEL(gdbguest, read_var)
+    mov gdbguest_variable(%rip), %rax
+LABEL(gdbguest, after_read)
+    nop
     xor %ebx, %ebx
     xor %eax, %eax
     xor %ecx, %ecx
@@ -46,7 +50,8 @@ LABEL(gdbguest, second_func)
     nop
     ret
 
-    .balign 8
+    /* Data on a page of its own, so that reads of it can be watched. */
+    .balign 4096
 LABEL(gdbguest, variable)
     .quad 0
 LABEL(gdbguest, quit)

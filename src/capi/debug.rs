@@ -8,7 +8,17 @@ use kvm_bindings::kvm_guest_debug;
 use super::*;
 use crate::debug::decode::DebugCause;
 use crate::debug::request::{kvm_debug_guest, translate_old_request};
+use crate::debug::watch::WatchMethod;
 use crate::debug::BreakType;
+
+/// `kvm_set_watchpoint_method`: a debug register when the host fires data
+/// breakpoints, one is free and the length fits (1, 2, 4, 8, aligned);
+/// page protection otherwise. The default.
+pub const KVM_WATCH_AUTO: c_int = 0;
+/// `kvm_set_watchpoint_method`: debug registers only (four at most).
+pub const KVM_WATCH_DEBUG_REGISTERS: c_int = 1;
+/// `kvm_set_watchpoint_method`: page protection only (any number, any length).
+pub const KVM_WATCH_PAGE_PROTECTION: c_int = 2;
 
 /// Everything decoded from the last debug event reported on a vcpu.
 #[repr(C)]
@@ -115,10 +125,21 @@ pub unsafe extern "C" fn kvm_get_debug_exit_info(kvm: kvm_context_t, vcpu: c_int
 /// (or the vcpu is in real mode, whose `int3` some hosts never report) a
 /// free debug register backs it instead; with none free: `-EFAULT`.
 ///
-/// `KVM_GDB_BREAKPOINT_HW` and the watchpoints take a free debug register
-/// on every vcpu (`-ENOSPC` after four). Watchpoints need `len` 1, 2, 4 or
-/// 8 with `addr` aligned to it (`-EINVAL`). x86 has no read-only condition:
-/// `KVM_GDB_WATCHPOINT_READ` also fires on writes.
+/// `KVM_GDB_BREAKPOINT_HW` takes a free debug register on every vcpu
+/// (`-ENOSPC` after four).
+///
+/// Watchpoints (`KVM_GDB_WATCHPOINT_WRITE`, `_READ`, `_ACCESS`) follow
+/// `kvm_set_watchpoint_method`. In a debug register they need `len` 1, 2,
+/// 4 or 8 with `addr` aligned to it (`-EINVAL`), and a read watchpoint also
+/// fires on writes (x86 has no read-only condition). By page protection
+/// they take any number and any `len` up to 1 MiB: the guest-physical pages
+/// under the range (translated now, with `vcpu`'s page tables; `-EFAULT`
+/// where not mapped to RAM) are cut out of their slot, read-only for a
+/// write watchpoint, unbacked for a read or access one; the library
+/// completes the guest's accesses to them and reports the ones that touch
+/// the range, reads told from writes, with RIP past the instruction. A read
+/// or access watchpoint on a page a vcpu is executing is refused
+/// (`-EBUSY`): code cannot run from an unbacked page.
 ///
 /// Takes effect at each vcpu's next entry into the guest.
 #[no_mangle]
@@ -127,6 +148,18 @@ pub unsafe extern "C" fn kvm_insert_breakpoint(kvm: kvm_context_t, vcpu: c_int, 
         // SAFETY: C passes a context from kvm_init or NULL.
         let (ctx, vcpu) = unsafe { checked_vcpu(kvm, vcpu) }?;
         ctx.insert_breakpoint(vcpu, BreakType::from_c(r#type)?, addr, len)
+    })
+}
+
+/// Chooses how watchpoints inserted from now on are kept: `KVM_WATCH_AUTO`,
+/// `KVM_WATCH_DEBUG_REGISTERS` or `KVM_WATCH_PAGE_PROTECTION`.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_set_watchpoint_method(kvm: kvm_context_t, method: c_int) -> c_int {
+    status_result(|| {
+        // SAFETY: C passes a context from kvm_init or NULL.
+        let ctx = unsafe { checked_context(kvm) }?;
+        ctx.debugger().watch_method.set(WatchMethod::from_c(method)?);
+        Ok(())
     })
 }
 

@@ -25,6 +25,9 @@ pub enum DebugCause {
     Register(u8),
     /// `#DB` with DR6.BS: a single step.
     SingleStep,
+    /// A guest access to a page the library protects for a watchpoint
+    /// (not an exception: an MMIO exit).
+    Page,
     /// A `#DB` for a reason the debugger does not program (task switch,
     /// DR access, a Bn of a disabled register), or an unexpected exception.
     Other,
@@ -87,7 +90,7 @@ pub fn decode_debug_exit(arch: &kvm_debug_exit_arch, programmed: &ProgrammedRegi
     let (break_type, watch_addr, watch_len) = match cause {
         DebugCause::Int3 => (BreakType::SoftwareBreakpoint, 0, 0),
         DebugCause::SingleStep => (BreakType::SingleStep, 0, 0),
-        DebugCause::Other => (BreakType::HardwareBreakpoint, 0, 0),
+        DebugCause::Other | DebugCause::Page => (BreakType::HardwareBreakpoint, 0, 0),
         DebugCause::Register(n) => match dr7.condition(n) {
             Condition::Execute => (BreakType::HardwareBreakpoint, 0, 0),
             Condition::Write => (BreakType::WatchWrite, addresses[n as usize], dr7.len(n)),

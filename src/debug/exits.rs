@@ -73,7 +73,7 @@ fn linear_pc(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
     }
 }
 
-fn current_pc(vcpu: &Vcpu) -> Result<u64> {
+pub(crate) fn current_pc(vcpu: &Vcpu) -> Result<u64> {
     if let Some(pc) = vcpu.with_registers_at_exit(linear_pc) {
         return Ok(pc);
     }
@@ -259,7 +259,7 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
 /// could not run; `None` when it is something else.
 pub fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -> Option<Result<c_int>> {
     if !emulated_int3(error) {
-        return None;
+        return super::watch::on_fetch_from_watched_page(ctx, vcpu);
     }
     Some((|| {
         let pc = current_pc(vcpu)?;
@@ -283,16 +283,7 @@ fn act(
     match verdict {
         Verdict::Report(resume) => {
             state.resume = resume;
-            state.last_event = Some(event);
-            drop(state);
-            vcpu.request_debug_attention();
-            rearm_breakpoints(ctx, vcpu)?;
-            if ctx.stopper().attached() {
-                // gdb owns the debug events: stop everything and tell it.
-                ctx.stopper().report(ctx, vcpu, event);
-                return Ok(0);
-            }
-            Ok(ctx.callbacks().debug(vcpu.index(), event.break_type as c_int, event.watch_addr))
+            report(ctx, vcpu, state, event)
         }
         Verdict::Resume => Ok(0),
         Verdict::ReinjectBreakpoint => {
@@ -306,6 +297,26 @@ fn act(
             Ok(0)
         }
     }
+}
+
+/// Tells the VMM (or an attached gdb) about `event` on `vcpu`, after every
+/// lock is released; the stop also re-arms breakpoints.
+pub(crate) fn report(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    mut state: std::sync::MutexGuard<'_, VcpuDebug>,
+    event: DebugEvent,
+) -> Result<c_int> {
+    state.last_event = Some(event);
+    drop(state);
+    vcpu.request_debug_attention();
+    rearm_breakpoints(ctx, vcpu)?;
+    if ctx.stopper().attached() {
+        // gdb owns the debug events: stop everything and tell it.
+        ctx.stopper().report(ctx, vcpu, event);
+        return Ok(0);
+    }
+    Ok(ctx.callbacks().debug(vcpu.index(), event.break_type as c_int, event.watch_addr))
 }
 
 /// At a stop, arm again the breakpoints the guest overwrote or remapped.

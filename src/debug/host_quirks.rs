@@ -1,18 +1,35 @@
 //! What the host's KVM does differently, probed once with a scratch VM.
 
-use kvm_bindings::{kvm_guest_debug, kvm_userspace_memory_region, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP};
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_bindings::{
+    kvm_guest_debug, kvm_guest_debug_arch, kvm_userspace_memory_region, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP,
+    KVM_GUESTDBG_USE_HW_BP,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 
 /// True when single-stepping a `hlt` reports a step past it instead of the
 /// halt (hosts whose instruction emulator runs the guest do this; VMX and
 /// SVM report `KVM_EXIT_HLT`). The library then runs such a `hlt` itself.
 pub fn single_step_skips_halts(kvm: &Kvm) -> bool {
-    probe_single_step_over_hlt(kvm).unwrap_or(true)
+    const HLT: [u8; 1] = [0xf4];
+    let step = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
+    run_scratch(kvm, &HLT, &step, |exit| matches!(exit, VcpuExit::Debug(_))).unwrap_or(true)
 }
 
-/// Real mode at 0:0, one page of RAM holding `hlt`, one single step.
-fn probe_single_step_over_hlt(kvm: &Kvm) -> Option<bool> {
-    const HLT: u8 = 0xf4;
+/// True when a debug-register write watchpoint fires (it does not under
+/// some hosts' instruction emulator).
+pub fn fires_data_breakpoints(kvm: &Kvm) -> bool {
+    // movb $1, 0x200; hlt -- with DR0 watching writes to 0x200.
+    const STORE: [u8; 6] = [0xc6, 0x06, 0x00, 0x02, 0x01, 0xf4];
+    let mut arch = kvm_guest_debug_arch::default();
+    arch.debugreg[0] = 0x200;
+    arch.debugreg[7] = 0x600 | 0b10 | (0b01 << 16); // G0, write, length 1
+    let watch = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, pad: 0, arch };
+    run_scratch(kvm, &STORE, &watch, |exit| matches!(exit, VcpuExit::Debug(_))).unwrap_or(false)
+}
+
+/// Runs `code` once in real mode at 0:0 in a scratch VM with `debug` set,
+/// and answers `judge` of the first exit.
+fn run_scratch(kvm: &Kvm, code: &[u8], debug: &kvm_guest_debug, judge: impl Fn(&VcpuExit) -> bool) -> Option<bool> {
     let vm = kvm.create_vm().ok()?;
     // SAFETY: a fresh private anonymous page, unmapped below.
     let page = unsafe {
@@ -21,34 +38,26 @@ fn probe_single_step_over_hlt(kvm: &Kvm) -> Option<bool> {
     if page == libc::MAP_FAILED {
         return None;
     }
-    // SAFETY: the page is ours and writable.
-    unsafe { *page.cast::<u8>() = HLT };
+    // SAFETY: the page is ours, writable, and larger than any probe's code.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page.cast::<u8>(), code.len()) };
     let answer = (|| {
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: 4096,
-            userspace_addr: page as u64,
-        };
+        let region =
+            kvm_userspace_memory_region { slot: 0, flags: 0, guest_phys_addr: 0, memory_size: 4096, userspace_addr: page as u64 };
         // SAFETY: the page outlives the VM (dropped at the end of this closure).
         unsafe { vm.set_user_memory_region(region) }.ok()?;
-        let mut vcpu = vm.create_vcpu(0).ok()?;
+        let mut vcpu: VcpuFd = vm.create_vcpu(0).ok()?;
         let mut sregs = vcpu.get_sregs().ok()?;
-        sregs.cs.base = 0;
-        sregs.cs.selector = 0;
+        (sregs.cs.base, sregs.cs.selector, sregs.ds.base, sregs.ds.selector) = (0, 0, 0, 0);
         vcpu.set_sregs(&sregs).ok()?;
         let mut regs = vcpu.get_regs().ok()?;
         (regs.rip, regs.rflags) = (0, 2);
         vcpu.set_regs(&regs).ok()?;
-        let step = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
-        vcpu.set_guest_debug(&step).ok()?;
+        vcpu.set_guest_debug(debug).ok()?;
         let exit = vcpu.run().ok()?;
-        Some(matches!(exit, VcpuExit::Debug(_)))
+        Some(judge(&exit))
     })();
     drop(vm);
     // SAFETY: the mapping made above; the VM that used it is gone.
     unsafe { libc::munmap(page, 4096) };
     answer
 }
-

@@ -21,8 +21,10 @@ pub mod host_quirks;
 pub mod pagewalk;
 pub mod request;
 pub mod vcpu_state;
+pub mod watch;
 
 use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use kvm_bindings::{kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
@@ -71,6 +73,13 @@ impl BreakType {
 /// offers.
 pub struct Debugger {
     table: Mutex<BreakpointTable>,
+    /// Watchpoints kept by page protection.
+    pub(crate) page_watches: Mutex<watch::PageWatchTable>,
+    /// Set while `page_watches` is not empty: MMIO exits look there first.
+    watching_pages: AtomicBool,
+    /// How watchpoints are implemented (`kvm_set_watchpoint_method`).
+    pub(crate) watch_method: watch::WatchMethodSetting,
+    data_breakpoints: OnceLock<bool>,
     /// The `KVM_GUESTDBG_*` bits the host accepts.
     valid_control: u32,
     blockirq: bool,
@@ -83,6 +92,10 @@ impl Debugger {
         let flags = check_extension(KVM_CAP_SET_GUEST_DEBUG2).max(0) as u32;
         Debugger {
             table: Mutex::new(BreakpointTable::default()),
+            page_watches: Mutex::new(watch::PageWatchTable::default()),
+            watching_pages: AtomicBool::new(false),
+            watch_method: watch::WatchMethodSetting::default(),
+            data_breakpoints: OnceLock::new(),
             valid_control: flags,
             blockirq: flags & KVM_GUESTDBG_BLOCKIRQ != 0,
             single_step_skips_halts: OnceLock::new(),
@@ -97,6 +110,21 @@ impl Debugger {
     /// True when the host can block interrupts while single-stepping.
     pub fn blockirq(&self) -> bool {
         self.blockirq
+    }
+
+    /// True while some watchpoint is kept by page protection.
+    pub fn watching_pages(&self) -> bool {
+        self.watching_pages.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_watching_pages(&self, on: bool) {
+        self.watching_pages.store(on, Ordering::Release);
+    }
+
+    /// True when the host fires debug-register data breakpoints (probed
+    /// once, on the first watchpoint).
+    pub fn host_fires_data_breakpoints(&self, kvm: &kvm_ioctls::Kvm) -> bool {
+        *self.data_breakpoints.get_or_init(|| host_quirks::fires_data_breakpoints(kvm))
     }
 
     /// True when single-stepping a `hlt` on this host reports a step
@@ -171,10 +199,31 @@ impl Context {
                 table.insert_software(addr, location, real_mode, &*self.memory())?;
             }
             BreakType::SingleStep => return Err(Errno::INVAL),
-            _ => self.debugger().table().insert_hardware(kind, addr, len)?,
+            BreakType::HardwareBreakpoint => self.debugger().table().insert_hardware(kind, addr, len)?,
+            BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => {
+                if self.watch_in_register(addr, len) {
+                    self.debugger().table().insert_hardware(kind, addr, len)?;
+                } else {
+                    return self.insert_page_watch(vcpu, kind, addr, len);
+                }
+            }
         }
         self.breakpoints_changed();
         Ok(())
+    }
+
+    /// Whether a new watchpoint goes into a debug register (or is kept by
+    /// page protection), by the method setting.
+    fn watch_in_register(&self, addr: u64, len: u64) -> bool {
+        let fits = debugregs::len_bits(len).is_some() && addr % len == 0;
+        match self.debugger().watch_method.get() {
+            watch::WatchMethod::DebugRegisters => true,
+            watch::WatchMethod::PageProtection => false,
+            watch::WatchMethod::Auto => {
+                fits && self.debugger().host_fires_data_breakpoints(self.kvm())
+                    && (0..debugregs::DEBUG_REGISTERS).any(|n| self.debugger().table().register(n).is_none())
+            }
+        }
     }
 
     /// `kvm_remove_breakpoint`: `ENOENT` when it was never inserted.
@@ -182,7 +231,13 @@ impl Context {
         match kind {
             BreakType::SoftwareBreakpoint => self.debugger().table().remove_software(addr, &*self.memory())?,
             BreakType::SingleStep => return Err(Errno::INVAL),
-            _ => self.debugger().table().remove_hardware(kind, addr, len)?,
+            BreakType::HardwareBreakpoint => self.debugger().table().remove_hardware(kind, addr, len)?,
+            BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => {
+                let in_register = self.debugger().table().remove_hardware(kind, addr, len);
+                if in_register.is_err() {
+                    return self.remove_page_watch(kind, addr, len);
+                }
+            }
         }
         self.breakpoints_changed();
         Ok(())
@@ -191,6 +246,8 @@ impl Context {
     /// `kvm_remove_all_breakpoints`.
     pub fn remove_all_breakpoints(&self) {
         self.debugger().table().remove_all(&*self.memory());
+        // Only fails without a VM, when there are no watchpoints either.
+        let _ = self.remove_all_page_watches();
         self.breakpoints_changed();
     }
 }

@@ -1,0 +1,372 @@
+//! Watchpoints by page protection: any number, any length, on every host
+//! (the instruction emulator of some hosts never fires data breakpoints).
+//!
+//! A write watchpoint makes the guest-physical page under it read-only for
+//! KVM: loads and instruction fetches run at full speed, a store exits as
+//! MMIO (RIP already past it), and the library completes it into the
+//! page's memory, then reports it if it touched a watched range. A read or
+//! access watchpoint unbacks the page: every access exits, the library
+//! completes it, and reports the ones that touch a watched range (reads are
+//! told from writes, which x86 debug registers cannot do). Code cannot be
+//! fetched from an unbacked page, so read and access watchpoints are
+//! refused on a page a vcpu is executing, and a vcpu that later jumps into
+//! one has that page's read watching suspended rather than hang.
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::decode::{DebugCause, DebugEvent, DEBUG_EXCEPTION};
+use super::BreakType;
+use crate::context::Context;
+use crate::error::{Errno, Result};
+use crate::lock;
+use crate::memory::{Protection, PAGE_SIZE};
+use crate::vcpu::Vcpu;
+
+/// The longest range one watchpoint may cover.
+pub const MAX_WATCH_LEN: u64 = 1 << 20;
+
+/// How `kvm_insert_breakpoint` implements watchpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WatchMethod {
+    /// A debug register when the host fires data breakpoints and one is
+    /// free (and the length fits one), else page protection.
+    Auto = 0,
+    /// Debug registers only.
+    DebugRegisters = 1,
+    /// Page protection only.
+    PageProtection = 2,
+}
+
+impl WatchMethod {
+    /// The method with C value `value`.
+    pub fn from_c(value: c_int) -> Result<WatchMethod> {
+        match value {
+            0 => Ok(WatchMethod::Auto),
+            1 => Ok(WatchMethod::DebugRegisters),
+            2 => Ok(WatchMethod::PageProtection),
+            _ => Err(Errno::INVAL),
+        }
+    }
+}
+
+/// The method setting of a VM.
+#[derive(Debug, Default)]
+pub struct WatchMethodSetting(AtomicU8);
+
+impl WatchMethodSetting {
+    /// The current method.
+    pub fn get(&self) -> WatchMethod {
+        match self.0.load(Ordering::Relaxed) {
+            1 => WatchMethod::DebugRegisters,
+            2 => WatchMethod::PageProtection,
+            _ => WatchMethod::Auto,
+        }
+    }
+
+    /// Sets the method for watchpoints inserted from now on.
+    pub fn set(&self, method: WatchMethod) {
+        self.0.store(method as u8, Ordering::Relaxed);
+    }
+}
+
+/// One watchpoint kept by page protection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageWatch {
+    /// `WatchWrite`, `WatchRead` or `WatchAccess`.
+    pub kind: BreakType,
+    /// The linear address the VMM gave.
+    pub gva: u64,
+    /// Bytes watched.
+    pub len: u64,
+    /// The guest-physical ranges behind it, one per page touched.
+    pub ranges: Vec<(u64, u64)>,
+    refs: u32,
+}
+
+impl PageWatch {
+    fn touches(&self, gpa: u64, len: u64) -> bool {
+        self.ranges.iter().any(|&(start, n)| start < gpa + len && gpa < start + n)
+    }
+
+    fn on_page(&self, page: u64) -> bool {
+        self.ranges.iter().any(|&(start, _)| start & !(PAGE_SIZE - 1) == page)
+    }
+
+    fn fires_on(&self, is_write: bool) -> bool {
+        match self.kind {
+            BreakType::WatchWrite => is_write,
+            BreakType::WatchRead => !is_write,
+            _ => true,
+        }
+    }
+}
+
+/// The page-protection watchpoints of a VM.
+#[derive(Debug, Default)]
+pub struct PageWatchTable {
+    watches: Vec<PageWatch>,
+    /// Pages whose read watching was suspended (a vcpu executes there).
+    suspended: Vec<u64>,
+}
+
+impl PageWatchTable {
+    /// True when there are no watchpoints.
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
+    /// How `page` must be protected for the watchpoints on it.
+    pub fn protection_for(&self, page: u64) -> Option<Protection> {
+        let on_page = || self.watches.iter().filter(|w| w.on_page(page));
+        if on_page().next().is_none() {
+            None
+        } else if !self.suspended.contains(&page) && on_page().any(|w| w.kind != BreakType::WatchWrite) {
+            Some(Protection::Unbacked)
+        } else {
+            Some(Protection::ReadOnly)
+        }
+    }
+
+    /// The pages under `watch`.
+    fn pages_of(watch: &PageWatch) -> Vec<u64> {
+        watch.ranges.iter().map(|&(start, _)| start & !(PAGE_SIZE - 1)).collect()
+    }
+
+    /// The first watchpoint a guest access of `len` bytes at `gpa` fires.
+    pub fn hit(&self, gpa: u64, len: u64, is_write: bool) -> Option<&PageWatch> {
+        self.watches.iter().find(|w| w.fires_on(is_write) && w.touches(gpa, len))
+    }
+
+    /// Adds a watchpoint (or a reference to the same one); returns the
+    /// pages whose protection may have changed.
+    pub fn insert(&mut self, kind: BreakType, gva: u64, len: u64, ranges: Vec<(u64, u64)>) -> Vec<u64> {
+        if let Some(w) = self.watches.iter_mut().find(|w| w.kind == kind && w.gva == gva && w.len == len) {
+            w.refs += 1;
+            return Vec::new();
+        }
+        let watch = PageWatch { kind, gva, len, ranges, refs: 1 };
+        let pages = Self::pages_of(&watch);
+        self.watches.push(watch);
+        pages
+    }
+
+    /// Drops a reference; returns the pages whose protection may have
+    /// changed, or `ENOENT`.
+    pub fn remove(&mut self, kind: BreakType, gva: u64, len: u64) -> Result<Vec<u64>> {
+        let index =
+            self.watches.iter().position(|w| w.kind == kind && w.gva == gva && w.len == len).ok_or(Errno::NOENT)?;
+        let watch = &mut self.watches[index];
+        watch.refs -= 1;
+        if watch.refs > 0 {
+            return Ok(Vec::new());
+        }
+        let pages = Self::pages_of(&self.watches.swap_remove(index));
+        self.suspended.retain(|p| !pages.contains(p) || self.watches.iter().any(|w| w.on_page(*p)));
+        Ok(pages)
+    }
+
+    /// Removes everything; returns the pages that were protected.
+    pub fn clear(&mut self) -> Vec<u64> {
+        let pages = self.watches.iter().flat_map(Self::pages_of).collect();
+        self.watches.clear();
+        self.suspended.clear();
+        pages
+    }
+
+    /// Stops unbacking `page` (a vcpu executes from it); returns true when
+    /// that changes anything.
+    pub fn suspend_reads(&mut self, page: u64) -> bool {
+        if self.protection_for(page) != Some(Protection::Unbacked) {
+            return false;
+        }
+        self.suspended.push(page);
+        true
+    }
+}
+
+/// Checks a watch length for page protection.
+fn checked_len(len: u64) -> Result<u64> {
+    if len == 0 || len > MAX_WATCH_LEN {
+        Err(Errno::INVAL)
+    } else {
+        Ok(len)
+    }
+}
+
+impl Context {
+    /// Gives each page in `pages` the protection its watchpoints need.
+    fn apply_protections(&self, pages: &[u64]) -> Result<()> {
+        let watches = lock(&self.debugger().page_watches);
+        let vm = self.vm()?;
+        let mut mem = self.memory();
+        for &page in pages {
+            let protection = watches.protection_for(page);
+            if mem.protection(page) != protection {
+                mem.set_protection(vm, page, protection)?;
+            }
+        }
+        self.debugger().set_watching_pages(!watches.is_empty());
+        Ok(())
+    }
+
+    /// A watchpoint by page protection at linear `gva`, translated with
+    /// `vcpu`'s page tables (`EFAULT` where not mapped to RAM). Read and
+    /// access watchpoints are refused (`EBUSY`) on a page a vcpu executes.
+    pub fn insert_page_watch(&self, vcpu: &Vcpu, kind: BreakType, gva: u64, len: u64) -> Result<()> {
+        let len = checked_len(len)?;
+        let mut ranges = Vec::new();
+        let mut at = gva;
+        let end = gva.checked_add(len).ok_or(Errno::INVAL)?;
+        while at < end {
+            let n = (PAGE_SIZE - at % PAGE_SIZE).min(end - at);
+            let gpa = self.translate_gva(vcpu, at)?.gpa;
+            self.memory().host_address(gpa, n).ok_or(Errno::FAULT)?;
+            ranges.push((gpa, n));
+            at += n;
+        }
+        if kind != BreakType::WatchWrite {
+            for other in self.vcpus() {
+                let pc = super::exits::current_pc(other)?;
+                let code_page = self.translate_gva(other, pc).map(|t| t.gpa & !(PAGE_SIZE - 1));
+                if code_page.is_ok_and(|p| ranges.iter().any(|&(g, _)| g & !(PAGE_SIZE - 1) == p)) {
+                    return Err(Errno::BUSY);
+                }
+            }
+        }
+        let pages = lock(&self.debugger().page_watches).insert(kind, gva, len, ranges);
+        self.apply_protections(&pages)
+    }
+
+    /// Removes a page-protection watchpoint; `ENOENT` when there is none.
+    pub fn remove_page_watch(&self, kind: BreakType, gva: u64, len: u64) -> Result<()> {
+        let pages = lock(&self.debugger().page_watches).remove(kind, gva, len)?;
+        self.apply_protections(&pages)
+    }
+
+    /// Removes every page-protection watchpoint.
+    pub fn remove_all_page_watches(&self) -> Result<()> {
+        let pages = lock(&self.debugger().page_watches).clear();
+        self.apply_protections(&pages)
+    }
+}
+
+/// A watchpoint a guest access fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchHit {
+    kind: BreakType,
+    gva: u64,
+    len: u64,
+}
+
+/// A guest access to guest-physical `gpa` that exited as MMIO: when the
+/// page is protected for a watchpoint, completes it in the page's memory (a
+/// load fills `data`) and returns the watchpoint it fires, if any. `None`
+/// when the access is the VMM's MMIO.
+pub fn complete_protected_access(ctx: &Context, gpa: u64, data: &mut [u8], is_write: bool) -> Option<Result<Option<WatchHit>>> {
+    if !ctx.debugger().watching_pages() {
+        return None;
+    }
+    let len = data.len() as u64;
+    {
+        let mut mem = ctx.memory();
+        mem.protection(gpa)?;
+        mem.host_address(gpa, len)?;
+        let completed = if is_write {
+            mem.write(gpa, data).map(|()| mem.note_library_write(gpa, len))
+        } else {
+            mem.read(gpa, data)
+        };
+        if let Err(e) = completed {
+            return Some(Err(e));
+        }
+    }
+    let watches = lock(&ctx.debugger().page_watches);
+    Some(Ok(watches.hit(gpa, len, is_write).map(|w| WatchHit { kind: w.kind, gva: w.gva, len: w.len })))
+}
+
+/// Reports a watchpoint hit; the access's instruction has completed.
+pub fn report_hit(ctx: &Context, vcpu: &Vcpu, hit: WatchHit) -> Result<c_int> {
+    let pc = super::exits::current_pc(vcpu)?;
+    let event = DebugEvent {
+        cause: DebugCause::Page,
+        break_type: hit.kind,
+        pc,
+        watch_addr: hit.gva,
+        watch_len: hit.len,
+        exception: DEBUG_EXCEPTION,
+        dr6: 0,
+        dr7: 0,
+    };
+    super::exits::report(ctx, vcpu, lock(&vcpu.debug), event)
+}
+
+/// The emulator failed on an instruction: if it was fetched from a page
+/// unbacked for a read watchpoint, back the page again (read watching
+/// there is suspended, writes still watched) and let the vcpu retry.
+pub fn on_fetch_from_watched_page(ctx: &Context, vcpu: &Vcpu) -> Option<Result<c_int>> {
+    if !ctx.debugger().watching_pages() {
+        return None;
+    }
+    let pc = super::exits::current_pc(vcpu).ok()?;
+    let page = ctx.translate_gva(vcpu, pc).ok()?.gpa & !(PAGE_SIZE - 1);
+    if ctx.memory().protection(page) != Some(Protection::Unbacked) {
+        return None;
+    }
+    if !lock(&ctx.debugger().page_watches).suspend_reads(page) {
+        return None;
+    }
+    eprintln!("libkvm: vcpu {} runs code in watched page {page:#x}: read watching there is suspended", vcpu.index());
+    Some(ctx.apply_protections(&[page]).map(|()| 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with(watches: &[(BreakType, u64, u64)]) -> PageWatchTable {
+        let mut t = PageWatchTable::default();
+        for &(kind, gpa, len) in watches {
+            t.insert(kind, gpa, len, vec![(gpa, len)]);
+        }
+        t
+    }
+
+    #[test]
+    fn write_watches_make_pages_read_only_and_reads_unback_them() {
+        let t = table_with(&[(BreakType::WatchWrite, 0x1008, 8), (BreakType::WatchRead, 0x3000, 4)]);
+        assert_eq!(t.protection_for(0x1000), Some(Protection::ReadOnly));
+        assert_eq!(t.protection_for(0x3000), Some(Protection::Unbacked));
+        assert_eq!(t.protection_for(0x2000), None);
+    }
+
+    #[test]
+    fn hits_need_overlap_and_the_right_direction() {
+        let t = table_with(&[(BreakType::WatchWrite, 0x1008, 8), (BreakType::WatchRead, 0x3000, 4)]);
+        assert!(t.hit(0x1000, 8, true).is_none(), "same page, next to the range");
+        assert_eq!(t.hit(0x100c, 4, true).map(|w| w.gva), Some(0x1008));
+        assert!(t.hit(0x100c, 4, false).is_none(), "a load does not fire a write watchpoint");
+        assert_eq!(t.hit(0x3002, 1, false).map(|w| w.kind), Some(BreakType::WatchRead));
+        assert!(t.hit(0x3002, 1, true).is_none(), "a store does not fire a read watchpoint");
+    }
+
+    #[test]
+    fn two_watches_share_a_page_until_both_are_removed() {
+        let mut t = table_with(&[(BreakType::WatchWrite, 0x1000, 4), (BreakType::WatchAccess, 0x1800, 8)]);
+        assert_eq!(t.protection_for(0x1000), Some(Protection::Unbacked));
+        t.remove(BreakType::WatchAccess, 0x1800, 8).unwrap();
+        assert_eq!(t.protection_for(0x1000), Some(Protection::ReadOnly));
+        t.remove(BreakType::WatchWrite, 0x1000, 4).unwrap();
+        assert_eq!(t.protection_for(0x1000), None);
+        assert_eq!(t.remove(BreakType::WatchWrite, 0x1000, 4), Err(Errno::NOENT));
+    }
+
+    #[test]
+    fn suspending_reads_keeps_the_page_read_only() {
+        let mut t = table_with(&[(BreakType::WatchAccess, 0x5000, 4)]);
+        assert!(t.suspend_reads(0x5000));
+        assert_eq!(t.protection_for(0x5000), Some(Protection::ReadOnly));
+        assert!(!t.suspend_reads(0x5000));
+    }
+}
