@@ -20,6 +20,7 @@ DECLARE_GUEST(two_on_a_page);
 DECLARE_GUEST(load_watched);
 DECLARE_GUEST_LABEL(load_watched, after_load);
 DECLARE_GUEST(code_page_store);
+DECLARE_GUEST(jump_to_data);
 DECLARE_GUEST_LABEL(code_page_store, code_var);
 
 enum { RAM = 8 << 20, MAX_HITS = 200 };
@@ -310,6 +311,26 @@ static void read_watchpoint_on_running_code_is_refused(void)
     test_vm_destroy(&vm);
 }
 
+/* A vcpu that jumps into a page unbacked for a read watchpoint would never
+ * fetch its code: the library backs the page again (reads there are no
+ * longer watched, writes are) and the guest runs on. */
+static void jumping_into_a_read_watched_page_runs_on(void)
+{
+    struct kvm_callbacks cb;
+    struct watch_log log;
+    struct test_vm vm;
+
+    REQUIRE(WATCH_VM(&vm, &log, &cb, jump_to_data) == 0);
+    vm.mem[GUEST_DATA + 0x200] = 0xe6; /* out %al, $0x10 */
+    vm.mem[GUEST_DATA + 0x201] = 0x10;
+    vm.mem[GUEST_DATA + 0x202] = 0xf4; /* hlt */
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_ACCESS, GUEST_DATA + 0x100, 8), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.outs, 1);
+    CHECK_EQ(log.hits, 0);
+    test_vm_destroy(&vm);
+}
+
 int main(void)
 {
     check_set_timeout(120);
@@ -320,5 +341,6 @@ int main(void)
     RUN(removal_restores_the_slots_and_dirty_logging_and_aliases_keep_working);
     RUN(code_runs_from_a_write_watched_page);
     RUN(read_watchpoint_on_running_code_is_refused);
+    RUN(jumping_into_a_read_watched_page_runs_on);
     return check_summary();
 }

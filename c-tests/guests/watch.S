@@ -63,3 +63,9 @@ GUEST_BEGIN(store_forever)
 1:  incq (%rbx)
     jmp 1b
 GUEST_END(store_forever)
+
+/* Jumps to code the test put at GUEST_DATA + 0x200. */
+GUEST_BEGIN(jump_to_data)
+    mov $(GUEST_DATA + 0x200), %eax
+    jmp *%rax
+GUEST_END(jump_to_data)
