@@ -188,6 +188,16 @@ int test_vcpu_real_mode(struct test_vm *vm, int vcpu, uint16_t cs, uint16_t ip)
     return kvm_set_regs(vm->kvm, vcpu, &regs);
 }
 
+uint64_t test_checksum(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
 int test_count_fds(void)
 {
     DIR *dir = opendir("/proc/self/fd");

@@ -430,15 +430,6 @@ static void old_debug_request_hardware_breakpoint_and_singlestep(void)
     test_vm_destroy(&vm);
 }
 
-static uint64_t checksum(const uint8_t *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    size_t i;
-    for (i = 0; i < n; i++)
-        h = (h ^ p[i]) * 1099511628211ULL;
-    return h;
-}
-
 static void ten_thousand_breakpoints_leave_memory_identical(void)
 {
     const uint64_t base = 0x200000, span = 0x100000;
@@ -451,22 +442,22 @@ static void ten_thousand_breakpoints_leave_memory_identical(void)
     REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
     for (i = 0; i < (int)span; i++)
         vm.mem[base + i] = (uint8_t)(i * 131 + 7);
-    before = checksum(vm.mem, RAM);
+    before = test_checksum(vm.mem, RAM);
     /* 10,000 inserts over 5,000 addresses: every address twice. */
     for (i = 0; i < 10000; i++)
         bad += kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, base + (uint64_t)(i % 5000) * 197 % span, 1) != 0;
     CHECK_EQ(bad, 0);
     CHECK_EQ(vm.mem[base + 197], 0xcc);
-    CHECK(checksum(vm.mem, RAM) != before);
+    CHECK(test_checksum(vm.mem, RAM) != before);
     for (i = 0; i < 10000; i++)
         bad += kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, base + (uint64_t)(i % 5000) * 197 % span, 1) != 0;
     CHECK_EQ(bad, 0);
-    CHECK_EQ(checksum(vm.mem, RAM), before);
+    CHECK_EQ(test_checksum(vm.mem, RAM), before);
     /* And through kvm_remove_all_breakpoints. */
     for (i = 0; i < 1000; i++)
         kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, base + (uint64_t)i * 7, 1);
     kvm_remove_all_breakpoints(vm.kvm);
-    CHECK_EQ(checksum(vm.mem, RAM), before);
+    CHECK_EQ(test_checksum(vm.mem, RAM), before);
     test_vm_destroy(&vm);
 }
 

@@ -181,15 +181,6 @@ static void *meddle(void *arg)
     return (void *)errors;
 }
 
-static uint64_t checksum(const uint8_t *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    size_t i;
-    for (i = 0; i < n; i++)
-        h = (h ^ p[i]) * 1099511628211ULL;
-    return h;
-}
-
 static void four_busy_vcpus_and_a_meddling_thread(void)
 {
     struct runner runners[VCPUS];
@@ -216,7 +207,7 @@ static void four_busy_vcpus_and_a_meddling_thread(void)
             REQUIRE(kvm_set_regs(b.vm.kvm, i, &regs) == 0);
         }
         /* From the code up: below it, the CPU sets accessed bits in the page tables. */
-        before = checksum(b.vm.mem + GUEST_CODE, RAM - GUEST_CODE);
+        before = test_checksum(b.vm.mem + GUEST_CODE, RAM - GUEST_CODE);
         pthread_create(&meddler, NULL, meddle, &b);
         for (i = 0; i < VCPUS; i++) {
             runners[i].b = &b;
@@ -234,7 +225,7 @@ static void four_busy_vcpus_and_a_meddling_thread(void)
         CHECK_EQ((long)meddle_errors, 0);
         printf("  round %d: %d x %d exits while another thread did %ld insert/read/remove rounds\n", round + 1, VCPUS,
                EXITS_PER_VCPU, b.meddle_rounds);
-        CHECK(checksum(b.vm.mem + GUEST_CODE, RAM - GUEST_CODE) == before);
+        CHECK(test_checksum(b.vm.mem + GUEST_CODE, RAM - GUEST_CODE) == before);
         test_vm_destroy(&b.vm);
     }
 }

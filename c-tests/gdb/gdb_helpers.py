@@ -5,6 +5,7 @@
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 
 import gdb
 
@@ -100,3 +101,19 @@ def stop_event_after(command):
         gdb.events.stop.disconnect(handler)
     check(events, "no stop after " + command)
     return events[-1]
+
+
+@contextmanager
+def debugged_vmm(mode="env"):
+    """A connected VMM; afterwards the guest is let go, gdb detaches, and
+    the VMM must end cleanly with its code intact."""
+    vmm = Vmm(mode)
+    try:
+        vmm.connect()
+        yield vmm
+        run("delete")
+        release_guest(vmm)
+        run("detach")
+        expect_clean_exit(vmm)
+    finally:
+        vmm.kill()

@@ -15,7 +15,16 @@ import traceback
 import gdb
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gdb_helpers import Vmm, check, expect_clean_exit, release_guest, run, stop_event_after, value  # noqa: E402
+from gdb_helpers import (  # noqa: E402
+    Vmm,
+    check,
+    debugged_vmm,
+    expect_clean_exit,
+    release_guest,
+    run,
+    stop_event_after,
+    value,
+)
 
 passed, failed, skipped = [], [], []
 measurements = {}
@@ -26,27 +35,17 @@ class Skip(Exception):
 
 
 def test_break_at_an_address_stops_there_with_the_right_rip():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         check(value("$rip") == vmm["main"], "LIBKVM_GDB: not held before the first instruction")
         run("break *%#x" % vmm["regs_set"])
         event = stop_event_after("continue")
         check(isinstance(event, gdb.BreakpointEvent), "stop was %r" % event)
         check(value("$rip") == vmm["regs_set"], "rip %#x" % value("$rip"))
         check(gdb.selected_thread().num == 1, "stopped in thread %d" % gdb.selected_thread().num)
-        run("delete")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_100_stepi_give_the_exact_rip_sequence():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         run("break *%#x" % vmm["step_loop"])
         stop_event_after("continue")
         run("delete")
@@ -63,17 +62,10 @@ def test_100_stepi_give_the_exact_rip_sequence():
             first = next(i for i in range(100) if seen[i] != expected[i])
             raise AssertionError("step %d went to %#x, expected %#x" % (first + 1, seen[first], expected[first]))
         check(value("$rbx") == 20, "rbx %d after 20 loop turns" % value("$rbx"))
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_info_registers_show_what_the_guest_set():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         run("break *%#x" % vmm["regs_set"])
         stop_event_after("continue")
         check(value("$r8") == 0x1111111111111111, "r8")
@@ -92,17 +84,10 @@ def test_info_registers_show_what_the_guest_set():
         # A register written in gdb reaches the vcpu.
         run("set $r13 = 0x5151")
         check("r13 0000000000005151" in run("monitor regs 0"), "monitor regs after set $r13")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_x_over_a_breakpoint_shows_the_original_bytes():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         run("set breakpoint always-inserted on")
         run("break *%#x" % vmm["write_var"])
         text = run("x/16xb %#x" % vmm["write_var"])
@@ -111,11 +96,6 @@ def test_x_over_a_breakpoint_shows_the_original_bytes():
         check("int3 at gpa %#x" % vmm["write_var"] in run("monitor breakpoints"), "breakpoint is in memory")
         run("delete")
         run("set breakpoint always-inserted off")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_hbreak_stops_with_a_hardware_breakpoint():
@@ -147,9 +127,7 @@ def test_hbreak_stops_with_a_hardware_breakpoint():
 
 
 def test_watch_stops_at_the_store():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         run("watch *(long *)%#x" % vmm["variable"])
         run("break *%#x" % vmm["step_loop"])  # guard: reached only if the watchpoint did not fire
         event = stop_event_after("continue")
@@ -159,53 +137,29 @@ def test_watch_stops_at_the_store():
               and event.breakpoint.type == gdb.BP_HARDWARE_WATCHPOINT, "stop was %r" % event)
         check(value("$rip") == vmm["after_write"], "rip %#x" % value("$rip"))
         check(value("*(long *)%#x" % vmm["variable"]) == 0xABCDEF, "stored value")
-        run("delete")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_rwatch_stops_after_the_load_with_the_value_read():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         run("rwatch *(long *)%#x" % vmm["variable"])
         event = stop_event_after("continue")
         check(isinstance(event, gdb.BreakpointEvent) and event.breakpoint.type == gdb.BP_READ_WATCHPOINT,
               "stop was %r" % event)
         check(value("$rip") == vmm["after_read"], "rip %#x, the load is at %#x" % (value("$rip"), vmm["read_var"]))
         check(value("$rax") == 0xABCDEF, "rax %#x: the guest read the stored value" % value("$rax"))
-        run("delete")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_awatch_stops_at_the_store_and_at_the_load():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         run("awatch *(long *)%#x" % vmm["variable"])
         stop_event_after("continue")
         check(value("$rip") == vmm["after_write"], "first stop at %#x" % value("$rip"))
         stop_event_after("continue")
         check(value("$rip") == vmm["after_read"], "second stop at %#x" % value("$rip"))
-        run("delete")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_threads_are_vcpus_and_a_breakpoint_on_the_second_stops_it():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         threads = sorted(t.num for t in gdb.selected_inferior().threads())
         check(threads == [1, 2], "threads %s" % threads)
         run("break *%#x" % vmm["second_func"])
@@ -218,18 +172,10 @@ def test_threads_are_vcpus_and_a_breakpoint_on_the_second_stops_it():
             stop_event_after("continue")
         measurements["gdb breakpoint hits per second"] = 30 / (time.monotonic() - start)
         check(gdb.selected_thread().num == 2 and value("$rip") == vmm["second_func"], "repeat hits")
-        run("delete")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def test_scheduler_locking_steps_one_vcpu_while_the_other_stays():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         run("break *%#x" % vmm["step_loop"])
         stop_event_after("continue")
         run("delete")
@@ -243,11 +189,6 @@ def test_scheduler_locking_steps_one_vcpu_while_the_other_stays():
         run("thread 2")
         check(value("$rip") == other_rip, "thread 2 moved from %#x to %#x" % (other_rip, value("$rip")))
         run("set scheduler-locking off")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def interrupt_gdb_after(seconds):
@@ -318,9 +259,7 @@ def test_kill_ends_the_vmm_through_its_shutdown_callback():
 
 
 def test_monitor_commands_dump_state_and_switch_address_spaces():
-    vmm = Vmm("env")
-    try:
-        vmm.connect()
+    with debugged_vmm() as vmm:
         check("phys" in run("monitor help"), "monitor help")
         regs = run("monitor regs")
         check("rip 0000000000%06x" % vmm["main"] in regs, regs)
@@ -338,11 +277,6 @@ def test_monitor_commands_dump_state_and_switch_address_spaces():
         run("set {long}%#x = 0" % pde)
         run("monitor virt")
         check("no breakpoints" in run("monitor breakpoints"), "monitor breakpoints")
-        release_guest(vmm)
-        run("detach")
-        expect_clean_exit(vmm)
-    finally:
-        vmm.kill()
 
 
 def main():

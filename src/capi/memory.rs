@@ -135,20 +135,41 @@ pub unsafe extern "C" fn kvm_get_dirty_pages_range(
     opaque: *mut c_void,
     cb: kvm_slot_bitmap_cb,
 ) -> c_int {
+    // SAFETY: C passes a context from kvm_init, a buffer for its largest
+    // slot's bitmap, and its own callback.
+    unsafe {
+        for_each_slot_bitmap(kvm, phys_addr, end_addr, buf, opaque, cb, |ctx, slot| match ctx.dirty_bitmap(slot) {
+            Err(Errno(libc::ENOENT)) => Ok(None),
+            other => other.map(Some),
+        })
+    }
+}
+
+/// Calls `cb` with `bitmap_of` each slot inside `[start, end)` (skipping
+/// slots it gives `None` for) until `cb` returns non-zero.
+///
+/// # Safety
+/// `kvm` is NULL or from `kvm_init`; `buf` has room for every bitmap; `cb`
+/// is the VMM's callback.
+unsafe fn for_each_slot_bitmap(
+    kvm: kvm_context_t,
+    start: c_ulong,
+    end: c_ulong,
+    buf: *mut c_void,
+    opaque: *mut c_void,
+    cb: kvm_slot_bitmap_cb,
+    bitmap_of: impl Fn(&Context, &Slot) -> Result<Option<Vec<u8>>>,
+) -> c_int {
     int_result(|| {
-        // SAFETY: C passes a context from kvm_init or NULL.
+        // SAFETY: the caller's promise above.
         let ctx = unsafe { checked_context(kvm) }?;
         let cb = cb.ok_or(Errno::FAULT)?;
         if buf.is_null() {
             return Err(Errno::FAULT);
         }
-        for slot in ctx.slots_within(phys_addr, end_addr) {
-            let bitmap = match ctx.dirty_bitmap(&slot) {
-                Err(Errno(libc::ENOENT)) => continue,
-                other => other?,
-            };
-            // SAFETY: C sized `buf` for its largest slot, as documented, and
-            // the callback is the VMM's own.
+        for slot in ctx.slots_within(start, end) {
+            let Some(bitmap) = bitmap_of(ctx, &slot)? else { continue };
+            // SAFETY: the caller's promise above.
             let r = unsafe {
                 write_bitmap(buf, &bitmap);
                 cb(slot.gpa, slot.len, buf, opaque)
@@ -189,25 +210,8 @@ pub unsafe extern "C" fn kvm_get_mem_map_range(
     opaque: *mut c_void,
     cb: kvm_slot_bitmap_cb,
 ) -> c_int {
-    int_result(|| {
-        // SAFETY: C passes a context from kvm_init or NULL.
-        let ctx = unsafe { checked_context(kvm) }?;
-        let cb = cb.ok_or(Errno::FAULT)?;
-        if bitmap.is_null() {
-            return Err(Errno::FAULT);
-        }
-        for slot in ctx.slots_within(phys_addr, end_addr) {
-            // SAFETY: as in kvm_get_dirty_pages_range.
-            let r = unsafe {
-                write_bitmap(bitmap, &backed_pages_bitmap(&slot));
-                cb(slot.gpa, slot.len, bitmap, opaque)
-            };
-            if r != 0 {
-                return Ok(r);
-            }
-        }
-        Ok(0)
-    })
+    // SAFETY: as in kvm_get_dirty_pages_range.
+    unsafe { for_each_slot_bitmap(kvm, phys_addr, end_addr, bitmap, opaque, cb, |_, slot| Ok(Some(backed_pages_bitmap(slot)))) }
 }
 
 /// Turns dirty-page logging on for every slot.
