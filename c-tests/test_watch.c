@@ -276,7 +276,12 @@ static void removal_restores_the_slots_and_dirty_logging_and_aliases_keep_workin
     memset(vm.mem + GUEST_DATA + 8, 0, 8);
     CHECK_EQ(kvm_run(vm.kvm, 0), 1);
     CHECK_EQ(log.hits, 0);
+    /* Watching another page of the slot re-cuts it; the store KVM logged
+     * before that is still dirty. */
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, GUEST_DATA + 0x4000, 8), 0);
+    CHECK_EQ(kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, GUEST_DATA + 0x4000, 8), 0);
     CHECK_EQ(page_is_dirty(vm.kvm, GUEST_DATA), 1);
+    CHECK_EQ(page_is_dirty(vm.kvm, GUEST_DATA), 0);
     CHECK_EQ(log.mmio_calls, 0);
     test_vm_destroy(&vm);
 }

@@ -211,14 +211,24 @@ pub struct GuestMemory {
     pieces: BTreeMap<u32, Vec<Piece>>,
     /// Pages the debugger protects, by guest-physical page address.
     protected: BTreeMap<u64, Protection>,
-    /// Pages the library wrote for the guest (completing a store to a
-    /// protected page): dirty, though KVM never saw the store.
-    written_by_library: BTreeSet<u64>,
+    /// Pages known dirty that KVM's logs no longer show: stores the library
+    /// completed for the guest (to a protected page), and pages KVM had
+    /// logged in a KVM slot that was then re-cut.
+    dirty_outside_kvm: BTreeSet<u64>,
     mappings: Vec<HostMapping>,
     next_mapping: MappingId,
     next_slot: u32,
     log_all: bool,
     max_slots: u32,
+}
+
+/// The guest-physical pages KVM logged dirty in `piece` (clearing its log).
+fn logged_dirty_pages(kvm: &dyn SlotRegistry, piece: &Piece) -> Result<impl Iterator<Item = u64>> {
+    let words = kvm.dirty_log(piece.kvm_slot, piece.len)?;
+    let gpa = piece.gpa;
+    Ok((0..piece.len / PAGE_SIZE)
+        .filter(move |page| words.get((page / 64) as usize).is_some_and(|w| w >> (page % 64) & 1 == 1))
+        .map(move |page| gpa + page * PAGE_SIZE))
 }
 
 /// Checks that `[start, start + len)` is a non-empty, page-aligned range
@@ -237,7 +247,7 @@ impl GuestMemory {
             slots: Vec::new(),
             pieces: BTreeMap::new(),
             protected: BTreeMap::new(),
-            written_by_library: BTreeSet::new(),
+            dirty_outside_kvm: BTreeSet::new(),
             mappings: Vec::new(),
             next_mapping: 1,
             next_slot: 0,
@@ -315,8 +325,13 @@ impl GuestMemory {
         (0..self.max_slots).find(|id| !taken.contains(id)).ok_or(Errno::NOSPC)
     }
 
-    /// Gives KVM the pieces of slot `slot`, replacing the ones it had.
+    /// Gives KVM the pieces of slot `slot`, replacing the ones it had. The
+    /// dirty pages KVM logged in the old pieces are kept for the next
+    /// bitmap when the slot goes on logging.
     fn register_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
+        if self.logs_dirty_pages(slot) {
+            self.keep_dirty_pages_of_pieces(kvm, slot.id)?;
+        }
         self.unregister_pieces(kvm, slot.id)?;
         let mut taken: BTreeSet<u32> = self.pieces.values().flatten().map(|p| p.kvm_slot).collect();
         let mut pieces = Vec::new();
@@ -328,6 +343,16 @@ impl GuestMemory {
             pieces.push(piece);
         }
         self.pieces.insert(slot.id, pieces);
+        Ok(())
+    }
+
+    /// Moves the dirty pages logged in slot `id`'s KVM slots into
+    /// `dirty_outside_kvm`, before those KVM slots (and their logs) go away.
+    fn keep_dirty_pages_of_pieces(&mut self, kvm: &dyn SlotRegistry, id: u32) -> Result<()> {
+        let logging = self.pieces.get(&id).into_iter().flatten().filter(|p| p.flags & KVM_MEM_LOG_DIRTY_PAGES != 0);
+        for piece in logging {
+            self.dirty_outside_kvm.extend(logged_dirty_pages(kvm, piece)?);
+        }
         Ok(())
     }
 
@@ -398,29 +423,25 @@ impl GuestMemory {
         let first = gpa & !(PAGE_SIZE - 1);
         let last = (gpa + len.max(1) - 1) & !(PAGE_SIZE - 1);
         for page in (first..=last).step_by(PAGE_SIZE as usize) {
-            self.written_by_library.insert(page);
+            self.dirty_outside_kvm.insert(page);
         }
     }
 
     /// The dirty-page bitmap of `slot` (one bit per page, `u64` words, least
     /// significant bit first), assembled from its KVM slots and the pages
-    /// the library stored into; KVM clears its part as it is read.
+    /// KVM's logs do not show; both are cleared as they are read.
     pub fn dirty_bitmap(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<Vec<u64>> {
         let pages = (slot.len / PAGE_SIZE) as usize;
         let mut bitmap = vec![0u64; pages.div_ceil(64)];
         let mut set = |page: usize| bitmap[page / 64] |= 1 << (page % 64);
         for piece in self.pieces.get(&slot.id).map(Vec::as_slice).unwrap_or_default() {
-            let words = kvm.dirty_log(piece.kvm_slot, piece.len)?;
-            let first = ((piece.gpa - slot.gpa) / PAGE_SIZE) as usize;
-            for page in 0..(piece.len / PAGE_SIZE) as usize {
-                if words.get(page / 64).is_some_and(|w| w >> (page % 64) & 1 == 1) {
-                    set(first + page);
-                }
+            for gpa in logged_dirty_pages(kvm, piece)? {
+                set(((gpa - slot.gpa) / PAGE_SIZE) as usize);
             }
         }
-        let written: Vec<u64> = self.written_by_library.range(slot.gpa..slot.end()).copied().collect();
-        for page in written {
-            self.written_by_library.remove(&page);
+        let outside: Vec<u64> = self.dirty_outside_kvm.range(slot.gpa..slot.end()).copied().collect();
+        for page in outside {
+            self.dirty_outside_kvm.remove(&page);
             set(((page - slot.gpa) / PAGE_SIZE) as usize);
         }
         Ok(bitmap)
@@ -558,18 +579,26 @@ mod tests {
             slots.push((p.kvm_slot, p.gpa, p.len, p.host, p.flags));
             Ok(())
         }
+        /// Like KVM, forgets the slot's dirty log with it.
         fn unregister(&self, id: u32) -> Result<()> {
-            self.slots.borrow_mut().retain(|e| e.0 != id);
+            let mut slots = self.slots.borrow_mut();
+            if let Some(&(_, gpa, len, _, _)) = slots.iter().find(|e| e.0 == id) {
+                self.dirty_gpas.borrow_mut().retain(|&g| g < gpa || g >= gpa + len);
+            }
+            slots.retain(|e| e.0 != id);
             Ok(())
         }
+        /// Like KVM, clears the log as it reads it.
         fn dirty_log(&self, kvm_slot: u32, len: u64) -> Result<Vec<u64>> {
             let slots = self.slots.borrow();
             let slot = slots.iter().find(|e| e.0 == kvm_slot).unwrap();
             let mut words = vec![0u64; (len / PAGE_SIZE).div_ceil(64) as usize];
-            for &gpa in self.dirty_gpas.borrow().iter().filter(|&&g| g >= slot.1 && g < slot.1 + slot.2) {
+            let inside = |g: u64| g >= slot.1 && g < slot.1 + slot.2;
+            for &gpa in self.dirty_gpas.borrow().iter().filter(|&&g| inside(g)) {
                 let page = ((gpa - slot.1) / PAGE_SIZE) as usize;
                 words[page / 64] |= 1 << (page % 64);
             }
+            self.dirty_gpas.borrow_mut().retain(|&g| !inside(g));
             Ok(words)
         }
     }
@@ -714,8 +743,21 @@ mod tests {
         mem.note_library_write(0x12ffe, 4); // a store completed for the guest, across two pages
         let bitmap = mem.dirty_bitmap(&kvm, &slot).unwrap();
         assert_eq!(bitmap, vec![0b1000_1101]);
-        kvm.dirty_gpas.borrow_mut().clear();
         assert_eq!(mem.dirty_bitmap(&kvm, &slot).unwrap(), vec![0], "the library's part is cleared as read too");
+    }
+
+    #[test]
+    fn pages_logged_before_a_slot_is_re_cut_stay_dirty() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(32);
+        let slot = mem.add_slot(&kvm, Slot { log: true, ..ram(0x10000, 0x8000, 0x4000_0000) }).unwrap();
+        kvm.dirty_gpas.borrow_mut().extend([0x11000, 0x16000]);
+        mem.set_protection(&kvm, 0x13000, Some(Protection::ReadOnly)).unwrap();
+        kvm.dirty_gpas.borrow_mut().push(0x17000);
+        mem.set_protection(&kvm, 0x13000, None).unwrap();
+        mem.set_log_all(&kvm, true).unwrap();
+        assert_eq!(mem.dirty_bitmap(&kvm, &slot).unwrap(), vec![0b1100_0010]);
+        assert_eq!(mem.dirty_bitmap(&kvm, &slot).unwrap(), vec![0]);
     }
 
     #[test]
