@@ -47,7 +47,10 @@ header:
 lib:
 	$(CARGO) build --release --lib
 
+# A recipe (even an empty one) makes make look at the files' times again
+# after cargo ran, so programs linked against them are relinked.
 $(STATIC_LIB) $(SHARED_LIB): lib
+	@:
 
 test: cargo-test c-tests check-leaks check-install
 
