@@ -453,6 +453,9 @@ impl GuestMemory {
         let end = page_range(start, len)?;
         let hit: Vec<Slot> = self.slots.iter().copied().filter(|s| s.overlaps(start, end)).collect();
         for slot in hit {
+            if self.logs_dirty_pages(&slot) {
+                self.keep_dirty_pages_of_pieces(kvm, slot.id)?; // for the outer parts
+            }
             self.remove_slot(kvm, slot.id)?;
             if slot.gpa < start {
                 self.add_slot(kvm, slot.piece(slot.gpa, start))?;
@@ -461,7 +464,14 @@ impl GuestMemory {
                 self.add_slot(kvm, slot.piece(end, slot.end()))?;
             }
         }
+        self.forget_dirty_pages(start, end);
         Ok(())
+    }
+
+    /// Forgets the dirty pages kept for `[start, end)`, which holds no RAM
+    /// any more.
+    fn forget_dirty_pages(&mut self, start: u64, end: u64) {
+        self.dirty_outside_kvm.retain(|&page| page < start || page >= end);
     }
 
     /// Removes the RAM in `[start, start + len)` and unmaps library memory
@@ -501,7 +511,11 @@ impl GuestMemory {
             return Err(Errno::NOENT);
         }
         for id in ids {
+            let alias = self.slots.iter().find(|s| s.id == id).copied();
             self.remove_slot(kvm, id)?;
+            if let Some(alias) = alias {
+                self.forget_dirty_pages(alias.gpa, alias.end());
+            }
         }
         Ok(())
     }
@@ -758,6 +772,22 @@ mod tests {
         mem.set_log_all(&kvm, true).unwrap();
         assert_eq!(mem.dirty_bitmap(&kvm, &slot).unwrap(), vec![0b1100_0010]);
         assert_eq!(mem.dirty_bitmap(&kvm, &slot).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn a_hole_keeps_the_dirty_pages_of_the_parts_around_it() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(32);
+        mem.add_slot(&kvm, Slot { log: true, ..ram(0, 0x8000, 0x4000_0000) }).unwrap();
+        kvm.dirty_gpas.borrow_mut().extend([0x1000, 0x3000, 0x6000]);
+        mem.unback(&kvm, 0x2000, 0x2000).unwrap();
+        let low = *mem.slot_containing(0).unwrap();
+        let high = *mem.slot_containing(0x4000).unwrap();
+        assert_eq!(mem.dirty_bitmap(&kvm, &low).unwrap(), vec![0b10]);
+        assert_eq!(mem.dirty_bitmap(&kvm, &high).unwrap(), vec![0b100]);
+        // RAM put back into the hole starts clean.
+        let middle = mem.add_slot(&kvm, Slot { log: true, ..ram(0x2000, 0x2000, 0x4000_2000) }).unwrap();
+        assert_eq!(mem.dirty_bitmap(&kvm, &middle).unwrap(), vec![0]);
     }
 
     #[test]
