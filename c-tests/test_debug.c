@@ -19,6 +19,7 @@ DECLARE_GUEST_LABEL(straight, third);
 DECLARE_GUEST_LABEL(straight, fourth);
 DECLARE_GUEST_LABEL(straight, fifth);
 DECLARE_GUEST_LABEL(straight, last);
+DECLARE_GUEST(string_out);
 DECLARE_GUEST(loop3);
 DECLARE_GUEST_LABEL(loop3, body);
 DECLARE_GUEST(store_variable);
@@ -36,7 +37,7 @@ DECLARE_GUEST_LABEL(remote_code, target);
 DECLARE_GUEST(real_straight);
 DECLARE_GUEST_LABEL(real_straight, target);
 
-enum { RAM = 8 << 20, MAX_EVENTS = 64 };
+enum { RAM = 8 << 20, MAX_EVENTS = 64, MAX_OUT_BYTES = 8192 };
 
 struct debug_event {
     int vcpu, type;
@@ -49,7 +50,7 @@ struct debug_log {
     struct debug_event ev[MAX_EVENTS];
     int n;
     uint16_t ports[MAX_EVENTS];
-    uint8_t values[MAX_EVENTS];
+    uint8_t values[MAX_OUT_BYTES];
     int outs;
     int debug_result; /* what the debug callback returns: 0 runs on */
 };
@@ -72,10 +73,10 @@ static int log_debug(void *opaque, int vcpu, int type, uint64_t watch)
 static int log_outb(void *opaque, uint16_t port, uint8_t value)
 {
     struct debug_log *log = opaque;
-    if (log->outs < MAX_EVENTS) {
+    if (log->outs < MAX_EVENTS)
         log->ports[log->outs] = port;
+    if (log->outs < MAX_OUT_BYTES)
         log->values[log->outs] = value;
-    }
     log->outs++;
     return 0;
 }
@@ -251,6 +252,29 @@ static void single_step_reports_each_instruction(void)
     }
     CHECK_EQ(log.outs, 2);
     CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 0), 0);
+    test_vm_destroy(&vm);
+}
+
+/* Each piece of a long `rep outsb` reaches the VMM with its own bytes while
+ * the vcpu single-steps (the library finishes each piece itself then). */
+static void single_stepped_string_output_delivers_every_byte(void)
+{
+    enum { N = 6000 };
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    int i, wrong = 0;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, string_out) == 0);
+    for (i = 0; i < N; i++)
+        vm.mem[GUEST_DATA + i] = (uint8_t)(i * 7 + i / 256);
+    log.debug_result = 0;
+    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.outs, N);
+    for (i = 0; i < N && i < log.outs; i++)
+        wrong += log.values[i] != vm.mem[GUEST_DATA + i];
+    CHECK_EQ(wrong, 0);
     test_vm_destroy(&vm);
 }
 
@@ -686,6 +710,7 @@ int main(void)
     RUN(removed_breakpoint_restores_the_byte_and_the_guest_continues);
     RUN(hardware_breakpoint_hits_and_resumes);
     RUN(single_step_reports_each_instruction);
+    RUN(single_stepped_string_output_delivers_every_byte);
     RUN(single_step_over_a_software_breakpoint_reports_both);
     RUN(debug_register_write_watchpoint_reports_the_address);
     RUN(guest_int3_reaches_its_own_handler_while_the_library_debugs);

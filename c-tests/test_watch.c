@@ -3,8 +3,9 @@
  * host, in any number, with the store completed as the guest meant it;
  * loads of a write-watched page run free; a read watchpoint reports the
  * load and the guest gets the right value; removing them restores memory
- * and slots; code can run from a write-watched page; a read watchpoint on
- * running code is refused.
+ * and slots; string output from a read-watched page delivers every byte;
+ * code can run from a write-watched page; a read watchpoint on running code
+ * is refused.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -22,8 +23,9 @@ DECLARE_GUEST_LABEL(load_watched, after_load);
 DECLARE_GUEST(code_page_store);
 DECLARE_GUEST(jump_to_data);
 DECLARE_GUEST_LABEL(code_page_store, code_var);
+DECLARE_GUEST(string_out); /* in debug.S */
 
-enum { RAM = 8 << 20, MAX_HITS = 200 };
+enum { RAM = 8 << 20, MAX_HITS = 200, MAX_OUT_BYTES = 8192 };
 
 struct watch_log {
     kvm_context_t kvm;
@@ -32,6 +34,7 @@ struct watch_log {
     uint64_t addr[MAX_HITS], rip[MAX_HITS];
     int outs;
     uint32_t out_value;
+    uint8_t out_bytes[MAX_OUT_BYTES]; /* what outb wrote, in order */
     int mmio_calls;
     int debug_result;
 };
@@ -60,6 +63,9 @@ static int log_out(void *opaque, uint16_t port, uint32_t value)
 
 static int log_outb(void *opaque, uint16_t port, uint8_t value)
 {
+    struct watch_log *log = opaque;
+    if (log->outs < MAX_OUT_BYTES)
+        log->out_bytes[log->outs] = value;
     return log_out(opaque, port, value);
 }
 
@@ -286,6 +292,31 @@ static void removal_restores_the_slots_and_dirty_logging_and_aliases_keep_workin
     test_vm_destroy(&vm);
 }
 
+/* `rep outsb` from a read-watched page: the library completes each load
+ * and the port output that follows it; the VMM gets every byte. */
+static void string_output_from_a_read_watched_page_delivers_every_byte(void)
+{
+    enum { N = 6000 };
+    struct kvm_callbacks cb;
+    struct watch_log log;
+    struct test_vm vm;
+    int i, wrong = 0;
+
+    REQUIRE(WATCH_VM(&vm, &log, &cb, string_out) == 0);
+    for (i = 0; i < N; i++)
+        vm.mem[GUEST_DATA + i] = (uint8_t)(i * 7 + i / 256);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_READ, GUEST_DATA + 4096, 8), 0);
+    log.debug_result = 0;
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK(log.hits >= 1);
+    CHECK_EQ(log.type[0], KVM_GDB_WATCHPOINT_READ);
+    CHECK_EQ(log.outs, N);
+    for (i = 0; i < N && i < log.outs; i++)
+        wrong += log.out_bytes[i] != vm.mem[GUEST_DATA + i];
+    CHECK_EQ(wrong, 0);
+    test_vm_destroy(&vm);
+}
+
 static void code_runs_from_a_write_watched_page(void)
 {
     const uint64_t var = GUEST_LABEL_ADDR(code_page_store, code_var);
@@ -344,6 +375,7 @@ int main(void)
     RUN(two_watchpoints_on_one_page_each_fire);
     RUN(read_watchpoint_reports_the_load_and_the_guest_gets_its_value);
     RUN(removal_restores_the_slots_and_dirty_logging_and_aliases_keep_working);
+    RUN(string_output_from_a_read_watched_page_delivers_every_byte);
     RUN(code_runs_from_a_write_watched_page);
     RUN(read_watchpoint_on_running_code_is_refused);
     RUN(jumping_into_a_read_watched_page_runs_on);

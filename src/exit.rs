@@ -14,11 +14,33 @@ pub enum IoDirection {
     Out,
 }
 
+/// The largest port I/O payload of one exit: the kernel's I/O page.
+pub(crate) const IO_DATA_MAX: usize = 4096;
+
+/// Where a port I/O exit's data lies in the vcpu mapping: checked once, by
+/// [`decode`], to lie inside it (only `decode` makes one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoPayload {
+    offset: usize,
+    len: usize,
+}
+
+impl IoPayload {
+    /// Offset of the data from the start of `kvm_run`.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Bytes of data: element size times count, at most [`IO_DATA_MAX`].
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// One VM exit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Exit {
-    /// Port I/O of `count` elements of `size` bytes at `data_offset` in the
-    /// vcpu mapping.
+    /// Port I/O of `count` elements of `size` bytes.
     Io {
         /// In or out.
         direction: IoDirection,
@@ -28,8 +50,8 @@ pub enum Exit {
         size: u8,
         /// Elements (more than one for `rep ins`/`rep outs`).
         count: u32,
-        /// Offset of the data from the start of `kvm_run`.
-        data_offset: u64,
+        /// The data in the vcpu mapping.
+        payload: IoPayload,
     },
     /// An access to unbacked guest-physical memory.
     Mmio {
@@ -102,15 +124,20 @@ impl InternalError {
     }
 }
 
-/// Decodes the exit described by `run` after a successful `KVM_RUN`.
-pub fn decode(run: &kvm_run) -> Exit {
+/// Decodes the exit described by `run`, the start of a vcpu mapping of
+/// `mapping_len` bytes, after a successful `KVM_RUN`. Port I/O whose size
+/// or data the kernel would never report is `Exit::Other(KVM_EXIT_IO)`.
+pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
     // SAFETY (every union read below): the kernel wrote `exit_reason`, which
     // names the union member it filled; all members are plain integers.
     match run.exit_reason {
         KVM_EXIT_IO => {
             let io = unsafe { run.__bindgen_anon_1.io };
             let direction = if u32::from(io.direction) == KVM_EXIT_IO_IN { IoDirection::In } else { IoDirection::Out };
-            Exit::Io { direction, port: io.port, size: io.size, count: io.count, data_offset: io.data_offset }
+            match io_payload(io.size, io.count, io.data_offset, mapping_len) {
+                Some(payload) => Exit::Io { direction, port: io.port, size: io.size, count: io.count, payload },
+                None => Exit::Other(KVM_EXIT_IO),
+            }
         }
         KVM_EXIT_MMIO => {
             let mmio = unsafe { run.__bindgen_anon_1.mmio };
@@ -139,10 +166,18 @@ pub fn decode(run: &kvm_run) -> Exit {
     }
 }
 
+fn io_payload(size: u8, count: u32, data_offset: u64, mapping_len: usize) -> Option<IoPayload> {
+    let len = usize::from(size).checked_mul(count as usize)?;
+    let offset = usize::try_from(data_offset).ok()?;
+    let fits = matches!(size, 1 | 2 | 4) && len <= IO_DATA_MAX && offset.checked_add(len).is_some_and(|end| end <= mapping_len);
+    fits.then_some(IoPayload { offset, len })
+}
+
 /// A human-readable name of a `KVM_EXIT_*` reason, for diagnostics.
 pub fn reason_name(reason: u32) -> &'static str {
     match reason {
         KVM_EXIT_UNKNOWN => "KVM_EXIT_UNKNOWN",
+        KVM_EXIT_IO => "KVM_EXIT_IO with a size or data the kernel never reports",
         KVM_EXIT_EXCEPTION => "KVM_EXIT_EXCEPTION",
         KVM_EXIT_HYPERCALL => "KVM_EXIT_HYPERCALL",
         KVM_EXIT_FAIL_ENTRY => "KVM_EXIT_FAIL_ENTRY",
@@ -170,10 +205,22 @@ mod tests {
         let mut run = run_with(KVM_EXIT_IO);
         run.__bindgen_anon_1.io =
             kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 0, size: 1, port: 0x3f8, count: 5, data_offset: 4096 };
-        assert_eq!(
-            decode(&run),
-            Exit::Io { direction: IoDirection::In, port: 0x3f8, size: 1, count: 5, data_offset: 4096 }
-        );
+        let payload = IoPayload { offset: 4096, len: 5 };
+        assert_eq!(decode(&run, 8192), Exit::Io { direction: IoDirection::In, port: 0x3f8, size: 1, count: 5, payload });
+    }
+
+    #[test]
+    fn io_with_a_bad_size_or_data_outside_the_mapping_is_not_port_io() {
+        let io = |size, count, data_offset| {
+            let mut run = run_with(KVM_EXIT_IO);
+            run.__bindgen_anon_1.io = kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 1, size, port: 0x80, count, data_offset };
+            decode(&run, 8192)
+        };
+        assert!(matches!(io(4, 1024, 4096), Exit::Io { .. }));
+        assert_eq!(io(3, 1, 4096), Exit::Other(KVM_EXIT_IO));
+        assert_eq!(io(4, 1025, 4096), Exit::Other(KVM_EXIT_IO), "more than the I/O page");
+        assert_eq!(io(1, 2, 8191), Exit::Other(KVM_EXIT_IO), "past the end of the mapping");
+        assert_eq!(io(1, 1, u64::MAX), Exit::Other(KVM_EXIT_IO));
     }
 
     #[test]
@@ -181,7 +228,7 @@ mod tests {
         let mut run = run_with(KVM_EXIT_MMIO);
         run.__bindgen_anon_1.mmio =
             kvm_run__bindgen_ty_1__bindgen_ty_6 { phys_addr: 0xd000_0000, data: [1, 2, 3, 4, 0, 0, 0, 0], len: 99, is_write: 1 };
-        let Exit::Mmio { addr, len, is_write, data } = decode(&run) else { panic!("not mmio") };
+        let Exit::Mmio { addr, len, is_write, data } = decode(&run, 8192) else { panic!("not mmio") };
         assert_eq!((addr, len, is_write, data[..4].to_vec()), (0xd000_0000, 8, true, vec![1, 2, 3, 4]));
     }
 
@@ -192,7 +239,7 @@ mod tests {
         data[0] = 1; // instruction bytes present
         data[1] = u64::from_ne_bytes([1, 0xcc, 0x90, 0, 0, 0, 0, 0]);
         run.__bindgen_anon_1.internal = kvm_run__bindgen_ty_1__bindgen_ty_13 { suberror: 1, ndata: 4, data };
-        let Exit::InternalError(e) = decode(&run) else { panic!("not an internal error") };
+        let Exit::InternalError(e) = decode(&run, 8192) else { panic!("not an internal error") };
         let (bytes, len) = e.instruction_bytes().unwrap();
         assert_eq!((len, bytes[0], bytes[1]), (1, 0xcc, 0x90));
     }

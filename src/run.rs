@@ -5,11 +5,11 @@ use std::ffi::c_int;
 
 use crate::context::Context;
 use crate::debug;
-use crate::error::{Errno, Result};
-use crate::exit::{Exit, IoDirection};
 use crate::debug::exits::Entry;
+use crate::error::{Errno, Result};
+use crate::exit::{Exit, IoDirection, IO_DATA_MAX};
 use crate::gdb::stopper::{Checkpoint, KvmRunThread};
-use crate::vcpu::{RunnerGuard, Vcpu, IO_DATA_MAX};
+use crate::vcpu::{RunnerGuard, Vcpu};
 use crate::x86;
 
 /// Runs vcpu `vcpu` until a handler returns non-zero (that value is
@@ -73,12 +73,10 @@ fn handle_exit(
     // Port I/O and MMIO fall through to the single-step check below; every
     // other exit returns its handler's result.
     let io_result = match exit {
-        Exit::Io { direction, port, size, count, data_offset } => {
-            let result = handle_port_io(ctx, vcpu, direction, port, size, count, io_data);
+        Exit::Io { direction, port, size, payload, .. } => {
+            let result = handle_port_io(ctx, direction, port, size, &mut io_data[..payload.len()]);
             if direction == IoDirection::In {
-                if let Err(e) = vcpu.complete_port_in(size, count, data_offset, io_data) {
-                    return e.negated();
-                }
+                vcpu.complete_port_in(payload, io_data);
             }
             result
         }
@@ -114,7 +112,7 @@ fn handle_exit(
     if io_result != 0 {
         return io_result;
     }
-    match debug::exits::after_io_exit(vcpu, runner) {
+    match debug::exits::after_io_exit(vcpu, runner, io_data) {
         Ok(Some(step)) => handle_exit(ctx, vcpu, runner, step, io_data),
         Ok(None) => 0,
         Err(e) => e.negated(),
@@ -144,10 +142,10 @@ fn on_watched_access(
     }
     let hit = hit?;
     if !is_write {
-        match vcpu.complete_instruction(runner) {
+        match vcpu.complete_instruction(runner, io_data) {
             Ok(None) => {}
             // Finishing the load caused another exit (a single step, the
-            // rest of a split access): that one first.
+            // rest of a split access, the `out` of a `rep outs`): that one first.
             Ok(Some(next)) => {
                 let r = handle_exit(ctx, vcpu, runner, next, io_data);
                 if r != 0 {
@@ -160,23 +158,11 @@ fn on_watched_access(
     Some(result_code(debug::watch::report_hit(ctx, vcpu, hit)))
 }
 
-/// Calls the port handler once per element; stops at the first non-zero result.
-fn handle_port_io(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    direction: IoDirection,
-    port: u16,
-    size: u8,
-    count: u32,
-    io_data: &mut [u8; IO_DATA_MAX],
-) -> c_int {
+/// Calls the port handler once per `size`-byte element of `data`; stops at
+/// the first non-zero result.
+fn handle_port_io(ctx: &Context, direction: IoDirection, port: u16, size: u8, data: &mut [u8]) -> c_int {
     let callbacks = ctx.callbacks();
-    let size = usize::from(size);
-    let len = size * count as usize;
-    if !matches!(size, 1 | 2 | 4) || len > IO_DATA_MAX {
-        return unexpected_exit(vcpu, "KVM_EXIT_IO with a bad size", size as u64);
-    }
-    for element in io_data[..len].chunks_exact_mut(size) {
+    for element in data.chunks_exact_mut(usize::from(size)) {
         let r = match direction {
             IoDirection::In => callbacks.port_in(port, element),
             IoDirection::Out => callbacks.port_out(port, element),

@@ -10,11 +10,8 @@ use kvm_ioctls::VcpuFd;
 use crate::debug::pagewalk::PagingRegisters;
 use crate::debug::vcpu_state::VcpuDebug;
 use crate::error::{Errno, Result};
-use crate::exit::{self, Exit, IoDirection};
+use crate::exit::{self, Exit, IoDirection, IoPayload, IO_DATA_MAX};
 use crate::lock;
-
-/// The largest port I/O payload of one exit: the kernel's I/O page.
-pub(crate) const IO_DATA_MAX: usize = 4096;
 
 /// A vcpu of a [`Context`](crate::context::Context).
 ///
@@ -247,16 +244,20 @@ impl Vcpu {
             fd.get_kvm_run().immediate_exit = 0;
             return Err(e.into());
         }
-        let run = fd.get_kvm_run();
-        let exit = exit::decode(run);
-        if let Exit::Io { direction: IoDirection::Out, size, count, data_offset, .. } = exit {
-            let len = self.io_data_len(size, count, data_offset)?;
-            // SAFETY: io_data_len checked that the payload lies inside the
-            // vcpu mapping, which the locked fd keeps alive.
-            let src = unsafe { std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(data_offset as usize), len) };
-            io_data[..len].copy_from_slice(src);
+        Ok(self.take_exit(fd.get_kvm_run(), io_data))
+    }
+
+    /// Decodes the exit in `run` (this vcpu's mapping, its fd locked) and
+    /// copies port output data into `io_data`.
+    fn take_exit(&self, run: &kvm_run, io_data: &mut [u8; IO_DATA_MAX]) -> Exit {
+        let exit = exit::decode(run, self.mmap_size);
+        if let Exit::Io { direction: IoDirection::Out, payload, .. } = exit {
+            // SAFETY: decode checked that the payload lies inside the vcpu
+            // mapping, which the caller's locked fd keeps alive.
+            let src = unsafe { std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.len()) };
+            io_data[..payload.len()].copy_from_slice(src);
         }
-        Ok(exit)
+        exit
     }
 
     /// Copies of registers taken before a run stay usable while it runs
@@ -301,8 +302,9 @@ impl Vcpu {
     /// Lets KVM finish the instruction of the last port or MMIO exit without
     /// entering the guest (`immediate_exit`). Returns the exit that
     /// finishing it caused (a single step, on hosts that trap there), or
-    /// `None` when it just completed.
-    pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>) -> Result<Option<Exit>> {
+    /// `None` when it just completed. Port output data of that exit goes
+    /// into `io_data`, as in [`Vcpu::enter`].
+    pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
         let mut fd = lock(&self.fd);
         let sync = self.sync_registers.load(Ordering::Relaxed);
         fd.set_kvm_immediate_exit(1);
@@ -310,7 +312,7 @@ impl Vcpu {
         fd.set_kvm_immediate_exit(0);
         self.after_run(sync);
         match ran {
-            Ok(()) => Ok(Some(exit::decode(fd.get_kvm_run()))),
+            Ok(()) => Ok(Some(self.take_exit(fd.get_kvm_run(), io_data))),
             Err(e) if e.errno() == libc::EINTR => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -318,15 +320,14 @@ impl Vcpu {
 
     /// Stores the data of a port input exit where the kernel reads it when
     /// the vcpu next runs.
-    pub fn complete_port_in(&self, size: u8, count: u32, data_offset: u64, data: &[u8]) -> Result<()> {
-        let len = self.io_data_len(size, count, data_offset)?;
+    pub fn complete_port_in(&self, payload: IoPayload, data: &[u8; IO_DATA_MAX]) {
         let mut fd = lock(&self.fd);
         let run = fd.get_kvm_run();
-        // SAFETY: as in `enter`; the kernel does not touch the page while
-        // the vcpu is not in KVM_RUN, and we hold its fd.
-        let dst = unsafe { std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(data_offset as usize), len) };
-        dst.copy_from_slice(&data[..len]);
-        Ok(())
+        // SAFETY: decode checked that the payload lies inside this vcpu's
+        // mapping; the kernel does not touch the page while the vcpu is not
+        // in KVM_RUN, and we hold its fd.
+        let dst = unsafe { std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(payload.offset()), payload.len()) };
+        dst.copy_from_slice(&data[..payload.len()]);
     }
 
     /// Stores the data of an MMIO read exit.
@@ -337,16 +338,6 @@ impl Vcpu {
             let n = data.len().min(mmio.data.len());
             mmio.data[..n].copy_from_slice(&data[..n]);
         })
-    }
-
-    fn io_data_len(&self, size: u8, count: u32, data_offset: u64) -> Result<usize> {
-        let len = usize::from(size) * count as usize;
-        let fits = len <= IO_DATA_MAX && (data_offset as usize).checked_add(len).is_some_and(|end| end <= self.mmap_size);
-        if fits && matches!(size, 1 | 2 | 4) {
-            Ok(len)
-        } else {
-            Err(Errno(libc::EPROTO))
-        }
     }
 
     /// Makes the next or current `KVM_RUN` of this vcpu return at once.

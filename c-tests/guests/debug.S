@@ -19,6 +19,16 @@ LABEL(straight, last)
     hlt
 GUEST_END(straight)
 
+/* Writes the 6000 bytes at GUEST_DATA to port 0x12 with one `rep outsb`:
+ * more than the kernel's I/O page, so it leaves the guest in pieces. */
+GUEST_BEGIN(string_out)
+    mov $GUEST_DATA, %esi
+    mov $6000, %ecx
+    mov $0x12, %dx
+    rep outsb
+    hlt
+GUEST_END(string_out)
+
 /* Passes the instruction at `body` three times, then halts. */
 GUEST_BEGIN(loop3)
     mov $3, %ecx

@@ -19,7 +19,7 @@ use super::vcpu_state::{ResumePoint, StepOver, VcpuDebug};
 use super::{program, BreakType};
 use crate::context::Context;
 use crate::error::{Errno, Result};
-use crate::exit::{Exit, InternalError};
+use crate::exit::{Exit, InternalError, IO_DATA_MAX};
 use crate::lock;
 use crate::vcpu::{RunnerGuard, Vcpu};
 
@@ -135,11 +135,11 @@ fn at_hlt(ctx: &Context, vcpu: &Vcpu) -> Result<bool> {
 /// instruction, and report the step it completed. VMX reports that step
 /// while finishing; emulating hosts finish without a trap, and the step
 /// would be lost (the next one reported after two instructions).
-pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>) -> Result<Option<Exit>> {
+pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
     if !vcpu.stepping() {
         return Ok(None);
     }
-    if let Some(exit) = vcpu.complete_instruction(runner)? {
+    if let Some(exit) = vcpu.complete_instruction(runner, io_data)? {
         return Ok(Some(exit));
     }
     let pc = current_pc(vcpu)?;
