@@ -188,6 +188,13 @@ int test_vcpu_real_mode(struct test_vm *vm, int vcpu, uint16_t cs, uint16_t ip)
     return kvm_set_regs(vm->kvm, vcpu, &regs);
 }
 
+int test_stop_on_halt(void *opaque, int vcpu)
+{
+    (void)opaque;
+    (void)vcpu;
+    return 1;
+}
+
 uint64_t test_checksum(const uint8_t *p, size_t n)
 {
     uint64_t h = 1469598103934665603ULL;

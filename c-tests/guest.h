@@ -63,6 +63,9 @@ void test_vm_set_idt_gate(struct test_vm *vm, int vector, uint64_t handler);
 /* Puts `vcpu` in real mode at `cs:ip` with all data segments = `cs`. */
 int test_vcpu_real_mode(struct test_vm *vm, int vcpu, uint16_t cs, uint16_t ip);
 
+/* A `halt` callback that ends kvm_run with 1 (the guests end with hlt). */
+int test_stop_on_halt(void *opaque, int vcpu);
+
 /* A 64-bit FNV-1a hash of `n` bytes, to compare memory before and after. */
 uint64_t test_checksum(const uint8_t *p, size_t n);
 

@@ -81,13 +81,6 @@ static int log_outb(void *opaque, uint16_t port, uint8_t value)
     return 0;
 }
 
-static int stop_on_halt(void *opaque, int vcpu)
-{
-    (void)opaque;
-    (void)vcpu;
-    return 1;
-}
-
 /* A VM with a 64-bit vcpu 0 at GUEST_CODE running `start..end`. */
 static int debug_vm(struct test_vm *vm, struct debug_log *log, struct kvm_callbacks *cb, const uint8_t *start,
                     const uint8_t *end)
@@ -97,7 +90,7 @@ static int debug_vm(struct test_vm *vm, struct debug_log *log, struct kvm_callba
     log->debug_result = 1;
     cb->debug = log_debug;
     cb->outb = log_outb;
-    cb->halt = stop_on_halt;
+    cb->halt = test_stop_on_halt;
     if (test_vm_create(vm, cb, log, RAM, 0) < 0)
         return -1;
     log->kvm = vm->kvm;
@@ -577,7 +570,7 @@ static void real_mode_software_breakpoint_uses_a_debug_register(void)
     log.debug_result = 1;
     cb.debug = log_debug;
     cb.outb = log_outb;
-    cb.halt = stop_on_halt;
+    cb.halt = test_stop_on_halt;
     REQUIRE(test_vm_create(&vm, &cb, &log, RAM, 0) == 0);
     log.kvm = vm.kvm;
     TEST_VM_LOAD_GUEST(&vm, real_straight);

@@ -34,19 +34,12 @@ static int remember_outl_and_stop(void *opaque, uint16_t port, uint32_t value)
     return 2;
 }
 
-static int stop_on_halt(void *opaque, int vcpu)
-{
-    (void)opaque;
-    (void)vcpu;
-    return 1;
-}
-
 static struct kvm_callbacks say_callbacks(void)
 {
     struct kvm_callbacks cb;
     memset(&cb, 0, sizeof(cb));
     cb.outl = remember_outl;
-    cb.halt = stop_on_halt;
+    cb.halt = test_stop_on_halt;
     return cb;
 }
 

@@ -41,13 +41,6 @@ static int log_mmio_write(void *opaque, uint64_t addr, uint8_t *data, int len)
     return 0;
 }
 
-static int stop_on_halt(void *opaque, int vcpu)
-{
-    (void)opaque;
-    (void)vcpu;
-    return 1;
-}
-
 struct memory_vm {
     struct test_vm vm;
     struct mmio_log log;
@@ -59,7 +52,7 @@ static int memory_vm_create(struct memory_vm *m)
     memset(m, 0, sizeof(*m));
     m->cb.mmio_read = log_mmio_read;
     m->cb.mmio_write = log_mmio_write;
-    m->cb.halt = stop_on_halt;
+    m->cb.halt = test_stop_on_halt;
     if (test_vm_create(&m->vm, &m->cb, &m->log, RAM, 0) < 0)
         return -1;
     return test_vcpu_long_mode(&m->vm, 0, GUEST_CODE);

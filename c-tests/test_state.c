@@ -73,13 +73,6 @@ static int stop_at_port_0x11(void *opaque, uint16_t port, uint8_t value)
     return port == 0x11;
 }
 
-static int stop_on_halt(void *opaque, int vcpu)
-{
-    (void)opaque;
-    (void)vcpu;
-    return 1;
-}
-
 static int inject_when_ready(void *opaque)
 {
     struct observer *o = opaque;
@@ -97,7 +90,7 @@ static int create(struct test_vm *vm, struct observer *o, struct kvm_callbacks *
     memset(o, 0, sizeof(*o));
     memset(cb, 0, sizeof(*cb));
     cb->outb = observe_outb;
-    cb->halt = stop_on_halt;
+    cb->halt = test_stop_on_halt;
     if (test_vm_create(vm, cb, o, RAM, flags) < 0)
         return -1;
     o->kvm = vm->kvm;

@@ -76,12 +76,6 @@ static int log_mmio(void *opaque, uint64_t addr, uint8_t *data, int len)
     return 0;
 }
 
-static int stop_on_halt(void *opaque, int vcpu)
-{
-    (void)opaque, (void)vcpu;
-    return 1;
-}
-
 static int watch_vm(struct test_vm *vm, struct watch_log *log, struct kvm_callbacks *cb, const uint8_t *start,
                     const uint8_t *end)
 {
@@ -92,7 +86,7 @@ static int watch_vm(struct test_vm *vm, struct watch_log *log, struct kvm_callba
     cb->outl = log_out;
     cb->mmio_read = log_mmio;
     cb->mmio_write = log_mmio;
-    cb->halt = stop_on_halt;
+    cb->halt = test_stop_on_halt;
     if (test_vm_create(vm, cb, log, RAM, 0) < 0)
         return -1;
     log->kvm = vm->kvm;

@@ -19,6 +19,27 @@ use crate::error::{Errno, Result};
 /// The guest page size that slots, dirty bitmaps and memory maps use.
 pub(crate) const PAGE_SIZE: u64 = 4096;
 
+/// The address of the guest page that holds `addr`.
+pub(crate) const fn page_of(addr: u64) -> u64 {
+    addr & !(PAGE_SIZE - 1)
+}
+
+/// Splits `[addr, addr + len)` into runs that stay within one page, as
+/// (address, offset from `addr`, length).
+pub(crate) fn page_runs(addr: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+    let mut offset = 0usize;
+    std::iter::from_fn(move || {
+        if offset >= len {
+            return None;
+        }
+        let at = addr.wrapping_add(offset as u64);
+        let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
+        let run = (at, offset, n);
+        offset += n;
+        Some(run)
+    })
+}
+
 /// Identifies one host mapping owned by the library.
 pub type MappingId = u64;
 
@@ -397,7 +418,7 @@ impl GuestMemory {
     /// Protects guest-physical page `page` (`Some`) or ends its protection
     /// (`None`); the slot around it is re-cut for KVM.
     pub fn set_protection(&mut self, kvm: &dyn SlotRegistry, page: u64, protection: Option<Protection>) -> Result<()> {
-        let page = page & !(PAGE_SIZE - 1);
+        let page = page_of(page);
         match protection {
             Some(p) => self.protected.insert(page, p),
             None => self.protected.remove(&page),
@@ -410,7 +431,7 @@ impl GuestMemory {
 
     /// How page `page` is protected.
     pub fn protection(&self, page: u64) -> Option<Protection> {
-        self.protected.get(&(page & !(PAGE_SIZE - 1))).copied()
+        self.protected.get(&page_of(page)).copied()
     }
 
     /// True when some page is protected.
@@ -420,8 +441,8 @@ impl GuestMemory {
 
     /// Records that the library stored into `[gpa, gpa + len)` for the guest.
     pub fn note_library_write(&mut self, gpa: u64, len: u64) {
-        let first = gpa & !(PAGE_SIZE - 1);
-        let last = (gpa + len.max(1) - 1) & !(PAGE_SIZE - 1);
+        let first = page_of(gpa);
+        let last = page_of(gpa + len.max(1) - 1);
         for page in (first..=last).step_by(PAGE_SIZE as usize) {
             self.dirty_outside_kvm.insert(page);
         }
@@ -632,6 +653,13 @@ mod tests {
 
     fn ram(gpa: u64, len: u64, host: u64) -> Slot {
         Slot { id: 0, gpa, len, host, log: false, readonly: false, kind: SlotKind::Ram, backing: Backing::Caller }
+    }
+
+    #[test]
+    fn page_runs_split_at_page_boundaries() {
+        let runs: Vec<_> = page_runs(0x0ffe, 0x1004).collect();
+        assert_eq!(runs, vec![(0x0ffe, 0, 2), (0x1000, 2, 0x1000), (0x2000, 0x1002, 2)]);
+        assert_eq!(page_runs(0x5000, 0).count(), 0);
     }
 
     #[test]

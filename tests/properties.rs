@@ -11,7 +11,7 @@ use kvm::debug::debugregs::{encode, Condition, DebugRegisterSlot, Dr7};
 use kvm::debug::decode::{decode_debug_exit, DebugCause, ProgrammedRegisters};
 use kvm::debug::pagewalk::{translate, PagingRegisters, PhysicalMemory};
 use kvm::debug::BreakType;
-use kvm::error::{Errno, Result};
+use kvm::error::Errno;
 use kvm_bindings::kvm_debug_exit_arch;
 use proptest::prelude::*;
 
@@ -191,19 +191,6 @@ proptest! {
     }
 }
 
-/// 64 bytes of guest memory for the breakpoint model.
-struct Code(RefCell<Vec<u8>>);
-
-impl CodeMemory for Code {
-    fn read_byte(&self, gpa: u64) -> Result<u8> {
-        self.0.borrow().get(gpa as usize).copied().ok_or(Errno::FAULT)
-    }
-    fn write_byte(&self, gpa: u64, byte: u8) -> Result<()> {
-        *self.0.borrow_mut().get_mut(gpa as usize).ok_or(Errno::FAULT)? = byte;
-        Ok(())
-    }
-}
-
 #[derive(Clone, Debug)]
 enum Op {
     InsertSoftware { gva: u8, prefer_register: bool },
@@ -256,7 +243,7 @@ proptest! {
         initially_mapped in any::<[bool; 12]>(),
     ) {
         let initial: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(1) | 1).collect();
-        let mem = Code(RefCell::new(initial.clone()));
+        let mem = RefCell::new(initial.clone());
         // The model: what the guest wrote last to each byte, and which gvas map.
         let mut guest = initial;
         let mut mapped = initially_mapped;
@@ -322,7 +309,7 @@ proptest! {
             }
             // Memory: an int3 where patched (unless the guest has written
             // there since), the guest's own bytes everywhere else.
-            let actual = mem.0.borrow().clone();
+            let actual = mem.borrow().clone();
             for gpa in 0..64u64 {
                 let byte = actual[gpa as usize];
                 match table.patch_at(gpa) {
@@ -333,7 +320,7 @@ proptest! {
         }
         // Removing everything gives the guest its memory back exactly.
         table.remove_all(&mem);
-        prop_assert_eq!(mem.0.borrow().clone(), guest);
+        prop_assert_eq!(mem.borrow().clone(), guest);
         prop_assert!(table.is_empty());
     }
 }

@@ -5,28 +5,16 @@
 
 use std::cell::RefCell;
 
-use kvm::debug::breakpoints::{BreakpointTable, CodeMemory, INT3};
+use kvm::debug::breakpoints::{BreakpointTable, INT3};
 use kvm::debug::BreakType;
-use kvm::error::{Errno, Result};
+use kvm::error::Errno;
 use libfuzzer_sys::fuzz_target;
-
-struct Code(RefCell<Vec<u8>>);
-
-impl CodeMemory for Code {
-    fn read_byte(&self, gpa: u64) -> Result<u8> {
-        self.0.borrow().get(gpa as usize).copied().ok_or(Errno::FAULT)
-    }
-    fn write_byte(&self, gpa: u64, byte: u8) -> Result<()> {
-        *self.0.borrow_mut().get_mut(gpa as usize).ok_or(Errno::FAULT)? = byte;
-        Ok(())
-    }
-}
 
 const KINDS: [BreakType; 4] = [BreakType::HardwareBreakpoint, BreakType::WatchWrite, BreakType::WatchRead, BreakType::WatchAccess];
 
 fuzz_target!(|data: &[u8]| {
     let mut guest: Vec<u8> = (0..64u8).map(|i| i | 1).collect();
-    let mem = Code(RefCell::new(guest.clone()));
+    let mem = RefCell::new(guest.clone());
     let mut table = BreakpointTable::default();
     for op in data.chunks_exact(3) {
         let (a, b) = (op[1], op[2]);
@@ -40,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             4 if b != INT3 => {
                 let gpa = (a % 64) as usize;
                 guest[gpa] = b;
-                mem.0.borrow_mut()[gpa] = b;
+                mem.borrow_mut()[gpa] = b;
                 Ok(())
             }
             5 => {
@@ -52,5 +40,5 @@ fuzz_target!(|data: &[u8]| {
         assert!((0..4).filter(|&n| table.register(n).is_some()).count() <= 4);
     }
     table.remove_all(&mem);
-    assert_eq!(*mem.0.borrow(), guest);
+    assert_eq!(*mem.borrow(), guest);
 });

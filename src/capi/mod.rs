@@ -145,37 +145,41 @@ pub(crate) unsafe fn checked_mut<'a, T>(p: *mut T) -> Result<&'a mut T> {
     unsafe { p.as_mut() }.ok_or(Errno::FAULT)
 }
 
-/// A byte buffer from C; `EFAULT` for NULL with a non-zero length.
-///
-/// # Safety
-/// A non-NULL `p` must point to `len` writable bytes that nothing else uses.
-pub(crate) unsafe fn checked_bytes_mut<'a>(p: *mut std::ffi::c_void, len: usize) -> Result<&'a mut [u8]> {
+/// Checks a C byte buffer: `Ok(false)` when empty, `Ok(true)` when there
+/// are `len` bytes at a non-NULL pointer; `EFAULT` for NULL with a
+/// non-zero length, `EINVAL` for a length no buffer can have.
+fn checked_buffer(is_null: bool, len: usize) -> Result<bool> {
     if len == 0 {
-        return Ok(&mut []);
+        return Ok(false);
     }
-    if p.is_null() {
+    if is_null {
         return Err(Errno::FAULT);
     }
     if len > isize::MAX as usize {
         return Err(Errno::INVAL);
+    }
+    Ok(true)
+}
+
+/// A byte buffer from C (see [`checked_buffer`]).
+///
+/// # Safety
+/// A non-NULL `p` must point to `len` writable bytes that nothing else uses.
+pub(crate) unsafe fn checked_bytes_mut<'a>(p: *mut std::ffi::c_void, len: usize) -> Result<&'a mut [u8]> {
+    if !checked_buffer(p.is_null(), len)? {
+        return Ok(&mut []);
     }
     // SAFETY: non-NULL, and the caller's promise above covers `len` bytes.
     Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
 }
 
-/// A read-only byte buffer from C; `EFAULT` for NULL with a non-zero length.
+/// A read-only byte buffer from C (see [`checked_buffer`]).
 ///
 /// # Safety
 /// A non-NULL `p` must point to `len` readable bytes.
 pub(crate) unsafe fn checked_bytes<'a>(p: *const std::ffi::c_void, len: usize) -> Result<&'a [u8]> {
-    if len == 0 {
+    if !checked_buffer(p.is_null(), len)? {
         return Ok(&[]);
-    }
-    if p.is_null() {
-        return Err(Errno::FAULT);
-    }
-    if len > isize::MAX as usize {
-        return Err(Errno::INVAL);
     }
     // SAFETY: non-NULL, and the caller's promise above covers `len` bytes.
     Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })

@@ -1,6 +1,7 @@
 //! VM-wide state: interrupt lines, irqchip, PIT, MMU pages, MSR list.
 
 use kvm_bindings::{kvm_irqchip, kvm_pit_state, KVM_CAP_MMU_SHADOW_CACHE_CONTROL};
+use kvm_ioctls::VmFd;
 
 use super::Context;
 use crate::error::{Errno, Result};
@@ -37,22 +38,24 @@ impl Context {
 
     /// `kvm_set_shadow_pages`; `ENOTSUP` where the host cannot.
     pub fn set_shadow_pages(&self, pages: u32) -> Result<()> {
-        if self.check_extension(KVM_CAP_MMU_SHADOW_CACHE_CONTROL) <= 0 {
-            return Err(Errno::NOTSUP);
-        }
-        sys::set_nr_mmu_pages(self.vm()?, pages)
+        sys::set_nr_mmu_pages(self.vm_with_shadow_cache_control()?, pages)
     }
 
     /// `kvm_get_shadow_pages`; `ENOTSUP` where the host cannot (kernels
     /// since 5.x dropped `KVM_GET_NR_MMU_PAGES`).
     pub fn get_shadow_pages(&self) -> Result<u32> {
-        if self.check_extension(KVM_CAP_MMU_SHADOW_CACHE_CONTROL) <= 0 {
-            return Err(Errno::NOTSUP);
-        }
-        sys::get_nr_mmu_pages(self.vm()?).map_err(|e| match e.0 {
+        sys::get_nr_mmu_pages(self.vm_with_shadow_cache_control()?).map_err(|e| match e.0 {
             libc::EINVAL | libc::ENOTTY => Errno::NOTSUP,
             _ => e,
         })
+    }
+
+    /// The VM, where the host lets userspace size the MMU page cache.
+    fn vm_with_shadow_cache_control(&self) -> Result<&VmFd> {
+        if self.check_extension(KVM_CAP_MMU_SHADOW_CACHE_CONTROL) <= 0 {
+            return Err(Errno::NOTSUP);
+        }
+        self.vm()
     }
 
     /// The MSR indices the host supports (`KVM_GET_MSR_INDEX_LIST`).

@@ -5,6 +5,8 @@
 //! Memory goes through [`CodeMemory`] so the bookkeeping is tested against
 //! a model without a guest.
 
+use std::cell::RefCell;
+
 use super::debugregs::{Condition, DebugRegisterSlot, DEBUG_REGISTERS};
 use super::BreakType;
 use crate::error::{Errno, Result};
@@ -20,6 +22,21 @@ pub trait CodeMemory {
     fn write_byte(&self, gpa: u64, byte: u8) -> Result<()>;
 }
 
+/// Plain bytes as guest memory from guest-physical 0: the model the table
+/// is tested and fuzzed against.
+impl CodeMemory for RefCell<Vec<u8>> {
+    fn read_byte(&self, gpa: u64) -> Result<u8> {
+        let index = usize::try_from(gpa).map_err(|_| Errno::FAULT)?;
+        self.borrow().get(index).copied().ok_or(Errno::FAULT)
+    }
+
+    fn write_byte(&self, gpa: u64, byte: u8) -> Result<()> {
+        let index = usize::try_from(gpa).map_err(|_| Errno::FAULT)?;
+        *self.borrow_mut().get_mut(index).ok_or(Errno::FAULT)? = byte;
+        Ok(())
+    }
+}
+
 /// One guest-physical byte replaced by `int3`, shared by every software
 /// breakpoint whose address maps there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +47,16 @@ pub struct Patch {
     pub original: u8,
     /// Software breakpoints using this patch.
     users: u32,
+}
+
+impl Patch {
+    /// Puts the original byte back, if the `int3` is still there. Best
+    /// effort: the memory was there when the patch was made.
+    fn restore(&self, mem: &impl CodeMemory) {
+        if mem.read_byte(self.gpa) == Ok(INT3) {
+            let _ = mem.write_byte(self.gpa, self.original);
+        }
+    }
 }
 
 /// Where a software breakpoint is armed.
@@ -160,11 +187,7 @@ impl BreakpointTable {
         let patch = &mut self.patches[index];
         patch.users -= 1;
         if patch.users == 0 {
-            let patch = self.patches.swap_remove(index);
-            if mem.read_byte(gpa) == Ok(INT3) {
-                // Best effort: the memory was there a moment ago.
-                let _ = mem.write_byte(gpa, patch.original);
-            }
+            self.patches.swap_remove(index).restore(mem);
         }
     }
 
@@ -274,9 +297,7 @@ impl BreakpointTable {
     /// Removes everything, restoring every patched byte that is still `int3`.
     pub fn remove_all(&mut self, mem: &impl CodeMemory) {
         for patch in self.patches.drain(..) {
-            if mem.read_byte(patch.gpa) == Ok(INT3) {
-                let _ = mem.write_byte(patch.gpa, patch.original);
-            }
+            patch.restore(mem);
         }
         self.software.clear();
         self.registers = [None; DEBUG_REGISTERS];
@@ -330,87 +351,66 @@ impl BreakpointTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
 
     /// 64 KiB of guest memory filled with a pattern.
-    struct FakeCode(RefCell<Vec<u8>>);
-
-    impl FakeCode {
-        fn new() -> FakeCode {
-            FakeCode(RefCell::new((0..0x10000u32).map(|i| (i * 7 + 3) as u8).collect()))
-        }
-        fn snapshot(&self) -> Vec<u8> {
-            self.0.borrow().clone()
-        }
-        fn at(&self, gpa: u64) -> u8 {
-            self.0.borrow()[gpa as usize]
-        }
-    }
-
-    impl CodeMemory for FakeCode {
-        fn read_byte(&self, gpa: u64) -> Result<u8> {
-            self.0.borrow().get(gpa as usize).copied().ok_or(Errno::FAULT)
-        }
-        fn write_byte(&self, gpa: u64, byte: u8) -> Result<()> {
-            *self.0.borrow_mut().get_mut(gpa as usize).ok_or(Errno::FAULT)? = byte;
-            Ok(())
-        }
+    fn patterned_code() -> RefCell<Vec<u8>> {
+        RefCell::new((0..0x10000u32).map(|i| (i * 7 + 3) as u8).collect())
     }
 
     #[test]
     fn software_breakpoint_patches_int3_and_restores_the_exact_byte() {
-        let mem = FakeCode::new();
-        let before = mem.snapshot();
+        let mem = patterned_code();
+        let before = mem.borrow().clone();
         let mut t = BreakpointTable::default();
         t.insert_software(0x40_1000, Ok(0x1000), false, &mem).unwrap();
-        assert_eq!(mem.at(0x1000), INT3);
+        assert_eq!(mem.borrow()[0x1000], INT3);
         assert_eq!(t.patch_at(0x1000).unwrap().original, before[0x1000]);
         t.remove_software(0x40_1000, &mem).unwrap();
-        assert_eq!(mem.snapshot(), before);
+        assert_eq!(mem.borrow().clone(), before);
         assert!(t.is_empty());
     }
 
     #[test]
     fn duplicates_count_references() {
-        let mem = FakeCode::new();
-        let before = mem.snapshot();
+        let mem = patterned_code();
+        let before = mem.borrow().clone();
         let mut t = BreakpointTable::default();
         t.insert_software(0x2000, Ok(0x2000), false, &mem).unwrap();
         t.insert_software(0x2000, Ok(0x2000), false, &mem).unwrap();
         t.remove_software(0x2000, &mem).unwrap();
-        assert_eq!(mem.at(0x2000), INT3, "one reference left");
+        assert_eq!(mem.borrow()[0x2000], INT3, "one reference left");
         t.remove_software(0x2000, &mem).unwrap();
-        assert_eq!(mem.snapshot(), before);
+        assert_eq!(mem.borrow().clone(), before);
         assert_eq!(t.remove_software(0x2000, &mem), Err(Errno::NOENT));
     }
 
     #[test]
     fn two_addresses_mapping_one_byte_share_its_original() {
-        let mem = FakeCode::new();
-        let before = mem.snapshot();
+        let mem = patterned_code();
+        let before = mem.borrow().clone();
         let mut t = BreakpointTable::default();
         t.insert_software(0xffff_8000_0000_3000, Ok(0x3000), false, &mem).unwrap();
         t.insert_software(0x3000, Ok(0x3000), false, &mem).unwrap();
         assert_eq!(t.patch_at(0x3000).unwrap().original, before[0x3000], "not the int3 of the first");
         t.remove_software(0xffff_8000_0000_3000, &mem).unwrap();
-        assert_eq!(mem.at(0x3000), INT3);
+        assert_eq!(mem.borrow()[0x3000], INT3);
         t.remove_software(0x3000, &mem).unwrap();
-        assert_eq!(mem.snapshot(), before);
+        assert_eq!(mem.borrow().clone(), before);
     }
 
     #[test]
     fn a_byte_the_guest_changed_back_is_not_restored_over() {
-        let mem = FakeCode::new();
+        let mem = patterned_code();
         let mut t = BreakpointTable::default();
         t.insert_software(0x10, Ok(0x10), false, &mem).unwrap();
         mem.write_byte(0x10, 0x90).unwrap(); // the guest rewrote its code
         t.remove_software(0x10, &mem).unwrap();
-        assert_eq!(mem.at(0x10), 0x90);
+        assert_eq!(mem.borrow()[0x10], 0x90);
     }
 
     #[test]
     fn unmapped_address_takes_a_debug_register_or_is_refused() {
-        let mem = FakeCode::new();
+        let mem = patterned_code();
         let mut t = BreakpointTable::default();
         for i in 0..4 {
             t.insert_software(0x9000_0000 + i, Err(Errno::FAULT), false, &mem).unwrap();
@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn prefer_register_uses_one_while_free_and_falls_back_to_memory() {
-        let mem = FakeCode::new();
+        let mem = patterned_code();
         let mut t = BreakpointTable::default();
         for i in 0..3 {
             t.insert_hardware(BreakType::HardwareBreakpoint, 0x100 * i, 1).unwrap();
@@ -467,62 +467,62 @@ mod tests {
 
     #[test]
     fn remove_all_restores_memory_and_frees_registers() {
-        let mem = FakeCode::new();
-        let before = mem.snapshot();
+        let mem = patterned_code();
+        let before = mem.borrow().clone();
         let mut t = BreakpointTable::default();
         for gpa in [0x10, 0x20, 0x30] {
             t.insert_software(gpa, Ok(gpa), false, &mem).unwrap();
         }
         t.insert_hardware(BreakType::WatchWrite, 0x8, 8).unwrap();
         t.remove_all(&mem);
-        assert_eq!(mem.snapshot(), before);
+        assert_eq!(mem.borrow().clone(), before);
         assert!(t.is_empty());
     }
 
     #[test]
     fn rearm_adopts_code_loaded_over_a_breakpoint() {
-        let mem = FakeCode::new();
+        let mem = patterned_code();
         let mut t = BreakpointTable::default();
         t.insert_software(0x500, Ok(0x500), false, &mem).unwrap();
         mem.write_byte(0x500, 0x55).unwrap(); // guest loads new code there
         assert!(!t.rearm(Ok, &mem));
-        assert_eq!(mem.at(0x500), INT3);
+        assert_eq!(mem.borrow()[0x500], INT3);
         t.remove_software(0x500, &mem).unwrap();
-        assert_eq!(mem.at(0x500), 0x55);
+        assert_eq!(mem.borrow()[0x500], 0x55);
     }
 
     #[test]
     fn rearm_moves_a_register_backed_breakpoint_into_memory_once_mapped() {
-        let mem = FakeCode::new();
-        let original = mem.at(0x600);
+        let mem = patterned_code();
+        let original = mem.borrow()[0x600];
         let mut t = BreakpointTable::default();
         t.insert_software(0x7000_0600, Err(Errno::FAULT), false, &mem).unwrap();
         assert!(t.rearm(|_| Ok(0x600), &mem));
         assert!(t.register(0).is_none());
-        assert_eq!(mem.at(0x600), INT3);
+        assert_eq!(mem.borrow()[0x600], INT3);
         assert_eq!(t.patch_at(0x600).unwrap().original, original);
     }
 
     #[test]
     fn rearm_follows_a_remapped_page() {
-        let mem = FakeCode::new();
-        let before = mem.snapshot();
+        let mem = patterned_code();
+        let before = mem.borrow().clone();
         let mut t = BreakpointTable::default();
         t.insert_software(0x4000_0010, Ok(0x1010), false, &mem).unwrap();
         t.rearm(|_| Ok(0x2010), &mem);
-        assert_eq!(mem.at(0x1010), before[0x1010]);
-        assert_eq!(mem.at(0x2010), INT3);
+        assert_eq!(mem.borrow()[0x1010], before[0x1010]);
+        assert_eq!(mem.borrow()[0x2010], INT3);
         t.remove_software(0x4000_0010, &mem).unwrap();
-        assert_eq!(mem.snapshot(), before);
+        assert_eq!(mem.borrow().clone(), before);
     }
 
     #[test]
     fn writes_over_a_breakpoint_become_its_original() {
-        let mem = FakeCode::new();
+        let mem = patterned_code();
         let mut t = BreakpointTable::default();
         t.insert_software(0x700, Ok(0x700), false, &mem).unwrap();
         t.set_original(0x700, 0x42);
         t.remove_software(0x700, &mem).unwrap();
-        assert_eq!(mem.at(0x700), 0x42);
+        assert_eq!(mem.borrow()[0x700], 0x42);
     }
 }

@@ -25,27 +25,16 @@ use crate::vcpu::{RunnerGuard, Vcpu};
 
 /// How an `int3` reached the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Int3Exit {
-    /// `KVM_EXIT_DEBUG` with `#BP` (VMX and SVM hosts): `pc` is the linear
-    /// address of the `int3`, and RIP still points at it.
-    DebugExit {
-        /// Linear address of the `int3`.
-        pc: u64,
-    },
+enum Int3Exit {
+    /// `KVM_EXIT_DEBUG` with `#BP` (VMX and SVM hosts): RIP still points at
+    /// the `int3`.
+    DebugExit,
     /// `KVM_EXIT_INTERNAL_ERROR` from the instruction emulator, which cannot
     /// run `int3` (emulating hosts): RIP points at the `int3`.
     EmulationFailure,
 }
 
-/// Recognises the two shapes an `int3` arrives in.
-pub fn int3_exit(exit: &Exit) -> Option<Int3Exit> {
-    match exit {
-        Exit::Debug(arch) if arch.exception == BREAKPOINT_EXCEPTION => Some(Int3Exit::DebugExit { pc: arch.pc }),
-        Exit::InternalError(error) => emulated_int3(error).then_some(Int3Exit::EmulationFailure),
-        _ => None,
-    }
-}
-
+/// True when the emulator failed on an `int3`.
 fn emulated_int3(error: &InternalError) -> bool {
     matches!(error.instruction_bytes(), Some((bytes, len)) if len >= 1 && bytes[0] == INT3)
 }
@@ -252,7 +241,7 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
         DebugCause::Int3 => judge_int3(ctx, vcpu, &state, event.pc)?,
         _ => judge_debug_exception(&state, &mut event, |n| ctx.debugger().table().register(n as usize).copied()),
     };
-    act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit { pc: arch.pc })
+    act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit)
 }
 
 /// Handles `KVM_EXIT_INTERNAL_ERROR` when it is an `int3` the emulator
@@ -386,24 +375,11 @@ mod tests {
     }
 
     #[test]
-    fn int3_as_a_debug_exit_carries_its_pc() {
-        let exit = Exit::Debug(kvm_debug_exit_arch { exception: 3, pad: 0, pc: 0x10_0040, dr6: 0, dr7: 0x400 });
-        assert_eq!(int3_exit(&exit), Some(Int3Exit::DebugExit { pc: 0x10_0040 }));
-    }
-
-    #[test]
     fn int3_as_an_emulation_failure_is_recognised_by_its_opcode() {
-        assert_eq!(int3_exit(&Exit::InternalError(emulation_failure(&[0xcc]))), Some(Int3Exit::EmulationFailure));
-        assert_eq!(int3_exit(&Exit::InternalError(emulation_failure(&[0x0f, 0x0b]))), None, "ud2 is not int3");
+        assert!(emulated_int3(&emulation_failure(&[0xcc])));
+        assert!(!emulated_int3(&emulation_failure(&[0x0f, 0x0b])), "ud2 is not int3");
         let without_bytes = InternalError { suberror: 1, ndata: 0, data: [0; 16] };
-        assert_eq!(int3_exit(&Exit::InternalError(without_bytes)), None);
-    }
-
-    #[test]
-    fn single_steps_and_other_exits_are_not_int3() {
-        let step = Exit::Debug(kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x10, dr6: DR6_BS, dr7: 0 });
-        assert_eq!(int3_exit(&step), None);
-        assert_eq!(int3_exit(&Exit::Hlt), None);
+        assert!(!emulated_int3(&without_bytes));
     }
 
     fn db_event(dr6: u64, pc: u64) -> DebugEvent {

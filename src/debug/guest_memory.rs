@@ -6,7 +6,7 @@ use super::breakpoints::{BreakpointTable, CodeMemory, INT3};
 use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
 use crate::context::Context;
 use crate::error::{Errno, Result};
-use crate::memory::{GuestMemory, PAGE_SIZE};
+use crate::memory::{page_runs, GuestMemory};
 use crate::vcpu::Vcpu;
 
 impl PhysicalMemory for GuestMemory {
@@ -27,21 +27,6 @@ impl CodeMemory for GuestMemory {
     fn write_byte(&self, gpa: u64, byte: u8) -> Result<()> {
         self.write(gpa, &[byte])
     }
-}
-
-/// Splits `[gva, gva + len)` into runs that stay within one 4 KiB page.
-fn page_runs(gva: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
-    let mut offset = 0usize;
-    std::iter::from_fn(move || {
-        if offset >= len {
-            return None;
-        }
-        let at = gva.wrapping_add(offset as u64);
-        let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
-        let run = (at, offset, n);
-        offset += n;
-        Some(run)
-    })
 }
 
 impl Context {
@@ -130,17 +115,5 @@ fn write_keeping_breakpoints(table: &mut BreakpointTable, mem: &GuestMemory, gpa
 fn show_originals(table: &BreakpointTable, gpa: u64, chunk: &mut [u8]) {
     for patch in table.patches_in(gpa, chunk.len() as u64) {
         chunk[(patch.gpa - gpa) as usize] = patch.original;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_runs_split_at_page_boundaries() {
-        let runs: Vec<_> = page_runs(0x0ffe, 0x1004).collect();
-        assert_eq!(runs, vec![(0x0ffe, 0, 2), (0x1000, 2, 0x1000), (0x2000, 0x1002, 2)]);
-        assert_eq!(page_runs(0x5000, 0).count(), 0);
     }
 }

@@ -20,7 +20,7 @@ use super::BreakType;
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::lock;
-use crate::memory::{Protection, PAGE_SIZE};
+use crate::memory::{page_of, page_runs, Protection};
 use crate::vcpu::Vcpu;
 
 /// The longest range one watchpoint may cover.
@@ -58,11 +58,8 @@ pub struct WatchMethodSetting(AtomicU8);
 impl WatchMethodSetting {
     /// The current method.
     pub fn get(&self) -> WatchMethod {
-        match self.0.load(Ordering::Relaxed) {
-            1 => WatchMethod::DebugRegisters,
-            2 => WatchMethod::PageProtection,
-            _ => WatchMethod::Auto,
-        }
+        // Only `set` stores, so the value is always a method.
+        WatchMethod::from_c(self.0.load(Ordering::Relaxed).into()).unwrap_or(WatchMethod::Auto)
     }
 
     /// Sets the method for watchpoints inserted from now on.
@@ -91,7 +88,7 @@ impl PageWatch {
     }
 
     fn on_page(&self, page: u64) -> bool {
-        self.ranges.iter().any(|&(start, _)| start & !(PAGE_SIZE - 1) == page)
+        self.ranges.iter().any(|&(start, _)| page_of(start) == page)
     }
 
     fn fires_on(&self, is_write: bool) -> bool {
@@ -131,7 +128,7 @@ impl PageWatchTable {
 
     /// The pages under `watch`.
     fn pages_of(watch: &PageWatch) -> Vec<u64> {
-        watch.ranges.iter().map(|&(start, _)| start & !(PAGE_SIZE - 1)).collect()
+        watch.ranges.iter().map(|&(start, _)| page_of(start)).collect()
     }
 
     /// The first watchpoint a guest access of `len` bytes at `gpa` fires.
@@ -216,21 +213,18 @@ impl Context {
     /// access watchpoints are refused (`EBUSY`) on a page a vcpu executes.
     pub fn insert_page_watch(&self, vcpu: &Vcpu, kind: BreakType, gva: u64, len: u64) -> Result<()> {
         let len = checked_len(len)?;
+        gva.checked_add(len).ok_or(Errno::INVAL)?;
         let mut ranges = Vec::new();
-        let mut at = gva;
-        let end = gva.checked_add(len).ok_or(Errno::INVAL)?;
-        while at < end {
-            let n = (PAGE_SIZE - at % PAGE_SIZE).min(end - at);
+        for (at, _, n) in page_runs(gva, len as usize) {
             let gpa = self.translate_gva(vcpu, at)?.gpa;
-            self.memory().host_address(gpa, n).ok_or(Errno::FAULT)?;
-            ranges.push((gpa, n));
-            at += n;
+            self.memory().host_address(gpa, n as u64).ok_or(Errno::FAULT)?;
+            ranges.push((gpa, n as u64));
         }
         if kind != BreakType::WatchWrite {
             for other in self.vcpus() {
                 let pc = super::exits::current_pc(other)?;
-                let code_page = self.translate_gva(other, pc).map(|t| t.gpa & !(PAGE_SIZE - 1));
-                if code_page.is_ok_and(|p| ranges.iter().any(|&(g, _)| g & !(PAGE_SIZE - 1) == p)) {
+                let code_page = self.translate_gva(other, pc).map(|t| page_of(t.gpa));
+                if code_page.is_ok_and(|p| ranges.iter().any(|&(g, _)| page_of(g) == p)) {
                     return Err(Errno::BUSY);
                 }
             }
@@ -310,7 +304,7 @@ pub fn on_fetch_from_watched_page(ctx: &Context, vcpu: &Vcpu) -> Option<Result<c
         return None;
     }
     let pc = super::exits::current_pc(vcpu).ok()?;
-    let page = ctx.translate_gva(vcpu, pc).ok()?.gpa & !(PAGE_SIZE - 1);
+    let page = page_of(ctx.translate_gva(vcpu, pc).ok()?.gpa);
     if ctx.memory().protection(page) != Some(Protection::Unbacked) {
         return None;
     }

@@ -25,7 +25,7 @@ use super::stopper::StopEvent;
 use crate::context::Context;
 use crate::debug::BreakType;
 use crate::error::{Errno, Result};
-use crate::memory::PAGE_SIZE;
+use crate::memory::page_runs;
 use crate::vcpu::Vcpu;
 use crate::x86;
 
@@ -117,22 +117,18 @@ impl<'a> VmTarget<'a> {
 
     /// Reads as much of `data` as is accessible from `start`, page by page.
     fn read_memory(&self, vcpu: &Vcpu, start: u64, data: &mut [u8]) -> Result<usize> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = start.wrapping_add(done as u64);
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(data.len() - done);
-            let chunk = &mut data[done..done + n];
+        for (at, offset, n) in page_runs(start, data.len()) {
+            let chunk = &mut data[offset..offset + n];
             let read = if self.physical {
                 self.ctx.read_guest_phys(at, chunk)
             } else {
                 self.ctx.read_guest_virt(vcpu, at, chunk)
             };
             if let Err(e) = read {
-                return if done == 0 { Err(e) } else { Ok(done) };
+                return if offset == 0 { Err(e) } else { Ok(offset) };
             }
-            done += n;
         }
-        Ok(done)
+        Ok(data.len())
     }
 }
 
@@ -184,8 +180,7 @@ impl ExtendedMode for VmTarget<'_> {
 impl MultiThreadBase for VmTarget<'_> {
     fn read_registers(&mut self, regs: &mut VcpuRegisters, tid: Tid) -> TargetResult<(), Self> {
         let vcpu = self.vcpu(tid).map_err(errno_error)?;
-        let kvm_regs = vcpu.ioctl(|fd| fd.get_regs()).map_err(errno_error)?;
-        let sregs = vcpu.ioctl(|fd| fd.get_sregs()).map_err(errno_error)?;
+        let (kvm_regs, sregs) = vcpu.regs_and_sregs().map_err(errno_error)?;
         let fpu = vcpu.ioctl(|fd| fd.get_fpu()).map_err(errno_error)?;
         *regs = registers::from_kvm(&kvm_regs, &sregs, &fpu);
         Ok(())
@@ -193,8 +188,7 @@ impl MultiThreadBase for VmTarget<'_> {
 
     fn write_registers(&mut self, regs: &VcpuRegisters, tid: Tid) -> TargetResult<(), Self> {
         let vcpu = self.vcpu(tid).map_err(errno_error)?;
-        let old_regs = vcpu.ioctl(|fd| fd.get_regs()).map_err(errno_error)?;
-        let old_sregs = vcpu.ioctl(|fd| fd.get_sregs()).map_err(errno_error)?;
+        let (old_regs, old_sregs) = vcpu.regs_and_sregs().map_err(errno_error)?;
         let old_fpu = vcpu.ioctl(|fd| fd.get_fpu()).map_err(errno_error)?;
         let (mut new_regs, mut new_sregs, mut new_fpu) = (old_regs, old_sregs, old_fpu);
         registers::to_kvm(regs, &mut new_regs, &mut new_sregs, &mut new_fpu);
