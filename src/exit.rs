@@ -32,7 +32,7 @@ impl IoPayload {
     }
 
     /// Bytes of data: element size times count, at most [`IO_DATA_MAX`].
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.len
     }
 }

@@ -602,35 +602,36 @@ mod tests {
     /// Records the slot layout KVM would have, and fakes dirty pages.
     #[derive(Default)]
     struct FakeKvm {
-        slots: RefCell<Vec<(u32, u64, u64, u64, u32)>>,
+        slots: RefCell<Vec<Piece>>,
         dirty_gpas: RefCell<Vec<u64>>,
     }
 
     impl SlotRegistry for FakeKvm {
         fn register(&self, p: &Piece) -> Result<()> {
             let mut slots = self.slots.borrow_mut();
-            assert!(slots.iter().all(|e| e.0 == p.kvm_slot || e.1 + e.2 <= p.gpa || p.gpa + p.len <= e.1), "KVM slots overlap");
-            slots.retain(|e| e.0 != p.kvm_slot);
-            slots.push((p.kvm_slot, p.gpa, p.len, p.host, p.flags));
+            let apart = |e: &Piece| e.kvm_slot == p.kvm_slot || e.gpa + e.len <= p.gpa || p.gpa + p.len <= e.gpa;
+            assert!(slots.iter().all(apart), "KVM slots overlap");
+            slots.retain(|e| e.kvm_slot != p.kvm_slot);
+            slots.push(*p);
             Ok(())
         }
         /// Like KVM, forgets the slot's dirty log with it.
         fn unregister(&self, id: u32) -> Result<()> {
             let mut slots = self.slots.borrow_mut();
-            if let Some(&(_, gpa, len, _, _)) = slots.iter().find(|e| e.0 == id) {
-                self.dirty_gpas.borrow_mut().retain(|&g| g < gpa || g >= gpa + len);
+            if let Some(e) = slots.iter().find(|e| e.kvm_slot == id) {
+                self.dirty_gpas.borrow_mut().retain(|&g| g < e.gpa || g >= e.gpa + e.len);
             }
-            slots.retain(|e| e.0 != id);
+            slots.retain(|e| e.kvm_slot != id);
             Ok(())
         }
         /// Like KVM, clears the log as it reads it.
         fn dirty_log(&self, kvm_slot: u32, len: u64) -> Result<Vec<u64>> {
             let slots = self.slots.borrow();
-            let slot = slots.iter().find(|e| e.0 == kvm_slot).unwrap();
+            let slot = slots.iter().find(|e| e.kvm_slot == kvm_slot).unwrap();
             let mut words = vec![0u64; (len / PAGE_SIZE).div_ceil(64) as usize];
-            let inside = |g: u64| g >= slot.1 && g < slot.1 + slot.2;
+            let inside = |g: u64| g >= slot.gpa && g < slot.gpa + slot.len;
             for &gpa in self.dirty_gpas.borrow().iter().filter(|&&g| inside(g)) {
-                let page = ((gpa - slot.1) / PAGE_SIZE) as usize;
+                let page = ((gpa - slot.gpa) / PAGE_SIZE) as usize;
                 words[page / 64] |= 1 << (page % 64);
             }
             self.dirty_gpas.borrow_mut().retain(|&g| !inside(g));
@@ -640,12 +641,12 @@ mod tests {
 
     impl FakeKvm {
         fn layout(&self) -> Vec<(u64, u64, u64)> {
-            let mut v: Vec<_> = self.slots.borrow().iter().map(|e| (e.1, e.2, e.3)).collect();
+            let mut v: Vec<_> = self.slots.borrow().iter().map(|e| (e.gpa, e.len, e.host)).collect();
             v.sort();
             v
         }
         fn layout_with_flags(&self) -> Vec<(u64, u64, u64, u32)> {
-            let mut v: Vec<_> = self.slots.borrow().iter().map(|e| (e.1, e.2, e.3, e.4)).collect();
+            let mut v: Vec<_> = self.slots.borrow().iter().map(|e| (e.gpa, e.len, e.host, e.flags)).collect();
             v.sort();
             v
         }
@@ -679,7 +680,7 @@ mod tests {
         assert_eq!(mem.add_slot(&kvm, ram(0x800, 0x1000, 0x100000)), Err(Errno::INVAL));
         assert_eq!(mem.add_slot(&kvm, ram(0, 0x1800, 0x100000)), Err(Errno::INVAL));
         assert_eq!(mem.add_slot(&kvm, ram(0, 0, 0x100000)), Err(Errno::INVAL));
-        assert_eq!(mem.add_slot(&kvm, ram(u64::MAX & !0xfff, 0x2000, 0x100000)), Err(Errno::INVAL));
+        assert_eq!(mem.add_slot(&kvm, ram(!0xfff, 0x2000, 0x100000)), Err(Errno::INVAL));
     }
 
     #[test]
@@ -725,7 +726,7 @@ mod tests {
         mem.add_slot(&kvm, ram(0, 0x1000, 0x10_0000)).unwrap();
         mem.add_slot(&kvm, Slot { log: true, ..ram(0x1000, 0x1000, 0x20_0000) }).unwrap();
         mem.set_log_all(&kvm, true).unwrap();
-        assert!(kvm.slots.borrow().iter().all(|e| e.4 == KVM_MEM_LOG_DIRTY_PAGES));
+        assert!(kvm.slots.borrow().iter().all(|e| e.flags == KVM_MEM_LOG_DIRTY_PAGES));
         mem.set_log_all(&kvm, false).unwrap();
         let flags: Vec<u32> = kvm.layout_with_flags().iter().map(|e| e.3).collect();
         assert_eq!(flags, vec![0, KVM_MEM_LOG_DIRTY_PAGES]);

@@ -74,7 +74,7 @@ fn handle_exit(
     // other exit returns its handler's result.
     let io_result = match exit {
         Exit::Io { direction, port, size, payload, .. } => {
-            let result = handle_port_io(ctx, direction, port, size, &mut io_data[..payload.len()]);
+            let result = handle_port_io(ctx, direction, port, size, &mut io_data[..payload.bytes()]);
             if direction == IoDirection::In {
                 vcpu.complete_port_in(payload, io_data);
             }

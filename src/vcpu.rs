@@ -254,8 +254,8 @@ impl Vcpu {
         if let Exit::Io { direction: IoDirection::Out, payload, .. } = exit {
             // SAFETY: decode checked that the payload lies inside the vcpu
             // mapping, which the caller's locked fd keeps alive.
-            let src = unsafe { std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.len()) };
-            io_data[..payload.len()].copy_from_slice(src);
+            let src = unsafe { std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.bytes()) };
+            io_data[..payload.bytes()].copy_from_slice(src);
         }
         exit
     }
@@ -326,8 +326,8 @@ impl Vcpu {
         // SAFETY: decode checked that the payload lies inside this vcpu's
         // mapping; the kernel does not touch the page while the vcpu is not
         // in KVM_RUN, and we hold its fd.
-        let dst = unsafe { std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(payload.offset()), payload.len()) };
-        dst.copy_from_slice(&data[..payload.len()]);
+        let dst = unsafe { std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(payload.offset()), payload.bytes()) };
+        dst.copy_from_slice(&data[..payload.bytes()]);
     }
 
     /// Stores the data of an MMIO read exit.

@@ -85,10 +85,12 @@ struct Vm {
 impl Vm {
     fn new(code: &[u8]) -> Vm {
         let budget = Box::new(Budget { seen: AtomicU64::new(0), wanted: AtomicU64::new(u64::MAX) });
-        let mut callbacks = kvm_callbacks::default();
-        callbacks.outb = Some(on_outb);
-        callbacks.mmio_write = Some(on_mmio_write);
-        callbacks.debug = Some(on_debug);
+        let mut callbacks = kvm_callbacks {
+            outb: Some(on_outb),
+            mmio_write: Some(on_mmio_write),
+            debug: Some(on_debug),
+            ..Default::default()
+        };
         // SAFETY: valid callbacks and a budget that outlives the context.
         unsafe {
             let kvm = kvm_init(&mut callbacks, &*budget as *const Budget as *mut c_void);

@@ -234,6 +234,22 @@ const KINDS: [BreakType; 6] = [
     BreakType::SoftwareBreakpoint,
 ];
 
+/// The length the table keeps for a hardware entry of `kind`, or `None`
+/// when it must refuse it (`EINVAL`).
+fn stored_len(kind: BreakType, len: u8) -> Option<u64> {
+    match kind {
+        BreakType::HardwareBreakpoint => Some(1),
+        BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess if matches!(len, 1 | 2 | 4 | 8) => {
+            Some(u64::from(len))
+        }
+        _ => None,
+    }
+}
+
+fn registers_in_use(table: &BreakpointTable) -> usize {
+    (0..4).filter(|&n| table.register(n).is_some()).count()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -249,6 +265,8 @@ proptest! {
         let mut mapped = initially_mapped;
         let mut table = BreakpointTable::default();
         let mut refs: BTreeMap<u8, u32> = BTreeMap::new();
+        // Hardware entries by (kind, address, stored length), with references.
+        let mut hardware: BTreeMap<(u8, u64, u64), u32> = BTreeMap::new();
         for op in ops {
             let translate = |gva: u64| if mapped[gva as usize] { Ok(gpa_of(gva as u8)) } else { Err(Errno::FAULT) };
             match op {
@@ -273,19 +291,34 @@ proptest! {
                     }
                 }
                 Op::InsertHardware { kind, addr, len } => {
-                    let kind = KINDS[kind as usize];
-                    let r = table.insert_hardware(kind, u64::from(addr) * 8, u64::from(len));
-                    let valid = match kind {
-                        BreakType::HardwareBreakpoint => true,
-                        BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => matches!(len, 1 | 2 | 4 | 8),
-                        _ => false,
-                    };
-                    if !valid { prop_assert_eq!(r, Err(Errno::INVAL)); }
-                    else { prop_assert!(r == Ok(()) || r == Err(Errno::NOSPC)); }
+                    let in_use = registers_in_use(&table);
+                    let r = table.insert_hardware(KINDS[kind as usize], u64::from(addr) * 8, u64::from(len));
+                    match stored_len(KINDS[kind as usize], len) {
+                        None => prop_assert_eq!(r, Err(Errno::INVAL)),
+                        Some(len) => {
+                            let key = (kind, u64::from(addr) * 8, len);
+                            if hardware.contains_key(&key) || in_use < 4 {
+                                prop_assert_eq!(r, Ok(()));
+                                *hardware.entry(key).or_default() += 1;
+                            } else {
+                                prop_assert_eq!(r, Err(Errno::NOSPC));
+                            }
+                        }
+                    }
                 }
                 Op::RemoveHardware { kind, addr, len } => {
                     let r = table.remove_hardware(KINDS[kind as usize], u64::from(addr) * 8, u64::from(len));
-                    prop_assert!(matches!(r, Ok(()) | Err(Errno::NOENT) | Err(Errno::INVAL)));
+                    match stored_len(KINDS[kind as usize], len) {
+                        None => prop_assert_eq!(r, Err(Errno::INVAL)),
+                        Some(len) => match hardware.get_mut(&(kind, u64::from(addr) * 8, len)) {
+                            Some(n) => {
+                                prop_assert_eq!(r, Ok(()));
+                                *n -= 1;
+                                if *n == 0 { hardware.remove(&(kind, u64::from(addr) * 8, len)); }
+                            }
+                            None => prop_assert_eq!(r, Err(Errno::NOENT)),
+                        },
+                    }
                 }
                 Op::Map { gva } => mapped[gva as usize] = true,
                 Op::GuestWrite { gpa, byte } => {
@@ -296,17 +329,23 @@ proptest! {
                 Op::RemoveAll => {
                     table.remove_all(&mem);
                     refs.clear();
+                    hardware.clear();
                 }
             }
-            // At most four debug registers, and every inserted gva is armed.
-            prop_assert!((0..4).filter(|&n| table.register(n).is_some()).count() <= 4);
-            for (&gva, _) in &refs {
+            // Every inserted gva is armed, and the debug registers in use
+            // are exactly the hardware entries and the software breakpoints
+            // kept in one.
+            let mut in_registers = 0;
+            for &gva in refs.keys() {
                 let bp = table.software_at(u64::from(gva));
                 prop_assert!(bp.is_some(), "gva {} lost", gva);
-                if let Some(Location::Patched(gpa)) = bp.map(|b| b.location) {
-                    prop_assert!(table.patch_at(gpa).is_some());
+                match bp.map(|b| b.location) {
+                    Some(Location::Patched(gpa)) => prop_assert!(table.patch_at(gpa).is_some()),
+                    Some(Location::Register(_)) => in_registers += 1,
+                    None => {}
                 }
             }
+            prop_assert_eq!(registers_in_use(&table), hardware.len() + in_registers);
             // Memory: an int3 where patched (unless the guest has written
             // there since), the guest's own bytes everywhere else.
             let actual = mem.borrow().clone();

@@ -1,6 +1,6 @@
 //! The breakpoint table driven by the fuzzer's bytes as operations: it must
-//! never panic, never use more than four debug registers, and give the
-//! guest its memory back exactly when everything is removed.
+//! never panic, and give the guest its memory back exactly when everything
+//! is removed.
 #![no_main]
 
 use std::cell::RefCell;
@@ -37,7 +37,6 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => Ok(()),
         };
-        assert!((0..4).filter(|&n| table.register(n).is_some()).count() <= 4);
     }
     table.remove_all(&mem);
     assert_eq!(*mem.borrow(), guest);

@@ -1,9 +1,9 @@
 //! One VM: the `/dev/kvm` fd, the VM fd, its vcpus, memory and callbacks.
 
 mod ram;
+mod vm;
 
 pub use ram::bitmap_bytes;
-mod vm;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +14,9 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::callbacks::{kvm_callbacks, Callbacks};
 use crate::debug::Debugger;
+use crate::error::{Errno, Result};
 use crate::gdb::stopper::Stopper;
 use crate::gdb::GdbServer;
-use crate::error::{Errno, Result};
 use crate::lock;
 use crate::memory::GuestMemory;
 use crate::vcpu::Vcpu;

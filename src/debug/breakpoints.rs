@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use super::debugregs::{Condition, DebugRegisterSlot, DEBUG_REGISTERS};
+use super::debugregs::{watch_fits, Condition, DebugRegisterSlot, DEBUG_REGISTERS};
 use super::BreakType;
 use crate::error::{Errno, Result};
 
@@ -117,13 +117,7 @@ pub struct BreakpointTable {
 fn checked_length(kind: BreakType, addr: u64, len: u64) -> Result<u64> {
     match kind {
         BreakType::HardwareBreakpoint => Ok(1),
-        BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => {
-            if matches!(len, 1 | 2 | 4 | 8) && addr % len == 0 {
-                Ok(len)
-            } else {
-                Err(Errno::INVAL)
-            }
-        }
+        BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess if watch_fits(addr, len) => Ok(len),
         _ => Err(Errno::INVAL),
     }
 }
@@ -330,11 +324,9 @@ impl BreakpointTable {
             let bp = self.software[i];
             let Ok(gpa) = translate(bp.gva) else { continue };
             match bp.location {
-                Location::Patched(old) if old != gpa => {
-                    if self.arm(gpa, mem).is_ok() {
-                        self.disarm(old, mem);
-                        self.software[i].location = Location::Patched(gpa);
-                    }
+                Location::Patched(old) if old != gpa && self.arm(gpa, mem).is_ok() => {
+                    self.disarm(old, mem);
+                    self.software[i].location = Location::Patched(gpa);
                 }
                 Location::Register(n) if self.arm(gpa, mem).is_ok() => {
                     self.registers[n as usize] = None;

@@ -72,6 +72,12 @@ pub fn len_bits(len: u64) -> Option<u64> {
     }
 }
 
+/// True when a debug register can watch `len` bytes at `addr`: 1, 2, 4 or
+/// 8 bytes, aligned to the length.
+pub fn watch_fits(addr: u64, len: u64) -> bool {
+    len_bits(len).is_some() && addr % len == 0
+}
+
 /// What one debug register is programmed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DebugRegisterSlot {

@@ -10,7 +10,7 @@
 
 use std::ffi::c_int;
 
-use kvm_bindings::{kvm_debug_exit_arch, kvm_regs, kvm_sregs};
+use kvm_bindings::kvm_debug_exit_arch;
 
 use super::breakpoints::{CodeMemory, HardwareBreakpoint, Location, INT3};
 use super::decode::{decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS};
@@ -22,6 +22,7 @@ use crate::error::{Errno, Result};
 use crate::exit::{Exit, InternalError, IO_DATA_MAX};
 use crate::lock;
 use crate::vcpu::{RunnerGuard, Vcpu};
+use crate::x86;
 
 /// How an `int3` reached the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,21 +54,12 @@ enum Verdict {
 }
 
 /// The linear address of the instruction `vcpu` is at.
-fn linear_pc(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
-    let long_mode = sregs.efer & (1 << 10) != 0 && sregs.cs.l != 0;
-    if long_mode {
-        regs.rip
-    } else {
-        sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
-    }
-}
-
 pub(crate) fn current_pc(vcpu: &Vcpu) -> Result<u64> {
-    if let Some(pc) = vcpu.with_registers_at_exit(linear_pc) {
+    if let Some(pc) = vcpu.with_registers_at_exit(x86::linear_pc) {
         return Ok(pc);
     }
     let (regs, sregs) = vcpu.regs_and_sregs()?;
-    Ok(linear_pc(&regs, &sregs))
+    Ok(x86::linear_pc(&regs, &sregs))
 }
 
 /// What the run loop does after [`before_entry`].
@@ -99,10 +91,7 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     {
         // Single-stepping hlt loses the halt on emulating hosts (the step
         // is reported past it); VMX reports the halt. Do what VMX does.
-        let (mut regs, _) = vcpu.regs_and_sregs()?;
-        regs.rip = regs.rip.wrapping_add(1);
-        vcpu.state_changed();
-        vcpu.ioctl(|fd| fd.set_regs(&regs))?;
+        step_past_one_byte_instruction(vcpu)?;
         if let Some(step) = state.step_over.take() {
             finish_step_over(ctx, vcpu, step)?;
         }
@@ -111,6 +100,14 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     }
     program(ctx, vcpu, &mut state)
         .map(|()| Entry::Enter)
+}
+
+/// Moves RIP past the one-byte instruction (`hlt`, `int3`) it points at.
+fn step_past_one_byte_instruction(vcpu: &Vcpu) -> Result<()> {
+    let (mut regs, _) = vcpu.regs_and_sregs()?;
+    regs.rip = regs.rip.wrapping_add(1);
+    vcpu.state_changed();
+    vcpu.ioctl(|fd| fd.set_regs(&regs))
 }
 
 /// True when the byte at the vcpu's instruction pointer is `hlt`.
@@ -332,10 +329,7 @@ fn inject_breakpoint(vcpu: &Vcpu, shape: Int3Exit) -> Result<()> {
     if shape == Int3Exit::EmulationFailure {
         // The emulator stopped before the int3; a trap-style #BP returns
         // after it. (On VMX/SVM, KVM advances RIP by the exit's length.)
-        let (mut regs, _) = vcpu.regs_and_sregs()?;
-        regs.rip = regs.rip.wrapping_add(1);
-        vcpu.state_changed();
-        vcpu.ioctl(|fd| fd.set_regs(&regs))?;
+        step_past_one_byte_instruction(vcpu)?;
     }
     inject_exception(vcpu, BREAKPOINT_EXCEPTION as u8)
 }
@@ -361,7 +355,6 @@ fn inject_exception(vcpu: &Vcpu, vector: u8) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvm_bindings::kvm_segment;
 
     fn emulation_failure(first_bytes: &[u8]) -> InternalError {
         let mut raw = [0u8; 16];
@@ -454,16 +447,5 @@ mod tests {
         let mut requested = state;
         requested.request = state.programmed;
         assert_eq!(judge_debug_exception(&requested, &mut event, |_| None), Verdict::Report(None));
-    }
-
-    #[test]
-    fn linear_pc_adds_the_code_segment_base_outside_long_mode() {
-        let regs = kvm_regs { rip: 0xfff0, ..Default::default() };
-        let mut sregs = kvm_sregs { cs: kvm_segment { base: 0xf_0000, ..Default::default() }, ..Default::default() };
-        assert_eq!(linear_pc(&regs, &sregs), 0xf_fff0);
-        sregs.efer = 0x500;
-        sregs.cs.l = 1;
-        let regs = kvm_regs { rip: 0xffff_8000_0000_1000, ..Default::default() };
-        assert_eq!(linear_pc(&regs, &sregs), 0xffff_8000_0000_1000);
     }
 }

@@ -12,7 +12,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 pub fn single_step_skips_halts(kvm: &Kvm) -> bool {
     const HLT: [u8; 1] = [0xf4];
     let step = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
-    run_scratch(kvm, &HLT, &step, |exit| matches!(exit, VcpuExit::Debug(_))).unwrap_or(true)
+    first_exit_is_debug(kvm, &HLT, &step).unwrap_or(true)
 }
 
 /// True when a debug-register write watchpoint fires (it does not under
@@ -24,12 +24,13 @@ pub fn fires_data_breakpoints(kvm: &Kvm) -> bool {
     arch.debugreg[0] = 0x200;
     arch.debugreg[7] = 0x600 | 0b10 | (0b01 << 16); // G0, write, length 1
     let watch = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, pad: 0, arch };
-    run_scratch(kvm, &STORE, &watch, |exit| matches!(exit, VcpuExit::Debug(_))).unwrap_or(false)
+    first_exit_is_debug(kvm, &STORE, &watch).unwrap_or(false)
 }
 
 /// Runs `code` once in real mode at 0:0 in a scratch VM with `debug` set,
-/// and answers `judge` of the first exit.
-fn run_scratch(kvm: &Kvm, code: &[u8], debug: &kvm_guest_debug, judge: impl Fn(&VcpuExit) -> bool) -> Option<bool> {
+/// and tells whether the first exit is `KVM_EXIT_DEBUG`; `None` when the
+/// scratch VM could not run.
+fn first_exit_is_debug(kvm: &Kvm, code: &[u8], debug: &kvm_guest_debug) -> Option<bool> {
     let vm = kvm.create_vm().ok()?;
     // SAFETY: a fresh private anonymous page, unmapped below.
     let page = unsafe {
@@ -53,8 +54,7 @@ fn run_scratch(kvm: &Kvm, code: &[u8], debug: &kvm_guest_debug, judge: impl Fn(&
         (regs.rip, regs.rflags) = (0, 2);
         vcpu.set_regs(&regs).ok()?;
         vcpu.set_guest_debug(debug).ok()?;
-        let exit = vcpu.run().ok()?;
-        Some(judge(&exit))
+        Some(matches!(vcpu.run().ok()?, VcpuExit::Debug(_)))
     })();
     drop(vm);
     // SAFETY: the mapping made above; the VM that used it is gone.

@@ -215,12 +215,12 @@ impl Context {
     /// Whether a new watchpoint goes into a debug register (or is kept by
     /// page protection), by the method setting.
     fn watch_in_register(&self, addr: u64, len: u64) -> bool {
-        let fits = debugregs::len_bits(len).is_some() && addr % len == 0;
         match self.debugger().watch_method.get() {
             watch::WatchMethod::DebugRegisters => true,
             watch::WatchMethod::PageProtection => false,
             watch::WatchMethod::Auto => {
-                fits && self.debugger().host_fires_data_breakpoints(self.kvm())
+                debugregs::watch_fits(addr, len)
+                    && self.debugger().host_fires_data_breakpoints(self.kvm())
                     && (0..debugregs::DEBUG_REGISTERS).any(|n| self.debugger().table().register(n).is_none())
             }
         }

@@ -380,7 +380,7 @@ mod tests {
     fn legacy_32bit_walk_with_4k_and_4m_pages() {
         let mut m = Tables::default();
         let regs = PagingRegisters { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PSE, efer: 0 };
-        m.set32(0x1000 + 4 * 1, 0x2000 | RWU as u32); // PDE 1
+        m.set32(0x1000 + 4, 0x2000 | RWU as u32); // PDE 1
         m.set32(0x2000 + 4 * 3, 0x0055_5000 | RW as u32); // PTE 3
         m.set32(0x1000 + 4 * 2, (0x0080_0000 | (0x3 << 13) | RW | PAGE_SIZE_BIT) as u32); // PDE 2: 4 MiB, PSE-36
         let t = translate(&regs, &m, 0x0040_3123).unwrap();

@@ -189,7 +189,7 @@ mod tests {
         state.request.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
         state.request.arch.debugreg[0] = 0xaaa;
         state.request.arch.debugreg[2] = 0xccc;
-        state.request.arch.debugreg[7] = (2 << 0) | (2 << 4) | (1 << 24) | (3 << 26); // DR0 exec, DR2 write len 4
+        state.request.arch.debugreg[7] = 2 | (2 << 4) | (1 << 24) | (3 << 26); // DR0 exec, DR2 write len 4
         let lib = LibraryDebug { slots: [exec(0x1000), None, None, None], patches: false };
         let d = effective_debug(&state, &lib, true);
         assert_eq!(d.arch.debugreg[0], 0x1000, "the library's register wins");

@@ -11,6 +11,7 @@ use gdbstub_arch::x86::reg::{X86SegmentRegs, X87FpuInternalRegs, F80};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 use super::arch::VcpuRegisters;
+use crate::x86;
 
 /// The x87 tag word from FXSAVE's abridged form: 11 (empty) for a clear
 /// bit, 00 (valid) for a set one.
@@ -25,8 +26,7 @@ fn abridged_tag(full: u32) -> u8 {
 
 /// The base gdb's RIP is relative to: 0 in 64-bit mode, else CS base.
 fn pc_base(sregs: &kvm_sregs) -> u64 {
-    let long_mode = sregs.efer & (1 << 10) != 0 && sregs.cs.l != 0;
-    if long_mode {
+    if x86::in_64bit_mode(sregs) {
         0
     } else {
         sregs.cs.base

@@ -193,8 +193,7 @@ fn session(
 ) -> End {
     let stopper = ctx.stopper();
     stopper.set_attached(true);
-    stopper.hold_all(ctx);
-    stopper.wait_all_stopped(ctx);
+    stopper.stop_all(ctx);
 
     let conn_fd = stream.fd();
     let mut target = VmTarget::new(ctx, inserted);
@@ -205,7 +204,7 @@ fn session(
     };
     let mut pending = [0u8; 4096];
     let (mut next, mut len) = (0usize, 0usize);
-    let end = loop {
+    loop {
         let step = match gdb {
             GdbStubStateMachine::Idle(mut g) => {
                 if next == len {
@@ -228,13 +227,8 @@ fn session(
                     next += 1;
                     g.incoming_data(&mut target, pending[next - 1])
                 } else if stopper.has_events() {
-                    stopper.hold_all(ctx);
-                    stopper.wait_all_stopped(ctx);
-                    match stopper.take_event() {
-                        Some(stop) => {
-                            target.current = stop.vcpu;
-                            g.report_stop(&mut target, VmTarget::stop_reason(&stop))
-                        }
+                    match stop_for_event(ctx, &mut target) {
+                        Some(reason) => g.report_stop(&mut target, reason),
                         None => Ok(g.into()),
                     }
                 } else {
@@ -252,15 +246,10 @@ fn session(
                 }
             }
             GdbStubStateMachine::CtrlCInterrupt(g) => {
-                stopper.hold_all(ctx);
-                stopper.wait_all_stopped(ctx);
-                let reason = match stopper.take_event() {
-                    Some(stop) => {
-                        target.current = stop.vcpu;
-                        VmTarget::stop_reason(&stop)
-                    }
-                    None => MultiThreadStopReason::SignalWithThread { tid: tid_of(target.current), signal: Signal::SIGINT },
-                };
+                let reason = stop_for_event(ctx, &mut target).unwrap_or(MultiThreadStopReason::SignalWithThread {
+                    tid: tid_of(target.current),
+                    signal: Signal::SIGINT,
+                });
                 g.interrupt_handled(&mut target, Some(reason))
             }
             GdbStubStateMachine::Disconnected(g) => {
@@ -276,8 +265,16 @@ fn session(
             // session like a detach: the guest runs on.
             Err(_) => break End::Detach,
         };
-    };
-    end
+    }
+}
+
+/// Stops every vcpu and takes the oldest stop event, whose vcpu becomes
+/// the current one; `None` when no vcpu reported one.
+fn stop_for_event(ctx: &Context, target: &mut VmTarget<'_>) -> Option<MultiThreadStopReason<u64>> {
+    ctx.stopper().stop_all(ctx);
+    let stop = ctx.stopper().take_event()?;
+    target.current = stop.vcpu;
+    Some(VmTarget::stop_reason(&stop))
 }
 
 /// Reads what gdb sent; `None` when the connection closed or failed.

@@ -213,10 +213,16 @@ impl Stopper {
         }
     }
 
+    /// Stops every vcpu: returns once each is parked or outside `kvm_run`.
+    pub fn stop_all(&self, ctx: &Context) {
+        self.hold_all(ctx);
+        self.wait_all_stopped(ctx);
+    }
+
     /// Waits until every vcpu is parked or outside `kvm_run`, kicking the
     /// ones still in the guest again now and then (a vcpu may have been
     /// between two entries when first kicked).
-    pub fn wait_all_stopped(&self, ctx: &Context) {
+    fn wait_all_stopped(&self, ctx: &Context) {
         let mut events = lock(&self.events);
         loop {
             let running: Vec<&Vcpu> = ctx.vcpus().filter(|v| !v.is_stopped()).collect();

@@ -1,10 +1,30 @@
-//! x86 vcpu state dumps (`kvm_show_regs`, `kvm_dump_vcpu`).
+//! x86 vcpu state: where the instruction pointer points, and the dumps of
+//! `kvm_show_regs` and `kvm_dump_vcpu`.
 
 use std::fmt::Write;
 
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events};
 
 use crate::vcpu::Vcpu;
+
+/// EFER.LMA: long mode is active.
+const EFER_LMA: u64 = 1 << 10;
+
+/// True in 64-bit mode (long mode with a 64-bit code segment), where RIP is
+/// a linear address by itself.
+pub fn in_64bit_mode(sregs: &kvm_sregs) -> bool {
+    sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0
+}
+
+/// The linear address of the instruction at RIP: CS base + RIP, in 32 bits,
+/// outside 64-bit mode.
+pub fn linear_pc(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
+    if in_64bit_mode(sregs) {
+        regs.rip
+    } else {
+        sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+    }
+}
 
 /// Formats general registers like the 2008 `kvm_show_regs`.
 pub fn format_regs(r: &kvm_regs) -> String {
@@ -124,6 +144,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn linear_pc_adds_the_code_segment_base_outside_long_mode() {
+        let regs = kvm_regs { rip: 0xfff0, ..Default::default() };
+        let mut sregs = kvm_sregs { cs: kvm_segment { base: 0xf_0000, ..Default::default() }, ..Default::default() };
+        assert_eq!(linear_pc(&regs, &sregs), 0xf_fff0);
+        sregs.efer = 0x500;
+        sregs.cs.l = 1;
+        let regs = kvm_regs { rip: 0xffff_8000_0000_1000, ..Default::default() };
+        assert_eq!(linear_pc(&regs, &sregs), 0xffff_8000_0000_1000);
+    }
+
+
+    #[test]
     fn register_dump_names_every_register_with_its_value() {
         let regs = kvm_regs { rax: 0x1234, r15: 0xdead_beef, rip: 0x10000, rflags: 0x202, ..Default::default() };
         let text = format_regs(&regs);
@@ -134,9 +166,8 @@ mod tests {
 
     #[test]
     fn segment_dump_shows_selector_base_and_attributes() {
-        let mut sregs = kvm_sregs::default();
-        sregs.cs = kvm_segment { selector: 8, base: 0, limit: 0xffff_ffff, type_: 11, present: 1, l: 1, ..Default::default() };
-        sregs.efer = 0x501;
+        let cs = kvm_segment { selector: 8, base: 0, limit: 0xffff_ffff, type_: 11, present: 1, l: 1, ..Default::default() };
+        let sregs = kvm_sregs { cs, efer: 0x501, ..Default::default() };
         let text = format_sregs(&sregs);
         assert!(text.contains("cs 0008 (00000000/ffffffff p 1 dpl 0 db 0 s 0 type b l 1 g 0 avl 0)"));
         assert!(text.contains("efer 501"));
