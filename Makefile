@@ -5,6 +5,7 @@
 #   make c-tests      the C tests only
 #   make demo         build and run examples/hello.c
 #   make debug-demo   the same VMM waiting for gdb on 127.0.0.1:1234
+#   make bench        benchmarks against raw KVM ioctls (BENCHMARKS.md)
 #   make install      PREFIX=/usr/local: library, header, libkvm.pc
 #   make clean
 
@@ -35,7 +36,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test cargo-test c-tests check-leaks check-install demo debug-demo bench install clean FORCE
+.PHONY: all header lib test cargo-test c-tests check-leaks check-install demo debug-demo bench bench-instructions install clean FORCE
 
 all: header
 
@@ -116,7 +117,18 @@ demo: lib $(EXAMPLES_BUILD)/hello
 $(BUILD)/exit_bench: bench/exit_bench.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
 	$(CC) $(TEST_CFLAGS) -O2 -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
 
-bench: lib $(BUILD)/exit_bench $(BUILD)/gdb_vmm
+$(BUILD)/exit_instructions: bench/exit_instructions.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
+	$(CC) $(TEST_CFLAGS) -O2 -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
+
+# User-space instructions per exit, counted by callgrind (exact, unlike times).
+bench-instructions: lib $(BUILD)/exit_instructions
+	@for kind in pio mmio; do \
+	    valgrind --tool=callgrind --toggle-collect=kvm_run --callgrind-out-file=/dev/null \
+	        $(BUILD)/exit_instructions $$kind 2>&1 | \
+	        awk -v kind=$$kind '/Collected/ { printf "bench %s_exit_instructions %.0f per_exit\n", kind, $$4 / 100000 }'; \
+	done
+
+bench: lib $(BUILD)/exit_bench $(BUILD)/gdb_vmm bench-instructions
 	$(BUILD)/exit_bench
 	$(CARGO) bench --bench pagewalk --quiet
 	GDB_TEST_VMM=$(CURDIR)/$(BUILD)/gdb_vmm timeout 300 gdb -batch -nx -x bench/bench_gdb.py

@@ -251,7 +251,7 @@ impl Vcpu {
     /// copies port output data into `io_data`.
     fn take_exit(&self, run: &kvm_run, io_data: &mut [u8; IO_DATA_MAX]) -> Exit {
         let exit = exit::decode(run, self.mmap_size);
-        if let Exit::Io { direction: IoDirection::Out, payload, .. } = exit {
+        if let Exit::Io { direction: IoDirection::Out, payload, .. } = &exit {
             // SAFETY: decode checked that the payload lies inside the vcpu
             // mapping, which the caller's locked fd keeps alive.
             let src = unsafe { std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.bytes()) };
