@@ -75,7 +75,7 @@ $(BUILD)/gdb_vmm: c-tests/gdb/gdb_vmm.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) 
 $(BUILD) $(BUILD)/guests $(EXAMPLES_BUILD):
 	mkdir -p $@
 
-$(BUILD)/guests/%.o: c-tests/guests/%.S c-tests/guests/guest.inc c-tests/guests/layout.h | $(BUILD)/guests
+$(BUILD)/guests/%.o: c-tests/guests/%.S $(wildcard c-tests/guests/*.inc c-tests/guests/*.h) | $(BUILD)/guests
 	$(CC) -c -Ic-tests/guests -o $@ $<
 
 $(BUILD)/guests.a: $(GUEST_OBJS)

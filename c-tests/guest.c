@@ -8,36 +8,56 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 int test_vm_create(struct test_vm *vm, struct kvm_callbacks *callbacks, void *opaque, unsigned long mem_size,
                    int flags)
 {
-    void *mem = NULL;
+    void *ram;
     int r;
 
     memset(vm, 0, sizeof(*vm));
-    vm->kvm = kvm_init(callbacks, opaque);
-    if (!vm->kvm)
+    ram = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (ram == MAP_FAILED)
         return -errno;
+    vm->mem = ram;
+    vm->mem_size = mem_size;
+    vm->kvm = kvm_init(callbacks, opaque);
+    if (!vm->kvm) {
+        r = -errno;
+        goto fail;
+    }
     if (!(flags & TEST_VM_IRQCHIP)) {
         kvm_disable_irqchip_creation(vm->kvm);
         kvm_disable_pit_creation(vm->kvm);
     }
-    r = kvm_create(vm->kvm, mem_size, &mem);
-    if (r < 0) {
-        kvm_finalize(vm->kvm);
-        vm->kvm = NULL;
-        return r;
-    }
-    vm->mem = mem;
-    vm->mem_size = mem_size;
+    /* The 2008 pattern: kvm_create makes the VM and leaves the VMM's RAM
+     * pointer alone; the VMM registers its RAM around the VGA window and
+     * creates vcpu 0. */
+    r = kvm_create(vm->kvm, mem_size, &ram);
+    if (r == 0 && ram != vm->mem)
+        r = -EINVAL;
+    if (r == 0)
+        r = kvm_register_userspace_phys_mem(vm->kvm, 0, vm->mem, mem_size < VGA_START ? mem_size : VGA_START, 0);
+    if (r == 0 && mem_size > VGA_END)
+        r = kvm_register_userspace_phys_mem(vm->kvm, VGA_END, vm->mem + VGA_END, mem_size - VGA_END, 0);
+    if (r == 0)
+        r = kvm_create_vcpu(vm->kvm, 0);
+    if (r < 0)
+        goto fail;
     return 0;
+fail:
+    test_vm_destroy(vm);
+    return r;
 }
 
 void test_vm_destroy(struct test_vm *vm)
 {
-    kvm_finalize(vm->kvm);
+    if (vm->kvm)
+        kvm_finalize(vm->kvm);
+    if (vm->mem)
+        munmap(vm->mem, vm->mem_size);
     memset(vm, 0, sizeof(*vm));
 }
 
@@ -203,6 +223,19 @@ uint64_t test_checksum(const uint8_t *p, size_t n)
     for (i = 0; i < n; i++)
         h = (h ^ p[i]) * 1099511628211ULL;
     return h;
+}
+
+int test_host_extension(int cap)
+{
+    int kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC), r;
+
+    if (kvm_fd < 0)
+        return -errno;
+    r = ioctl(kvm_fd, KVM_CHECK_EXTENSION, cap);
+    if (r < 0)
+        r = -errno;
+    close(kvm_fd);
+    return r;
 }
 
 int test_count_fds(void)

@@ -18,6 +18,10 @@
 #include "libkvm.h"
 #include "guests/layout.h"
 
+/* The legacy VGA window that test VMs leave unbacked, for MMIO. */
+#define VGA_START 0xa0000UL
+#define VGA_END 0xc0000UL
+
 /* A context with RAM and vcpu 0. */
 struct test_vm {
     kvm_context_t kvm;
@@ -30,13 +34,15 @@ enum {
     TEST_VM_IRQCHIP = 1, /* keep the in-kernel irqchip and PIT (hlt then blocks) */
 };
 
-/* kvm_init + kvm_create with `mem_size` bytes of RAM. Without
- * TEST_VM_IRQCHIP the irqchip and PIT are disabled so `hlt` exits.
- * Returns 0 or a negative errno. */
+/* kvm_init + kvm_create, then, as qemu-kvm of 2008 did, `mem_size` bytes
+ * of the test's own RAM registered at 0 around the VGA window
+ * (0xa0000-0xbffff stays MMIO), and vcpu 0. Without TEST_VM_IRQCHIP the
+ * irqchip and PIT are disabled so `hlt` exits. Returns 0 or a negative
+ * errno. */
 int test_vm_create(struct test_vm *vm, struct kvm_callbacks *callbacks, void *opaque, unsigned long mem_size,
                    int flags);
 
-/* kvm_finalize. */
+/* kvm_finalize, and unmaps the RAM. */
 void test_vm_destroy(struct test_vm *vm);
 
 /* Copies [start, end) to guest-physical `gpa`. */
@@ -68,6 +74,10 @@ int test_stop_on_halt(void *opaque, int vcpu);
 
 /* A 64-bit FNV-1a hash of `n` bytes, to compare memory before and after. */
 uint64_t test_checksum(const uint8_t *p, size_t n);
+
+/* KVM_CHECK_EXTENSION straight on /dev/kvm (kvm_check_extension says only
+ * 1 or 0, as in 2008); negative errno on failure. */
+int test_host_extension(int cap);
 
 /* Number of open file descriptors of this process. */
 int test_count_fds(void);

@@ -1,5 +1,5 @@
 /*
- * Guest memory: the kvm_create layout, phys mem inside and outside it,
+ * Guest memory: the VMM's RAM around the VGA window, new phys mem,
  * read-only RAM, destroying RAM, holes, caller-owned RAM, aliases, dirty
  * logging and memory maps, each observed by a real guest access.
  */
@@ -92,7 +92,7 @@ static uint64_t guest_load(struct memory_vm *m, uint64_t addr)
 
 static const uint64_t MMIO_PATTERN = 0x5555555555555555ULL;
 
-static void kvm_create_leaves_the_vga_hole_and_shadows_the_bios(void)
+static void the_vmms_ram_around_the_vga_window_is_the_guests(void)
 {
     struct memory_vm m;
 
@@ -104,31 +104,49 @@ static void kvm_create_leaves_the_vga_hole_and_shadows_the_bios(void)
     CHECK_EQ(kvm_is_intersecting_mem(m.vm.kvm, 0xc0000), 1);
     CHECK_EQ(kvm_is_intersecting_mem(m.vm.kvm, RAM - 1), 1);
     CHECK_EQ(kvm_is_intersecting_mem(m.vm.kvm, RAM), 0);
-    CHECK_EQ(kvm_is_intersecting_mem(m.vm.kvm, 0xffff0000), 1);
+    CHECK_EQ(kvm_is_intersecting_mem(m.vm.kvm, 0xffff0000), 0); /* no BIOS shadow of the library's */
     CHECK_EQ(kvm_is_allocated_mem(m.vm.kvm, 0, 0xa0000), 1);
     CHECK_EQ(kvm_is_allocated_mem(m.vm.kvm, 0xc0000, RAM - 0xc0000), 1);
     CHECK_EQ(kvm_is_allocated_mem(m.vm.kvm, 0, RAM), 0);
-    /* One contiguous mapping: the host writes at ram + gpa, the guest reads it. */
+    /* The VMM's own mapping: the host writes at ram + gpa, the guest reads it. */
     memcpy(m.vm.mem + 0x300000, "\x11\x22\x33\x44\x55\x66\x77\x88", 8);
     CHECK_EQ(guest_load(&m, 0x300000), 0x8877665544332211ULL);
     CHECK_EQ(guest_load(&m, 0xa0000), MMIO_PATTERN);
     test_vm_destroy(&m.vm);
 }
 
-static void create_phys_mem_inside_the_ram_returns_its_host_address(void)
+static void create_phys_mem_over_a_range_no_slot_backs_registers_fresh_ram(void)
 {
     struct memory_vm m;
+    uint8_t *first, *again, *in_hole;
 
     REQUIRE(memory_vm_create(&m) == 0);
-    CHECK(kvm_create_phys_mem(m.vm.kvm, 0, RAM, 0, 1) == m.vm.mem);
-    CHECK(kvm_create_phys_mem(m.vm.kvm, 0x100000, 0x1000, 0, 1) == m.vm.mem + 0x100000);
-    /* Asking for the whole RAM, as 2008 programs did, leaves VGA as MMIO. */
-    CHECK_EQ(kvm_is_intersecting_mem(m.vm.kvm, 0xa0000), 0);
-    CHECK_EQ(guest_load(&m, 0xa0000), MMIO_PATTERN);
-    /* The window can be backed from the same mapping explicitly. */
-    CHECK_EQ(kvm_register_userspace_phys_mem(m.vm.kvm, 0xa0000, m.vm.mem + 0xa0000, 0x20000, 0), 0);
-    m.vm.mem[0xa0000] = 0x7f;
-    CHECK_EQ(guest_load(&m, 0xa0000) & 0xff, 0x7f);
+    /* RAM destroyed, then created again: registered, and zeroed. */
+    first = kvm_create_phys_mem(m.vm.kvm, 0x1000000, 0x4000, 0, 1);
+    REQUIRE(first != NULL);
+    first[0x1000] = 0x5a;
+    kvm_destroy_phys_mem(m.vm.kvm, 0x1000000, 0x4000);
+    again = kvm_create_phys_mem(m.vm.kvm, 0x1000000, 0x4000, 0, 1);
+    REQUIRE(again != NULL);
+    CHECK_EQ(kvm_is_allocated_mem(m.vm.kvm, 0x1000000, 0x4000), 1);
+    CHECK_EQ(again[0x1000], 0);
+    CHECK_EQ(guest_store(&m, 0x1001000, 0x77), 1);
+    CHECK_EQ(again[0x1000], 0x77);
+    /* Part of it destroyed, then created again inside the rest's old mapping. */
+    kvm_destroy_phys_mem(m.vm.kvm, 0x1001000, 0x1000);
+    in_hole = kvm_create_phys_mem(m.vm.kvm, 0x1001000, 0x1000, 0, 1);
+    REQUIRE(in_hole != NULL);
+    CHECK(in_hole != again + 0x1000);
+    CHECK_EQ(in_hole[0], 0);
+    CHECK_EQ(guest_store(&m, 0x1001000, 0x99), 1);
+    CHECK_EQ(in_hole[0], 0x99);
+    /* A memory hole in the VMM's RAM, filled with new RAM. */
+    CHECK_EQ(kvm_create_mem_hole(m.vm.kvm, 0x200000, 0x1000), 0);
+    in_hole = kvm_create_phys_mem(m.vm.kvm, 0x200000, 0x1000, 0, 1);
+    REQUIRE(in_hole != NULL);
+    CHECK_EQ(guest_store(&m, 0x200008, 0x1234), 1);
+    CHECK_EQ(*(uint64_t *)(in_hole + 8), 0x1234);
+    CHECK_EQ(m.log.reads + m.log.writes, 0);
     test_vm_destroy(&m.vm);
 }
 
@@ -321,8 +339,8 @@ static void mem_map_marks_every_page_of_a_slot_backed(void)
 int main(void)
 {
     check_set_timeout(120);
-    RUN(kvm_create_leaves_the_vga_hole_and_shadows_the_bios);
-    RUN(create_phys_mem_inside_the_ram_returns_its_host_address);
+    RUN(the_vmms_ram_around_the_vga_window_is_the_guests);
+    RUN(create_phys_mem_over_a_range_no_slot_backs_registers_fresh_ram);
     RUN(new_phys_mem_is_ram_shared_with_the_host);
     RUN(read_only_phys_mem_turns_guest_stores_into_mmio);
     RUN(destroyed_phys_mem_becomes_mmio);

@@ -134,7 +134,7 @@ static void vcpu_indices_are_checked(void)
 
     memset(&cb, 0, sizeof(cb));
     REQUIRE(test_vm_create(&vm, &cb, NULL, RAM, 0) == 0);
-    max = kvm_check_extension(vm.kvm, KVM_CAP_MAX_VCPUS);
+    max = test_host_extension(KVM_CAP_MAX_VCPUS);
     REQUIRE(max > 1);
     CHECK_EQ(kvm_create_vcpu(vm.kvm, 0), -EEXIST);
     CHECK_EQ(kvm_create_vcpu(vm.kvm, -1), -EINVAL);

@@ -1,7 +1,7 @@
 /*
  * The demo guest: a 64 KiB real-mode "BIOS" loaded at guest-physical
  * 0xF0000 the way 2008 guests were. The vcpu starts at the reset vector
- * (0xFFFF0, seen through the shadow at 0xFFFFFFF0), jumps to `start`,
+ * (0xf000:0xfff0, CS based at 0xF0000 as on a 2008 kernel), jumps to `start`,
  * writes a greeting to port 0xE9 one byte at a time and halts.
  */
     .code16

@@ -1,10 +1,12 @@
 /*
  * hello: the smallest VMM written against the 2008 libkvm API.
  *
- * It creates a VM with 2 MiB of RAM, copies a real-mode BIOS to 0xF0000
- * (where 2008-era guests lived), and runs vcpu 0 from the reset vector.
+ * It creates a VM, gives it 2 MiB of RAM and vcpu 0, copies a real-mode
+ * BIOS to 0xF0000 (where 2008-era guests lived), and runs the vcpu from
+ * the reset vector (0xf000:0xfff0).
  * The guest writes a greeting to port 0xE9, which outb() prints, and halts.
  */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,6 +53,13 @@ int main(void)
     r = kvm_create(kvm, RAM_SIZE, &ram);
     if (r < 0) {
         fprintf(stderr, "kvm_create: %s\n", strerror(-r));
+        kvm_finalize(kvm);
+        return 1;
+    }
+    /* As kvmctl did: the RAM, then vcpu 0. */
+    ram = kvm_create_phys_mem(kvm, 0, RAM_SIZE, 0, 1);
+    if (!ram || (r = kvm_create_vcpu(kvm, 0)) < 0) {
+        fprintf(stderr, "creating RAM and vcpu 0: %s\n", strerror(ram ? -r : errno));
         kvm_finalize(kvm);
         return 1;
     }

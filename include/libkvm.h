@@ -217,27 +217,33 @@ void kvm_disable_irqchip_creation(kvm_context_t kvm);
 // Makes `kvm_create` skip the in-kernel PIT.
 void kvm_disable_pit_creation(kvm_context_t kvm);
 
-// Creates the VM with `phys_mem_bytes` of RAM as one host mapping, stored
-// in `*phys_mem` (host address of guest-physical 0). RAM is registered at
-// 0..0xA0000 and 0xC0000..end (0xA0000-0xBFFFF stays MMIO for VGA); when
-// it covers the BIOS at 0xF0000-0xFFFFF, that 64 KiB also appears at
-// 0xFFFF0000 so the reset vector runs a BIOS loaded the 2008 way. Also
-// sets the TSS address, creates the irqchip and PIT unless disabled (the
-// PIT needs the irqchip), and vcpu 0. `-EEXIST` if the VM exists.
+// Creates the VM as the 2008 library did on kernels with user memory: the
+// VM fd, the TSS address, the in-kernel irqchip and then the PIT unless
+// disabled (the PIT needs the irqchip), and coalesced MMIO where the host
+// has it. It allocates no RAM and creates no vcpu: the VMM registers its
+// RAM (`kvm_register_userspace_phys_mem`, `kvm_create_phys_mem`) and
+// creates vcpu 0 with `kvm_create_vcpu`. `phys_mem_bytes` and `phys_mem`
+// are not used (`*phys_mem` is left untouched; NULL is fine). With
+// `LIBKVM_GDB=<address>` in the environment it also starts the GDB stub
+// and holds every vcpu until gdb lets it run. `-EEXIST` if the VM exists.
 int kvm_create(kvm_context_t kvm, unsigned long phys_mem_bytes, void **phys_mem);
 
 // Creates only the VM fd (no memory, no vcpu).
 int kvm_create_vm(kvm_context_t kvm);
 
-// `KVM_CHECK_EXTENSION` on `/dev/kvm`: 0 when absent, else positive.
+// 1 when the host has extension `ext` (`KVM_CHECK_EXTENSION` on
+// `/dev/kvm` is positive), else 0, as in 2008.
 int kvm_check_extension(kvm_context_t kvm, int ext);
 
 // Creates the in-kernel PIC, IOAPIC and LAPICs where the host has them.
 // Call after `kvm_create_vm` and before creating vcpus.
 void kvm_create_irqchip(kvm_context_t kvm);
 
-// Creates vcpu `slot` (0 up to the host's `KVM_CAP_MAX_VCPUS` - 1) and maps
-// its `kvm_run`. `-EEXIST` when it exists.
+// Creates vcpu `slot` (0 up to the host's `KVM_CAP_MAX_VCPUS` - 1; vcpu 0
+// too, `kvm_create` makes none) and maps its `kvm_run`. The vcpu starts
+// in the reset state of a 2008 kernel: real mode, CS selector 0xf000 with
+// base 0xf0000, IP 0xfff0, so a BIOS loaded at 0xf0000 runs from the
+// reset vector. `-EEXIST` when it exists.
 int kvm_create_vcpu(kvm_context_t kvm, int slot);
 
 // Runs `vcpu` in the calling thread, dispatching every exit to the
@@ -254,9 +260,21 @@ int kvm_dump_vcpu(kvm_context_t kvm, int vcpu);
 // Prints the general and segment registers of `vcpu` to stderr.
 void kvm_show_regs(kvm_context_t kvm, int vcpu);
 
-// Sets input `irq` of the in-kernel irqchip to `level` (`KVM_IRQ_LINE`).
-// `-ENXIO` without an in-kernel irqchip.
+// Sets input `irq` of the in-kernel irqchip to `level` (`KVM_IRQ_LINE`)
+// and returns 1; returns 0 when there is no in-kernel irqchip (the VMM
+// then drives its own interrupt controller), as in 2008.
 int kvm_set_irq_level(kvm_context_t kvm, int irq, int level);
+
+// Registers the guest-physical range `[addr, addr + size)` as a coalesced
+// MMIO zone: guest writes there do not exit but are queued, and `kvm_run`
+// hands them to `mmio_write` in order after the next return from the
+// guest, before it handles that exit. `-ENOSYS` where the host lacks
+// `KVM_CAP_COALESCED_MMIO`.
+int kvm_register_coalesced_mmio(kvm_context_t kvm, uint64_t addr, uint32_t size);
+
+// Removes a coalesced MMIO zone registered with the same `addr` and `size`.
+// `-ENOSYS` where the host lacks `KVM_CAP_COALESCED_MMIO`.
+int kvm_unregister_coalesced_mmio(kvm_context_t kvm, uint64_t addr, uint32_t size);
 
 // 1 when the in-kernel irqchip was created, else 0.
 int kvm_irqchip_in_kernel(kvm_context_t kvm);
@@ -347,7 +365,7 @@ int kvm_is_ready_for_interrupt_injection(kvm_context_t kvm, int vcpu);
 void kvm_set_cr8(kvm_context_t kvm, int vcpu, uint64_t cr8);
 
 // CR8 at the last exit of `vcpu`; 0 with `errno` on error.
-uint64_t kvm_get_cr8(kvm_context_t kvm, int vcpu);
+__u64 kvm_get_cr8(kvm_context_t kvm, int vcpu);
 
 // Sets the signal mask `vcpu`'s thread has while the guest runs
 // (`KVM_SET_SIGNAL_MASK`); NULL removes it. The signal libkvm reserves to
@@ -530,3 +548,19 @@ int kvm_gdbstub_stop(kvm_context_t kvm);
 #endif  // __cplusplus
 
 #endif  /* LIBKVM_H */
+
+#ifndef LIBKVM_H_INLINES
+#define LIBKVM_H_INLINES
+/*
+ * Puts `vcpu` back in the MP state it had before it first ran
+ * (KVM_MP_STATE_UNINITIALIZED): an application processor then waits for
+ * INIT and SIPI again. A static inline function, as in the 2008 header.
+ */
+static inline int kvm_reset_mpstate(kvm_context_t kvm, int vcpu)
+{
+    struct kvm_mp_state mp_state;
+
+    mp_state.mp_state = KVM_MP_STATE_UNINITIALIZED;
+    return kvm_set_mpstate(kvm, vcpu, &mp_state);
+}
+#endif  /* LIBKVM_H_INLINES */

@@ -8,7 +8,8 @@ use crate::debug;
 use crate::debug::exits::Entry;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, IoDirection, IO_DATA_MAX};
-use crate::gdb::stopper::{Checkpoint, KvmRunThread};
+use crate::gdb::stopper::Checkpoint;
+use crate::vcpu::kick::KvmRunThread;
 use crate::vcpu::{RunnerGuard, Vcpu};
 use crate::x86;
 
@@ -49,10 +50,12 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
     }
     let exit = vcpu.enter(runner, request_window, io_data);
     callbacks.post_kvm_run(index);
+    ctx.deliver_coalesced_mmio(vcpu);
     match exit {
         Ok(exit) => handle_exit(ctx, vcpu, runner, exit, io_data),
-        // A kick from the debugger is not the VMM's business: park instead.
-        Err(Errno(libc::EINTR | libc::EAGAIN)) if vcpu.is_held() => 0,
+        // A kick from the library is not the VMM's business: go round again
+        // (and park there if a debugger holds the vcpu).
+        Err(Errno(libc::EINTR | libc::EAGAIN)) if vcpu.take_kick() || vcpu.is_held() => 0,
         Err(Errno(libc::EINTR | libc::EAGAIN)) => callbacks.io_window(),
         Err(e) => {
             eprintln!("kvm_run: vcpu {index}: KVM_RUN failed: {e}");

@@ -4,7 +4,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_int, c_ulong, c_void};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kvm::callbacks::kvm_callbacks;
@@ -96,9 +96,14 @@ impl Vm {
             let kvm = kvm_init(&mut callbacks, &*budget as *const Budget as *mut c_void);
             assert!(!kvm.is_null());
             kvm_disable_irqchip_creation(kvm);
-            let mut ram: *mut c_void = std::ptr::null_mut();
-            assert_eq!(kvm_create(kvm, RAM as _, &mut ram), 0);
-            let ram = ram.cast::<u8>();
+            // The 2008 pattern: the VMM's RAM around the VGA window (MMIO), then vcpu 0.
+            let mut ram = vec![0u8; RAM as usize + 4096].leak().as_mut_ptr();
+            ram = ram.add(ram.align_offset(4096));
+            let mut phys_ram_base = ram.cast::<c_void>();
+            assert_eq!(kvm_create(kvm, RAM as _, &mut phys_ram_base), 0);
+            assert_eq!(kvm_register_userspace_phys_mem(kvm, 0, ram.cast(), 0xa0000, 0), 0);
+            assert_eq!(kvm_register_userspace_phys_mem(kvm, 0xc0000, ram.add(0xc0000).cast(), RAM as c_ulong - 0xc0000, 0), 0);
+            assert_eq!(kvm_create_vcpu(kvm, 0), 0);
             let put = |gpa: u64, value: u64| std::ptr::write_unaligned(ram.add(gpa as usize).cast::<u64>(), value);
             put(0x1000, 0x2000 | 3);
             put(0x2000, 0x3000 | 3);

@@ -3,7 +3,6 @@
 //! the context keeps working, even when the panic struck with a vcpu's
 //! lock held. Needs `--features test-hooks`.
 
-use std::ffi::c_void;
 
 use kvm::callbacks::kvm_callbacks;
 use kvm::capi::test_hooks::{panic_at, HookPoint};
@@ -19,9 +18,12 @@ fn context() -> kvm_context_t {
     // SAFETY: a valid callback table.
     let kvm = unsafe { kvm_init(&mut callbacks, std::ptr::null_mut()) };
     assert!(!kvm.is_null());
-    let mut ram: *mut c_void = std::ptr::null_mut();
-    // SAFETY: a live context and a valid out pointer.
-    assert_eq!(unsafe { kvm_create(kvm, 1 << 20, &mut ram) }, 0);
+    // SAFETY: a live context; kvm_create does not use its RAM arguments.
+    unsafe {
+        assert_eq!(kvm_create(kvm, 1 << 20, std::ptr::null_mut()), 0);
+        assert!(!kvm_create_phys_mem(kvm, 0, 1 << 20, 0, 1).is_null());
+        assert_eq!(kvm_create_vcpu(kvm, 0), 0);
+    }
     kvm
 }
 

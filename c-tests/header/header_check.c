@@ -55,7 +55,7 @@ static void check_prototypes(void)
     PROTOTYPE(int, kvm_set_shadow_pages, (kvm_context_t, unsigned int));
     PROTOTYPE(int, kvm_get_shadow_pages, (kvm_context_t, unsigned int *));
     PROTOTYPE(void, kvm_set_cr8, (kvm_context_t, int, uint64_t));
-    PROTOTYPE(uint64_t, kvm_get_cr8, (kvm_context_t, int));
+    PROTOTYPE(__u64, kvm_get_cr8, (kvm_context_t, int));
     PROTOTYPE(int, kvm_set_signal_mask, (kvm_context_t, int, const sigset_t *));
     PROTOTYPE(int, kvm_dump_vcpu, (kvm_context_t, int));
     PROTOTYPE(void, kvm_show_regs, (kvm_context_t, int));
@@ -85,6 +85,10 @@ static void check_prototypes(void)
     PROTOTYPE(int, kvm_enable_tpr_access_reporting, (kvm_context_t, int));
     PROTOTYPE(int, kvm_disable_tpr_access_reporting, (kvm_context_t, int));
     PROTOTYPE(int, kvm_enable_vapic, (kvm_context_t, int, uint64_t));
+    PROTOTYPE(int, kvm_register_coalesced_mmio, (kvm_context_t, uint64_t, uint32_t));
+    PROTOTYPE(int, kvm_unregister_coalesced_mmio, (kvm_context_t, uint64_t, uint32_t));
+    /* A static inline function of the header, as in 2008. */
+    PROTOTYPE(int, kvm_reset_mpstate, (kvm_context_t, int));
 }
 
 static void callbacks_keep_the_2008_field_order(void)

@@ -237,9 +237,14 @@ pub unsafe extern "C" fn kvm_set_cr8(kvm: kvm_context_t, vcpu: c_int, cr8: u64) 
     })
 }
 
+/// The kernel's 64-bit unsigned type from `<linux/types.h>`, which the 2008
+/// header used for `kvm_get_cr8` (not exported: the system header has it).
+#[allow(non_camel_case_types)]
+pub type __u64 = u64;
+
 /// CR8 at the last exit of `vcpu`; 0 with `errno` on error.
 #[no_mangle]
-pub unsafe extern "C" fn kvm_get_cr8(kvm: kvm_context_t, vcpu: c_int) -> u64 {
+pub unsafe extern "C" fn kvm_get_cr8(kvm: kvm_context_t, vcpu: c_int) -> __u64 {
     value_result(0, || {
         // SAFETY: C passes a context from kvm_init or NULL.
         let (_, vcpu) = unsafe { checked_vcpu(kvm, vcpu) }?;
@@ -257,7 +262,7 @@ pub unsafe extern "C" fn kvm_set_signal_mask(kvm: kvm_context_t, vcpu: c_int, si
         let ((_, vcpu), mask) = unsafe { (checked_vcpu(kvm, vcpu)?, sigset.as_ref()) };
         let mask = mask.map(|m| {
             let mut m = *m;
-            crate::gdb::stopper::keep_kick_unblocked(&mut m);
+            crate::vcpu::kick::keep_kick_unblocked(&mut m);
             m
         });
         vcpu.with_fd(|fd| sys::set_signal_mask(fd, mask.as_ref()))

@@ -47,21 +47,20 @@ pub unsafe extern "C" fn kvm_disable_pit_creation(kvm: kvm_context_t) {
     void_result(|| unsafe { checked_context(kvm) }.map(Context::disable_pit_creation))
 }
 
-/// Creates the VM with `phys_mem_bytes` of RAM as one host mapping, stored
-/// in `*phys_mem` (host address of guest-physical 0). RAM is registered at
-/// 0..0xA0000 and 0xC0000..end (0xA0000-0xBFFFF stays MMIO for VGA); when
-/// it covers the BIOS at 0xF0000-0xFFFFF, that 64 KiB also appears at
-/// 0xFFFF0000 so the reset vector runs a BIOS loaded the 2008 way. Also
-/// sets the TSS address, creates the irqchip and PIT unless disabled (the
-/// PIT needs the irqchip), and vcpu 0. `-EEXIST` if the VM exists.
+/// Creates the VM as the 2008 library did on kernels with user memory: the
+/// VM fd, the TSS address, the in-kernel irqchip and then the PIT unless
+/// disabled (the PIT needs the irqchip), and coalesced MMIO where the host
+/// has it. It allocates no RAM and creates no vcpu: the VMM registers its
+/// RAM (`kvm_register_userspace_phys_mem`, `kvm_create_phys_mem`) and
+/// creates vcpu 0 with `kvm_create_vcpu`. `phys_mem_bytes` and `phys_mem`
+/// are not used (`*phys_mem` is left untouched; NULL is fine). With
+/// `LIBKVM_GDB=<address>` in the environment it also starts the GDB stub
+/// and holds every vcpu until gdb lets it run. `-EEXIST` if the VM exists.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_create(kvm: kvm_context_t, phys_mem_bytes: c_ulong, phys_mem: *mut *mut c_void) -> c_int {
-    status_result(|| {
-        // SAFETY: C passes a context from kvm_init and a writable pointer.
-        let (ctx, out) = unsafe { (checked_context(kvm)?, checked_mut(phys_mem)?) };
-        *out = ctx.create(phys_mem_bytes)?.cast();
-        Ok(())
-    })
+    let _unused = (phys_mem_bytes, phys_mem);
+    // SAFETY: C passes a context from kvm_init or NULL.
+    status_result(|| unsafe { checked_context(kvm) }?.create())
 }
 
 /// Creates only the VM fd (no memory, no vcpu).
@@ -71,13 +70,15 @@ pub unsafe extern "C" fn kvm_create_vm(kvm: kvm_context_t) -> c_int {
     status_result(|| unsafe { checked_context(kvm) }?.create_vm().map(drop))
 }
 
-/// `KVM_CHECK_EXTENSION` on `/dev/kvm`: 0 when absent, else positive.
+/// 1 when the host has extension `ext` (`KVM_CHECK_EXTENSION` on
+/// `/dev/kvm` is positive), else 0, as in 2008.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_check_extension(kvm: kvm_context_t, ext: c_int) -> c_int {
     int_result(|| {
         // SAFETY: C passes a context from kvm_init or NULL.
         let ctx = unsafe { checked_context(kvm) }?;
-        Ok(ctx.check_extension(u32::try_from(ext).map_err(|_| Errno::INVAL)?))
+        let Ok(ext) = u32::try_from(ext) else { return Ok(0) };
+        Ok((ctx.check_extension(ext) > 0).into())
     })
 }
 
@@ -89,8 +90,11 @@ pub unsafe extern "C" fn kvm_create_irqchip(kvm: kvm_context_t) {
     void_result(|| unsafe { checked_context(kvm) }?.create_irqchip())
 }
 
-/// Creates vcpu `slot` (0 up to the host's `KVM_CAP_MAX_VCPUS` - 1) and maps
-/// its `kvm_run`. `-EEXIST` when it exists.
+/// Creates vcpu `slot` (0 up to the host's `KVM_CAP_MAX_VCPUS` - 1; vcpu 0
+/// too, `kvm_create` makes none) and maps its `kvm_run`. The vcpu starts
+/// in the reset state of a 2008 kernel: real mode, CS selector 0xf000 with
+/// base 0xf0000, IP 0xfff0, so a BIOS loaded at 0xf0000 runs from the
+/// reset vector. `-EEXIST` when it exists.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_create_vcpu(kvm: kvm_context_t, slot: c_int) -> c_int {
     status_result(|| {
@@ -137,15 +141,36 @@ pub unsafe extern "C" fn kvm_show_regs(kvm: kvm_context_t, vcpu: c_int) {
     })
 }
 
-/// Sets input `irq` of the in-kernel irqchip to `level` (`KVM_IRQ_LINE`).
-/// `-ENXIO` without an in-kernel irqchip.
+/// Sets input `irq` of the in-kernel irqchip to `level` (`KVM_IRQ_LINE`)
+/// and returns 1; returns 0 when there is no in-kernel irqchip (the VMM
+/// then drives its own interrupt controller), as in 2008.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_irq_level(kvm: kvm_context_t, irq: c_int, level: c_int) -> c_int {
-    status_result(|| {
+    int_result(|| {
         // SAFETY: C passes a context from kvm_init or NULL.
         let ctx = unsafe { checked_context(kvm) }?;
-        ctx.set_irq_level(u32::try_from(irq).map_err(|_| Errno::INVAL)?, level != 0)
+        let went_to_kernel = ctx.set_irq_level(u32::try_from(irq).map_err(|_| Errno::INVAL)?, level != 0)?;
+        Ok(went_to_kernel.into())
     })
+}
+
+/// Registers the guest-physical range `[addr, addr + size)` as a coalesced
+/// MMIO zone: guest writes there do not exit but are queued, and `kvm_run`
+/// hands them to `mmio_write` in order after the next return from the
+/// guest, before it handles that exit. `-ENOSYS` where the host lacks
+/// `KVM_CAP_COALESCED_MMIO`.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_register_coalesced_mmio(kvm: kvm_context_t, addr: u64, size: u32) -> c_int {
+    // SAFETY: C passes a context from kvm_init or NULL.
+    status_result(|| unsafe { checked_context(kvm) }?.register_coalesced_mmio(addr, size))
+}
+
+/// Removes a coalesced MMIO zone registered with the same `addr` and `size`.
+/// `-ENOSYS` where the host lacks `KVM_CAP_COALESCED_MMIO`.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_unregister_coalesced_mmio(kvm: kvm_context_t, addr: u64, size: u32) -> c_int {
+    // SAFETY: C passes a context from kvm_init or NULL.
+    status_result(|| unsafe { checked_context(kvm) }?.unregister_coalesced_mmio(addr, size))
 }
 
 /// 1 when the in-kernel irqchip was created, else 0.

@@ -1,7 +1,12 @@
 //! One VM: the `/dev/kvm` fd, the VM fd, its vcpus, memory and callbacks.
 
+mod coalesced;
+mod live_slots;
 mod ram;
 mod vm;
+
+pub use coalesced::CoalescedMmio;
+pub(crate) use live_slots::LiveSlots;
 
 pub use ram::bitmap_bytes;
 
@@ -9,7 +14,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+use kvm_bindings::{KVM_CAP_COALESCED_MMIO, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::callbacks::{kvm_callbacks, Callbacks};
@@ -28,6 +33,22 @@ const KVM_API_VERSION: i32 = 12;
 /// below the BIOS, as qemu-kvm did.
 pub(crate) const TSS_ADDRESS: u64 = 0xfffb_d000;
 
+/// The code segment base a vcpu of a 2008 kernel started with: the reset
+/// vector at 0xf000:0xfff0 ran the BIOS loaded at 0xf0000 (today's kernels
+/// use base 0xffff0000, the top of the 4 GiB space, instead).
+const RESET_CS_BASE_2008: u64 = 0xf_0000;
+
+/// Gives a new vcpu the reset state of a 2008 kernel: real mode at
+/// 0xf000:0xfff0 with CS based at 0xf0000.
+fn reset_like_2008(fd: &kvm_ioctls::VcpuFd) -> Result<()> {
+    let mut sregs = fd.get_sregs().map_err(Errno::from)?;
+    if sregs.cs.selector == 0xf000 && sregs.cr0 & 1 == 0 {
+        sregs.cs.base = RESET_CS_BASE_2008;
+        fd.set_sregs(&sregs).map_err(Errno::from)?;
+    }
+    Ok(())
+}
+
 /// A VM and everything the library keeps for it.
 pub struct Context {
     kvm: Kvm,
@@ -44,6 +65,7 @@ pub struct Context {
     pub(crate) debugger: Debugger,
     stopper: Stopper,
     pub(crate) gdb_server: Mutex<Option<GdbServer>>,
+    coalesced_mmio: CoalescedMmio,
 }
 
 impl Drop for Context {
@@ -63,6 +85,7 @@ impl Context {
         let max_vcpus = kvm.get_max_vcpus();
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
         let debugger = Debugger::new(|cap| kvm.check_extension_raw(libc::c_ulong::from(cap)));
+        let coalesced_mmio = CoalescedMmio::new(kvm.check_extension_raw(libc::c_ulong::from(KVM_CAP_COALESCED_MMIO)) > 0);
         Ok(Context {
             kvm,
             callbacks: Callbacks::new(callbacks, opaque),
@@ -77,6 +100,7 @@ impl Context {
             debugger,
             stopper: Stopper::new()?,
             gdb_server: Mutex::new(None),
+            coalesced_mmio,
         })
     }
 
@@ -144,14 +168,14 @@ impl Context {
         Ok(self.vm.get_or_init(|| vm))
     }
 
-    /// `kvm_create`: the VM, its TSS, RAM of `phys_mem_bytes` as one host
-    /// mapping, the irqchip and PIT unless disabled, and vcpu 0. Returns the
-    /// host address of guest-physical 0.
-    pub fn create(&self, phys_mem_bytes: u64) -> Result<*mut u8> {
+    /// `kvm_create`, as the 2008 library did on every kernel with user
+    /// memory: the VM, its TSS, the irqchip and then the PIT unless
+    /// disabled, and coalesced MMIO where the host has it. No RAM (the VMM
+    /// registers its own) and no vcpu (the VMM creates vcpu 0).
+    pub fn create(&self) -> Result<()> {
         let _setup = lock(&self.setup);
         let vm = self.create_vm_locked()?;
         vm.set_tss_address(TSS_ADDRESS as usize).map_err(Errno::from)?;
-        let ram = self.create_default_ram(phys_mem_bytes)?;
         if self.want_irqchip.load(Ordering::Relaxed) {
             self.create_irqchip_locked()?;
         }
@@ -159,11 +183,10 @@ impl Context {
             vm.create_pit2(kvm_bindings::kvm_pit_config::default()).map_err(Errno::from)?;
             self.pit_in_kernel.store(true, Ordering::Release);
         }
-        self.create_vcpu_locked(0)?;
         if let Some(address) = std::env::var_os("LIBKVM_GDB") {
             self.start_gdbstub_waiting(&address.to_string_lossy())?;
         }
-        Ok(ram)
+        Ok(())
     }
 
     /// `kvm_create_irqchip`: the in-kernel PIC, IOAPIC and LAPICs where the
@@ -197,7 +220,11 @@ impl Context {
             return Err(Errno::EXIST);
         }
         let vm = self.vm()?;
-        let fd = vm.create_vcpu(u64::from(index)).map_err(Errno::from)?;
+        let mut fd = vm.create_vcpu(u64::from(index)).map_err(Errno::from)?;
+        reset_like_2008(&fd)?;
+        if self.coalesced_mmio.supported() {
+            fd.map_coalesced_mmio_ring().map_err(Errno::from)?;
+        }
         let can_sync = self.check_extension(kvm_bindings::KVM_CAP_SYNC_REGS) as u32 & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
             == (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
         let vcpu = Vcpu::new(index, fd, vm.run_size(), can_sync);

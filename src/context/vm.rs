@@ -9,11 +9,13 @@ use crate::sys;
 
 impl Context {
     /// `kvm_set_irq_level`: drives input `irq` of the in-kernel irqchip.
-    pub fn set_irq_level(&self, irq: u32, level: bool) -> Result<()> {
+    /// False when there is none (the VMM's own PIC has the line).
+    pub fn set_irq_level(&self, irq: u32, level: bool) -> Result<bool> {
         if !self.irqchip_in_kernel() {
-            return Err(Errno(libc::ENXIO));
+            return Ok(false);
         }
-        self.vm()?.set_irq_line(irq, level).map_err(Errno::from)
+        self.vm()?.set_irq_line(irq, level).map_err(Errno::from)?;
+        Ok(true)
     }
 
     /// `kvm_get_irqchip`: `chip.chip_id` selects the PIC or IOAPIC.

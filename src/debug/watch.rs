@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::decode::{DebugCause, DebugEvent, DEBUG_EXCEPTION};
 use super::BreakType;
-use crate::context::Context;
+use crate::context::{Context, LiveSlots};
 use crate::error::{Errno, Result};
 use crate::lock;
 use crate::memory::{page_of, page_runs, Protection};
@@ -196,12 +196,12 @@ impl Context {
     /// Gives each page in `pages` the protection its watchpoints need.
     fn apply_protections(&self, pages: &[u64]) -> Result<()> {
         let watches = lock(&self.debugger().page_watches);
-        let vm = self.vm()?;
+        let slots = LiveSlots::of(self)?;
         let mut mem = self.memory();
         for &page in pages {
             let protection = watches.protection_for(page);
             if mem.protection(page) != protection {
-                mem.set_protection(vm, page, protection)?;
+                mem.set_protection(&slots, page, protection)?;
             }
         }
         self.debugger().set_watching_pages(!watches.is_empty());

@@ -1,15 +1,13 @@
 //! All-stop for a debugger: every vcpu thread parks inside `kvm_run` while
 //! a debugger looks at the VM, and vcpus inside the guest are kicked out of
-//! it with `immediate_exit` and a signal the library reserves.
+//! it (see [`crate::vcpu::kick`]).
 //!
 //! The VMM's own loop never sees a stop: `kvm_run` does not return while
 //! its vcpu is parked, and a kick does not reach the `io_window` callback.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
-use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, Once};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -19,77 +17,6 @@ use crate::debug::decode::DebugEvent;
 use crate::error::Result;
 use crate::lock;
 use crate::vcpu::Vcpu;
-
-/// The signal the library reserves to kick vcpu threads out of the guest:
-/// `SIGRTMAX - 2`. `kvm_run` keeps it unblocked in the calling thread and
-/// in the guest signal mask.
-pub fn kick_signal() -> c_int {
-    libc::SIGRTMAX() - 2
-}
-
-thread_local! {
-    /// The vcpu this thread runs, for the kick signal handler.
-    static RUNNING_VCPU: Cell<*const Vcpu> = const { Cell::new(std::ptr::null()) };
-}
-
-extern "C" fn on_kick(_signal: c_int) {
-    RUNNING_VCPU.with(|current| {
-        let vcpu = current.get();
-        if !vcpu.is_null() {
-            // SAFETY: RUNNING_VCPU is set only while this thread is inside
-            // kvm_run for that vcpu (see KvmRunThread), which keeps it alive.
-            unsafe { (*vcpu).kick_from_signal_handler() }
-        }
-    });
-}
-
-fn install_kick_handler() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        // SAFETY: a plain handler for a signal reserved by the library; it
-        // only does a volatile store through a thread-local pointer.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_kick as extern "C" fn(c_int) as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
-        }
-    });
-}
-
-/// Marks the calling thread as running `vcpu` for the kick handler, for as
-/// long as it lives.
-pub struct KvmRunThread {
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl KvmRunThread {
-    /// Called on entry to `kvm_run`.
-    pub fn enter(vcpu: &Vcpu) -> KvmRunThread {
-        install_kick_handler();
-        // SAFETY: plain signal-set manipulation on local values.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, kick_signal());
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        }
-        RUNNING_VCPU.with(|current| current.set(vcpu));
-        KvmRunThread { _not_send: std::marker::PhantomData }
-    }
-}
-
-impl Drop for KvmRunThread {
-    fn drop(&mut self) {
-        RUNNING_VCPU.with(|current| current.set(std::ptr::null()));
-    }
-}
-
-/// Removes the kick signal from a guest signal mask.
-pub fn keep_kick_unblocked(mask: &mut libc::sigset_t) {
-    // SAFETY: `mask` is a valid sigset_t.
-    unsafe { libc::sigdelset(mask, kick_signal()) };
-}
 
 /// A debug event on a vcpu while a debugger is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,7 +135,7 @@ impl Stopper {
         for vcpu in ctx.vcpus() {
             vcpu.set_held(true);
             if !vcpu.is_stopped() {
-                vcpu.signal_runner(kick_signal());
+                vcpu.kick();
             }
         }
     }
@@ -230,7 +157,7 @@ impl Stopper {
                 return;
             }
             for vcpu in running {
-                vcpu.signal_runner(kick_signal());
+                vcpu.kick();
             }
             events = self
                 .changed

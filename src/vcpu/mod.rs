@@ -1,8 +1,15 @@
 //! One vcpu: its fd, its mapped `kvm_run`, and entering the guest.
+//!
+//! - [`pause`]: keeping the vcpu out of the guest while another thread
+//!   uses it;
+//! - [`kick`]: the reserved signal that gets a thread out of `KVM_RUN`.
+
+pub mod kick;
+pub mod pause;
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Mutex, MutexGuard};
 
 use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
@@ -12,13 +19,15 @@ use crate::debug::vcpu_state::VcpuDebug;
 use crate::error::{Errno, Result};
 use crate::exit::{self, Exit, IoDirection, IoPayload, IO_DATA_MAX};
 use crate::lock;
+use self::pause::{PauseGate, PauseGuard};
 
 /// A vcpu of a [`Context`](crate::context::Context).
 ///
-/// The fd sits behind a mutex: the thread in `kvm_run` holds it only for
-/// `KVM_RUN` and the copy of the exit, so other threads (and the VMM's
-/// handlers, on the running thread) can use the vcpu between exits. The
-/// kernel serialises vcpu ioctls the same way.
+/// The fd sits behind a mutex: the thread in `kvm_run` holds it for
+/// `KVM_RUN` and the copy of the exit. Any other thread that uses the fd
+/// while the vcpu runs first pauses it (see [`pause`]): the vcpu is kicked
+/// out of the guest and stays out until the call is done, so no call waits
+/// for the guest's own next exit.
 pub struct Vcpu {
     index: u32,
     fd: Mutex<VcpuFd>,
@@ -54,6 +63,11 @@ pub struct Vcpu {
     /// The thread inside `kvm_run`, for kicking it out of the guest. The
     /// mutex keeps the thread inside `kvm_run` while a kick is sent.
     runner_thread: Mutex<Option<libc::pthread_t>>,
+    /// Keeps the vcpu out of the guest while other threads use it.
+    gate: PauseGate,
+    /// Set when the library kicked the vcpu: the interrupted `KVM_RUN` is
+    /// not the VMM's signal, and does not reach its `io_window`.
+    kicked: AtomicBool,
 }
 
 // SAFETY: `run_page` points into the mmap owned by `fd`, which lives as long
@@ -95,6 +109,8 @@ impl Vcpu {
             held: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             runner_thread: Mutex::new(None),
+            gate: PauseGate::default(),
+            kicked: AtomicBool::new(false),
         }
     }
 
@@ -103,8 +119,11 @@ impl Vcpu {
         self.index
     }
 
-    /// Calls `f` with exclusive use of the vcpu fd.
+    /// Calls `f` with exclusive use of the vcpu fd. From a thread other
+    /// than the one running the vcpu, the vcpu is kicked out of the guest
+    /// and kept out while `f` runs.
     pub fn with_fd<R>(&self, f: impl FnOnce(&mut VcpuFd) -> R) -> R {
+        let _paused = self.pause();
         let mut fd = lock(&self.fd);
         #[cfg(feature = "test-hooks")]
         crate::capi::test_hooks::reached(crate::capi::test_hooks::HookPoint::VcpuLocked);
@@ -137,8 +156,7 @@ impl Vcpu {
     }
 
     /// The paging registers (CR0, CR3, CR4, EFER), read from the vcpu once
-    /// per stop. While the vcpu is inside `KVM_RUN`, the copy from before
-    /// the run is used rather than waiting for the next exit.
+    /// per stop.
     pub fn paging_registers(&self) -> Result<PagingRegisters> {
         let mut cache = lock(&self.paging);
         let epoch = self.state_epoch();
@@ -148,18 +166,10 @@ impl Vcpu {
             }
         }
         let paging = |s: &kvm_sregs| PagingRegisters { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer };
-        if let Some(regs) = self.with_registers_at_exit(|_, sregs| paging(sregs)) {
-            *cache = Some((epoch, regs));
-            return Ok(regs);
-        }
-        let sregs = match (self.fd.try_lock(), *cache) {
-            (Ok(fd), _) => fd.get_sregs(),
-            (Err(TryLockError::Poisoned(p)), _) => p.into_inner().get_sregs(),
-            (Err(TryLockError::WouldBlock), Some((_, regs))) => return Ok(regs),
-            (Err(TryLockError::WouldBlock), None) => self.with_fd(|fd| fd.get_sregs()),
-        }
-        .map_err(Errno::from)?;
-        let regs = paging(&sregs);
+        let regs = match self.with_registers_at_exit(|_, sregs| paging(sregs)) {
+            Some(regs) => regs,
+            None => paging(&self.ioctl(|fd| fd.get_sregs())?),
+        };
         *cache = Some((epoch, regs));
         Ok(regs)
     }
@@ -219,25 +229,71 @@ impl Vcpu {
         !self.is_running() || self.parked.load(Ordering::Acquire)
     }
 
-    /// Sends `signal` to the thread running this vcpu, if any.
-    pub fn signal_runner(&self, signal: libc::c_int) {
+    /// Kicks the vcpu out of the guest, if a thread runs it: `KVM_RUN`
+    /// returns (or does not start), and the run loop knows the library
+    /// did it.
+    pub fn kick(&self) {
         let thread = lock(&self.runner_thread);
         if let Some(thread) = *thread {
+            self.kicked.store(true, Ordering::Release);
             // SAFETY: the thread is inside kvm_run (it clears runner_thread,
             // under this lock, before leaving), so the pthread_t is live.
-            unsafe { libc::pthread_kill(thread, signal) };
+            unsafe { libc::pthread_kill(thread, kick::kick_signal()) };
+        }
+    }
+
+    /// True (once) when the library kicked the vcpu since the last call.
+    pub fn take_kick(&self) -> bool {
+        self.kicked.swap(false, Ordering::AcqRel)
+    }
+
+    /// Keeps the vcpu out of the guest until the guard is dropped, kicking
+    /// it out if it is inside; returns once it is out. A thread that starts
+    /// running the vcpu meanwhile waits before its first entry. `None`
+    /// (nothing to wait for) when the calling thread runs the vcpu.
+    pub fn pause(&self) -> Option<PauseGuard<'_>> {
+        let guard = self.request_pause()?;
+        self.gate.wait_out(&guard, || self.kick());
+        Some(guard)
+    }
+
+    /// The first half of [`Vcpu::pause`], for pausing several vcpus at
+    /// once: the request and the kick, without the wait.
+    pub fn request_pause(&self) -> Option<PauseGuard<'_>> {
+        if kick::runs_on_this_thread(self) {
+            return None;
+        }
+        Some(self.gate.request(|| self.kick()))
+    }
+
+    /// The second half of [`Vcpu::pause`]: returns once the vcpu is out of
+    /// the guest.
+    pub fn wait_paused(&self, guard: &PauseGuard<'_>) {
+        self.gate.wait_out(guard, || self.kick());
+    }
+
+    /// The fd, locked for a `KVM_RUN`: waits while the vcpu is paused.
+    fn lock_for_entry(&self) -> MutexGuard<'_, VcpuFd> {
+        loop {
+            let fd = lock(&self.fd);
+            if self.gate.try_enter() {
+                return fd;
+            }
+            drop(fd);
+            self.gate.park();
         }
     }
 
     /// Enters the guest once and returns the exit. Port output data is
     /// copied into `io_data` (elements back to back).
     pub fn enter(&self, _runner: &RunnerGuard<'_>, request_interrupt_window: bool, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Exit> {
-        let mut fd = lock(&self.fd);
+        let mut fd = self.lock_for_entry();
         let run = fd.get_kvm_run();
         run.request_interrupt_window = u8::from(request_interrupt_window);
         let sync = self.sync_registers.load(Ordering::Relaxed);
         run.kvm_valid_regs = if sync { u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) } else { 0 };
         let ran = fd.run();
+        self.gate.left_guest();
         self.after_run(sync);
         if let Err(e) = ran {
             // A kick may have set immediate_exit to make this run return at once.
@@ -278,14 +334,15 @@ impl Vcpu {
     /// them and nobody has written the vcpu's registers since; `None`
     /// otherwise. No copy: the debug paths read a few fields per exit.
     pub fn with_registers_at_exit<R>(&self, f: impl FnOnce(&kvm_regs, &kvm_sregs) -> R) -> Option<R> {
-        let mut fd = lock(&self.fd);
-        if self.synced_epoch.load(Ordering::Acquire) != self.state_epoch() {
-            return None;
-        }
-        // SAFETY: the last run asked for KVM_SYNC_X86_REGS and _SREGS
-        // (synced_epoch says so), so the kernel filled the `regs` member.
-        let synced = unsafe { &fd.get_kvm_run().s.regs };
-        Some(f(&synced.regs, &synced.sregs))
+        self.with_fd(|fd| {
+            if self.synced_epoch.load(Ordering::Acquire) != self.state_epoch() {
+                return None;
+            }
+            // SAFETY: the last run asked for KVM_SYNC_X86_REGS and _SREGS
+            // (synced_epoch says so), so the kernel filled the `regs` member.
+            let synced = unsafe { &fd.get_kvm_run().s.regs };
+            Some(f(&synced.regs, &synced.sregs))
+        })
     }
 
     /// The general and segment registers: from the last exit when they are
@@ -305,10 +362,11 @@ impl Vcpu {
     /// `None` when it just completed. Port output data of that exit goes
     /// into `io_data`, as in [`Vcpu::enter`].
     pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
-        let mut fd = lock(&self.fd);
+        let mut fd = self.lock_for_entry();
         let sync = self.sync_registers.load(Ordering::Relaxed);
         fd.set_kvm_immediate_exit(1);
         let ran = fd.run().map(drop);
+        self.gate.left_guest();
         fd.set_kvm_immediate_exit(0);
         self.after_run(sync);
         match ran {

@@ -8,12 +8,15 @@
 //! ioctls go through a [`SlotRegistry`], so it is unit tested without
 //! `/dev/kvm`.
 
+mod kvm_slots;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
-use kvm_ioctls::VmFd;
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 
+pub use self::kvm_slots::{Piece, SlotRegistry};
+use self::kvm_slots::{logged_dirty_pages, relayout, KvmSlotNumbers};
 use crate::error::{Errno, Result};
 
 /// The guest page size that slots, dirty bitmaps and memory maps use.
@@ -123,66 +126,12 @@ pub enum Protection {
     Unbacked,
 }
 
-/// One KVM memory slot: all or part of a [`Slot`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// The KVM slot number.
-    pub kvm_slot: u32,
-    /// First guest-physical address.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Host virtual address of `gpa`.
-    pub host: u64,
-    /// `KVM_MEM_*` flags.
-    pub flags: u32,
-}
-
-/// Tells KVM about slots. Implemented by [`VmFd`]; tests use a recorder.
-pub trait SlotRegistry {
-    /// Registers or updates a KVM slot.
-    fn register(&self, piece: &Piece) -> Result<()>;
-    /// Removes KVM slot `kvm_slot`.
-    fn unregister(&self, kvm_slot: u32) -> Result<()>;
-    /// The dirty-page bitmap of KVM slot `kvm_slot` of `len` bytes (cleared as read).
-    fn dirty_log(&self, kvm_slot: u32, len: u64) -> Result<Vec<u64>>;
-}
-
-impl SlotRegistry for VmFd {
-    fn register(&self, piece: &Piece) -> Result<()> {
-        let region = kvm_userspace_memory_region {
-            slot: piece.kvm_slot,
-            flags: piece.flags,
-            guest_phys_addr: piece.gpa,
-            memory_size: piece.len,
-            userspace_addr: piece.host,
-        };
-        // SAFETY: `GuestMemory` keeps every library mapping alive while a slot
-        // refers to it, and caller-registered memory stays valid by the
-        // contract of `kvm_register_userspace_phys_mem`.
-        unsafe { self.set_user_memory_region(region) }.map_err(Errno::from)
-    }
-
-    fn unregister(&self, kvm_slot: u32) -> Result<()> {
-        let region = kvm_userspace_memory_region { slot: kvm_slot, ..Default::default() };
-        // SAFETY: a zero-sized region deletes the slot; no memory is referenced.
-        unsafe { self.set_user_memory_region(region) }.map_err(Errno::from)
-    }
-
-    fn dirty_log(&self, kvm_slot: u32, len: u64) -> Result<Vec<u64>> {
-        self.get_dirty_log(kvm_slot, len as usize).map_err(Errno::from)
-    }
-}
-
 /// An anonymous host mapping that backs guest RAM; unmapped on drop.
 #[derive(Debug)]
 struct HostMapping {
     id: MappingId,
     addr: NonNull<u8>,
     len: usize,
-    /// The guest-physical address the mapping was made for: host address
-    /// `addr + (g - gpa)` belongs to guest-physical `g`.
-    gpa: u64,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; it is shared
@@ -190,7 +139,7 @@ struct HostMapping {
 unsafe impl Send for HostMapping {}
 
 impl HostMapping {
-    fn anonymous(id: MappingId, len: usize, gpa: u64) -> Result<HostMapping> {
+    fn anonymous(id: MappingId, len: usize) -> Result<HostMapping> {
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
         let addr = unsafe {
             libc::mmap(
@@ -206,13 +155,7 @@ impl HostMapping {
             return Err(Errno::NOMEM);
         }
         let addr = NonNull::new(addr.cast::<u8>()).ok_or(Errno::NOMEM)?;
-        Ok(HostMapping { id, addr, len, gpa })
-    }
-
-    fn host_of(&self, gpa: u64, len: u64) -> Option<u64> {
-        let end = gpa.checked_add(len)?;
-        (gpa >= self.gpa && end <= self.gpa + self.len as u64)
-            .then(|| self.addr.as_ptr() as u64 + (gpa - self.gpa))
+        Ok(HostMapping { id, addr, len })
     }
 }
 
@@ -240,16 +183,7 @@ pub struct GuestMemory {
     next_mapping: MappingId,
     next_slot: u32,
     log_all: bool,
-    max_slots: u32,
-}
-
-/// The guest-physical pages KVM logged dirty in `piece` (clearing its log).
-fn logged_dirty_pages(kvm: &dyn SlotRegistry, piece: &Piece) -> Result<impl Iterator<Item = u64>> {
-    let words = kvm.dirty_log(piece.kvm_slot, piece.len)?;
-    let gpa = piece.gpa;
-    Ok((0..piece.len / PAGE_SIZE)
-        .filter(move |page| words.get((page / 64) as usize).is_some_and(|w| w >> (page % 64) & 1 == 1))
-        .map(move |page| gpa + page * PAGE_SIZE))
+    kvm_slots: KvmSlotNumbers,
 }
 
 /// Checks that `[start, start + len)` is a non-empty, page-aligned range
@@ -273,7 +207,7 @@ impl GuestMemory {
             next_mapping: 1,
             next_slot: 0,
             log_all: false,
-            max_slots,
+            kvm_slots: KvmSlotNumbers::new(max_slots),
         }
     }
 
@@ -287,20 +221,17 @@ impl GuestMemory {
         self.slots.iter().find(|s| s.contains(gpa))
     }
 
-    /// Maps `len` bytes of fresh zeroed host memory for guest-physical `gpa`
-    /// and returns its id. No slot is created.
-    pub fn map_anonymous(&mut self, gpa: u64, len: u64) -> Result<MappingId> {
+    /// Maps `len` bytes of fresh zeroed host memory and returns its id and
+    /// host address. No slot is created: one that uses it must follow, or
+    /// [`GuestMemory::drop_unused_mappings`].
+    pub fn map_anonymous(&mut self, len: u64) -> Result<(MappingId, u64)> {
         let len = usize::try_from(len).map_err(|_| Errno::NOMEM)?;
         let id = self.next_mapping;
-        self.mappings.push(HostMapping::anonymous(id, len, gpa)?);
+        let mapping = HostMapping::anonymous(id, len)?;
+        let host = mapping.addr.as_ptr() as u64;
+        self.mappings.push(mapping);
         self.next_mapping += 1;
-        Ok(id)
-    }
-
-    /// Host address of `[gpa, gpa + len)` inside one library mapping made for
-    /// that guest-physical range, if there is one.
-    pub fn library_host_address(&self, gpa: u64, len: u64) -> Option<(MappingId, u64)> {
-        self.mappings.iter().find_map(|m| m.host_of(gpa, len).map(|h| (m.id, h)))
+        Ok((id, host))
     }
 
     /// Host address of `[gpa, gpa + len)` when one slot backs all of it.
@@ -342,46 +273,29 @@ impl GuestMemory {
         layout
     }
 
-    fn free_kvm_slot(&self, taken: &BTreeSet<u32>) -> Result<u32> {
-        (0..self.max_slots).find(|id| !taken.contains(id)).ok_or(Errno::NOSPC)
-    }
-
-    /// Gives KVM the pieces of slot `slot`, replacing the ones it had. The
-    /// dirty pages KVM logged in the old pieces are kept for the next
-    /// bitmap when the slot goes on logging.
+    /// Gives KVM the pieces slot `slot` needs now, changing only those that
+    /// differ (see [`kvm_slots::relayout`]). Pages logged dirty in pieces
+    /// that go are kept for the next bitmap while the slot logs.
     fn register_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
+        let wanted = self.layout(slot);
+        self.set_pieces(kvm, slot, &wanted)
+    }
+
+    fn unregister_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
+        self.set_pieces(kvm, slot, &[])
+    }
+
+    fn set_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot, wanted: &[(u64, u64, u32)]) -> Result<()> {
+        let mut pieces = self.pieces.remove(&slot.id).unwrap_or_default();
+        let mut dirty = Vec::new();
+        let changed = relayout(kvm, &mut self.kvm_slots, &mut pieces, wanted, |gpa| slot.host_of(gpa), &mut dirty);
+        if !pieces.is_empty() {
+            self.pieces.insert(slot.id, pieces);
+        }
         if self.logs_dirty_pages(slot) {
-            self.keep_dirty_pages_of_pieces(kvm, slot.id)?;
+            self.dirty_outside_kvm.extend(dirty);
         }
-        self.unregister_pieces(kvm, slot.id)?;
-        let mut taken: BTreeSet<u32> = self.pieces.values().flatten().map(|p| p.kvm_slot).collect();
-        let mut pieces = Vec::new();
-        for (gpa, len, flags) in self.layout(slot) {
-            let kvm_slot = self.free_kvm_slot(&taken)?;
-            taken.insert(kvm_slot);
-            let piece = Piece { kvm_slot, gpa, len, host: slot.host_of(gpa), flags };
-            kvm.register(&piece)?;
-            pieces.push(piece);
-        }
-        self.pieces.insert(slot.id, pieces);
-        Ok(())
-    }
-
-    /// Moves the dirty pages logged in slot `id`'s KVM slots into
-    /// `dirty_outside_kvm`, before those KVM slots (and their logs) go away.
-    fn keep_dirty_pages_of_pieces(&mut self, kvm: &dyn SlotRegistry, id: u32) -> Result<()> {
-        let logging = self.pieces.get(&id).into_iter().flatten().filter(|p| p.flags & KVM_MEM_LOG_DIRTY_PAGES != 0);
-        for piece in logging {
-            self.dirty_outside_kvm.extend(logged_dirty_pages(kvm, piece)?);
-        }
-        Ok(())
-    }
-
-    fn unregister_pieces(&mut self, kvm: &dyn SlotRegistry, id: u32) -> Result<()> {
-        for piece in self.pieces.remove(&id).unwrap_or_default() {
-            kvm.unregister(piece.kvm_slot)?;
-        }
-        Ok(())
+        changed
     }
 
     /// The KVM slots, for tests and diagnostics.
@@ -402,16 +316,16 @@ impl GuestMemory {
         let slot = Slot { id: self.next_slot, ..slot };
         self.next_slot += 1;
         if let Err(e) = self.register_pieces(kvm, &slot) {
-            let _ = self.unregister_pieces(kvm, slot.id);
+            let _ = self.unregister_pieces(kvm, &slot);
             return Err(e);
         }
         self.slots.push(slot);
         Ok(slot)
     }
 
-    fn remove_slot(&mut self, kvm: &dyn SlotRegistry, id: u32) -> Result<()> {
-        self.unregister_pieces(kvm, id)?;
-        self.slots.retain(|s| s.id != id);
+    fn remove_slot(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
+        self.unregister_pieces(kvm, slot)?;
+        self.slots.retain(|s| s.id != slot.id);
         Ok(())
     }
 
@@ -469,20 +383,30 @@ impl GuestMemory {
     }
 
     /// Makes `[start, start + len)` unbacked: slots inside it go away, slots
-    /// that straddle its edges are split and keep their outer parts.
+    /// that straddle its edges are split and keep their outer parts. Only
+    /// the KVM slots that overlap the range change.
     pub fn unback(&mut self, kvm: &dyn SlotRegistry, start: u64, len: u64) -> Result<()> {
         let end = page_range(start, len)?;
         let hit: Vec<Slot> = self.slots.iter().copied().filter(|s| s.overlaps(start, end)).collect();
         for slot in hit {
+            let (gone, kept): (Vec<Piece>, Vec<Piece>) =
+                self.pieces.remove(&slot.id).unwrap_or_default().into_iter().partition(|p| p.gpa < end && start < p.gpa + p.len);
+            let mut cut = gone;
+            let mut dirty = Vec::new();
+            let removed = relayout(kvm, &mut self.kvm_slots, &mut cut, &[], |gpa| slot.host_of(gpa), &mut dirty);
             if self.logs_dirty_pages(&slot) {
-                self.keep_dirty_pages_of_pieces(kvm, slot.id)?; // for the outer parts
+                self.dirty_outside_kvm.extend(dirty); // for the outer parts
             }
-            self.remove_slot(kvm, slot.id)?;
-            if slot.gpa < start {
-                self.add_slot(kvm, slot.piece(slot.gpa, start))?;
-            }
-            if slot.end() > end {
-                self.add_slot(kvm, slot.piece(end, slot.end()))?;
+            self.slots.retain(|s| s.id != slot.id);
+            removed?;
+            let outer_parts = [(slot.gpa, start.max(slot.gpa)), (end.min(slot.end()), slot.end())];
+            for (part_start, part_end) in outer_parts.into_iter().filter(|(a, b)| a < b) {
+                let part = Slot { id: self.next_slot, ..slot.piece(part_start, part_end) };
+                self.next_slot += 1;
+                let inside: Vec<Piece> = kept.iter().copied().filter(|p| part.contains(p.gpa)).collect();
+                self.pieces.insert(part.id, inside);
+                self.slots.push(part);
+                self.register_pieces(kvm, &part)?;
             }
         }
         self.forget_dirty_pages(start, end);
@@ -532,11 +456,9 @@ impl GuestMemory {
             return Err(Errno::NOENT);
         }
         for id in ids {
-            let alias = self.slots.iter().find(|s| s.id == id).copied();
-            self.remove_slot(kvm, id)?;
-            if let Some(alias) = alias {
-                self.forget_dirty_pages(alias.gpa, alias.end());
-            }
+            let Some(alias) = self.slots.iter().find(|s| s.id == id).copied() else { continue };
+            self.remove_slot(kvm, &alias)?;
+            self.forget_dirty_pages(alias.gpa, alias.end());
         }
         Ok(())
     }
@@ -736,8 +658,7 @@ mod tests {
     fn reads_and_writes_cross_slot_boundaries_and_fail_whole_on_a_gap() {
         let kvm = FakeKvm::default();
         let mut mem = GuestMemory::new(32);
-        let id = mem.map_anonymous(0, 0x3000).unwrap();
-        let (_, host) = mem.library_host_address(0, 0x3000).unwrap();
+        let (id, host) = mem.map_anonymous(0x3000).unwrap();
         mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0, 0x1000, host) }).unwrap();
         mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0x1000, 0x1000, host + 0x1000) }).unwrap();
         mem.write(0xffc, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
@@ -823,13 +744,12 @@ mod tests {
     fn destroy_unmaps_library_memory_once_no_slot_uses_it() {
         let kvm = FakeKvm::default();
         let mut mem = GuestMemory::new(32);
-        let id = mem.map_anonymous(0x100000, 0x2000).unwrap();
-        let (_, host) = mem.library_host_address(0x100000, 0x2000).unwrap();
+        let (id, host) = mem.map_anonymous(0x2000).unwrap();
         mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0x100000, 0x2000, host) }).unwrap();
         mem.destroy(&kvm, 0x100000, 0x1000).unwrap();
-        assert!(mem.library_host_address(0x101000, 0x1000).is_some());
+        assert_eq!(mem.mappings.len(), 1, "half the mapping is still RAM");
         mem.destroy(&kvm, 0x101000, 0x1000).unwrap();
-        assert!(mem.library_host_address(0x101000, 0x1000).is_none());
+        assert!(mem.mappings.is_empty());
         assert!(kvm.layout().is_empty());
     }
 }
