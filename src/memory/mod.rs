@@ -526,11 +526,23 @@ mod tests {
     struct FakeKvm {
         slots: RefCell<Vec<Piece>>,
         dirty_gpas: RefCell<Vec<u64>>,
+        /// Calls that register a new KVM slot, change one, or delete one.
+        created: std::cell::Cell<u32>,
+        changed: std::cell::Cell<u32>,
+        deleted: std::cell::Cell<u32>,
     }
 
     impl SlotRegistry for FakeKvm {
         fn register(&self, p: &Piece) -> Result<()> {
             let mut slots = self.slots.borrow_mut();
+            match slots.iter().find(|e| e.kvm_slot == p.kvm_slot) {
+                // Like KVM: an existing slot may change its flags, nothing else.
+                Some(e) => {
+                    assert_eq!((e.gpa, e.len, e.host), (p.gpa, p.len, p.host), "KVM slot moved in place");
+                    self.changed.set(self.changed.get() + 1);
+                }
+                None => self.created.set(self.created.get() + 1),
+            }
             let apart = |e: &Piece| e.kvm_slot == p.kvm_slot || e.gpa + e.len <= p.gpa || p.gpa + p.len <= e.gpa;
             assert!(slots.iter().all(apart), "KVM slots overlap");
             slots.retain(|e| e.kvm_slot != p.kvm_slot);
@@ -539,6 +551,7 @@ mod tests {
         }
         /// Like KVM, forgets the slot's dirty log with it.
         fn unregister(&self, id: u32) -> Result<()> {
+            self.deleted.set(self.deleted.get() + 1);
             let mut slots = self.slots.borrow_mut();
             if let Some(e) = slots.iter().find(|e| e.kvm_slot == id) {
                 self.dirty_gpas.borrow_mut().retain(|&g| g < e.gpa || g >= e.gpa + e.len);
@@ -652,6 +665,43 @@ mod tests {
         mem.set_log_all(&kvm, false).unwrap();
         let flags: Vec<u32> = kvm.layout_with_flags().iter().map(|e| e.3).collect();
         assert_eq!(flags, vec![0, KVM_MEM_LOG_DIRTY_PAGES]);
+    }
+
+    #[test]
+    fn dirty_log_switches_change_flags_in_place_and_delete_nothing() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(32);
+        mem.add_slot(&kvm, ram(0, 0xa0000, 0x10_0000)).unwrap();
+        mem.add_slot(&kvm, ram(0xc0000, 0x40000, 0x20_0000)).unwrap();
+        mem.set_protection(&kvm, 0xd0000, Some(Protection::ReadOnly)).unwrap();
+        let deleted = kvm.deleted.get();
+        let created = kvm.created.get();
+        for _ in 0..100 {
+            mem.set_log_all(&kvm, true).unwrap();
+            mem.set_log_all(&kvm, false).unwrap();
+        }
+        assert_eq!((kvm.deleted.get(), kvm.created.get()), (deleted, created), "no slot went away");
+        assert_eq!(kvm.changed.get(), 100 * 2 * 4, "four KVM slots, each switched twice a round");
+    }
+
+    #[test]
+    fn protecting_a_page_re_cuts_only_the_piece_it_lies_in() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(4096);
+        mem.add_slot(&kvm, ram(0, 0x1000_0000, 0x4000_0000)).unwrap();
+        let mut ops = Vec::new();
+        for i in 0..1000u64 {
+            let before = kvm.created.get() + kvm.deleted.get() + kvm.changed.get();
+            mem.set_protection(&kvm, 0x10_0000 + i * 2 * PAGE_SIZE, Some(Protection::ReadOnly)).unwrap();
+            ops.push(kvm.created.get() + kvm.deleted.get() + kvm.changed.get() - before);
+        }
+        // One piece deleted and at most three made, however many were cut before.
+        assert!(ops.iter().all(|&n| n <= 4), "{ops:?}");
+        assert_eq!(kvm.slots.borrow().len(), 2 * 1000 + 1);
+        for i in 0..1000u64 {
+            mem.set_protection(&kvm, 0x10_0000 + i * 2 * PAGE_SIZE, None).unwrap();
+        }
+        assert_eq!(kvm.layout(), vec![(0, 0x1000_0000, 0x4000_0000)]);
     }
 
     #[test]
