@@ -193,7 +193,8 @@ proptest! {
 
 #[derive(Clone, Debug)]
 enum Op {
-    InsertSoftware { gva: u8, prefer_register: bool },
+    /// `int3_unseen`: the vcpu would not report an int3 there (real mode on some hosts).
+    InsertSoftware { gva: u8, int3_unseen: bool },
     RemoveSoftware { gva: u8 },
     InsertHardware { kind: u8, addr: u8, len: u8 },
     RemoveHardware { kind: u8, addr: u8, len: u8 },
@@ -203,11 +204,15 @@ enum Op {
     GuestWrite { gpa: u8, byte: u8 },
     Rearm,
     RemoveAll,
+    /// A vcpu starts stepping over the breakpoint at `gva`.
+    Lift { gva: u8 },
+    /// The oldest step over in progress is done.
+    Land,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..12, any::<bool>()).prop_map(|(gva, prefer_register)| Op::InsertSoftware { gva, prefer_register }),
+        4 => (0u8..12, any::<bool>()).prop_map(|(gva, int3_unseen)| Op::InsertSoftware { gva, int3_unseen }),
         3 => (0u8..12).prop_map(|gva| Op::RemoveSoftware { gva }),
         2 => (0u8..6, 0u8..4, 0u8..10).prop_map(|(kind, addr, len)| Op::InsertHardware { kind, addr, len }),
         2 => (0u8..6, 0u8..4, 0u8..10).prop_map(|(kind, addr, len)| Op::RemoveHardware { kind, addr, len }),
@@ -217,6 +222,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..64, any::<u8>()).prop_map(|(gpa, byte)| Op::GuestWrite { gpa, byte: if byte == INT3 { 0x90 } else { byte } }),
         1 => Just(Op::Rearm),
         1 => Just(Op::RemoveAll),
+        2 => (0u8..12).prop_map(|gva| Op::Lift { gva }),
+        2 => Just(Op::Land),
     ]
 }
 
@@ -267,16 +274,21 @@ proptest! {
         let mut refs: BTreeMap<u8, u32> = BTreeMap::new();
         // Hardware entries by (kind, address, stored length), with references.
         let mut hardware: BTreeMap<(u8, u64, u64), u32> = BTreeMap::new();
+        // Patches being stepped over (by gpa), oldest first.
+        let mut lifted: Vec<u64> = Vec::new();
         for op in ops {
             let translate = |gva: u64| if mapped[gva as usize] { Ok(gpa_of(gva as u8)) } else { Err(Errno::FAULT) };
             match op {
-                Op::InsertSoftware { gva, prefer_register } => {
-                    let r = table.insert_software(u64::from(gva), translate(u64::from(gva)), prefer_register, &mem);
-                    if r.is_ok() {
-                        *refs.entry(gva).or_default() += 1;
-                    } else {
-                        prop_assert_eq!(r, Err(Errno::FAULT));
-                        prop_assert!(!mapped[gva as usize] && !refs.contains_key(&gva));
+                Op::InsertSoftware { gva, int3_unseen } => {
+                    let r = table.insert_software(u64::from(gva), translate(u64::from(gva)), int3_unseen, &mem);
+                    match r {
+                        Ok(()) => *refs.entry(gva).or_default() += 1,
+                        // No register free for a breakpoint an int3 cannot keep.
+                        Err(Errno::NOSPC) => prop_assert!(int3_unseen && registers_in_use(&table) == 4),
+                        Err(e) => {
+                            prop_assert_eq!(e, Errno::FAULT);
+                            prop_assert!(!mapped[gva as usize] && !refs.contains_key(&gva));
+                        }
                     }
                 }
                 Op::RemoveSoftware { gva } => {
@@ -331,6 +343,21 @@ proptest! {
                     refs.clear();
                     hardware.clear();
                 }
+                Op::Lift { gva } => {
+                    if let Ok(gpa) = translate(u64::from(gva)) {
+                        let patched = table.patch_at(gpa).is_some();
+                        prop_assert_eq!(table.lift(gpa, &mem), Ok(patched));
+                        if patched {
+                            lifted.push(gpa);
+                        }
+                    }
+                }
+                Op::Land => {
+                    if !lifted.is_empty() {
+                        let gpa = lifted.remove(0);
+                        prop_assert_eq!(table.land(gpa, &mem), Ok(()));
+                    }
+                }
             }
             // Every inserted gva is armed, and the debug registers in use
             // are exactly the hardware entries and the software breakpoints
@@ -346,18 +373,28 @@ proptest! {
                 }
             }
             prop_assert_eq!(registers_in_use(&table), hardware.len() + in_registers);
-            // Memory: an int3 where patched (unless the guest has written
-            // there since), the guest's own bytes everywhere else.
+            // Memory: the guest's own bytes while a patch is being stepped
+            // over; an int3 where patched (unless the guest has written
+            // there since); the guest's bytes everywhere else. A patch's
+            // saved byte is never an int3 (the guest stores none).
             let actual = mem.borrow().clone();
             for gpa in 0..64u64 {
                 let byte = actual[gpa as usize];
                 match table.patch_at(gpa) {
-                    Some(_) => prop_assert!(byte == INT3 || byte == guest[gpa as usize]),
+                    _ if lifted.contains(&gpa) => prop_assert_eq!(byte, guest[gpa as usize], "lifted gpa {}", gpa),
+                    Some(patch) => {
+                        prop_assert!(byte == INT3 || byte == guest[gpa as usize]);
+                        prop_assert_ne!(patch.original, INT3);
+                    }
                     None => prop_assert_eq!(byte, guest[gpa as usize], "gpa {}", gpa),
                 }
             }
         }
-        // Removing everything gives the guest its memory back exactly.
+        // Every step over lands; removing everything gives the guest its
+        // memory back exactly.
+        for gpa in lifted {
+            prop_assert_eq!(table.land(gpa, &mem), Ok(()));
+        }
         table.remove_all(&mem);
         prop_assert_eq!(mem.borrow().clone(), guest);
         prop_assert!(table.is_empty());

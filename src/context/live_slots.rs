@@ -4,10 +4,9 @@ use std::cell::RefCell;
 
 use kvm_ioctls::VmFd;
 
-use super::Context;
+use super::{Context, VcpusPaused};
 use crate::error::Result;
 use crate::memory::{Piece, SlotRegistry};
-use crate::vcpu::pause::PauseGuard;
 
 /// The VM fd as the [`SlotRegistry`] of a change to the memory layout. A
 /// change that takes memory away from the guest for a moment (deleting a
@@ -17,7 +16,7 @@ use crate::vcpu::pause::PauseGuard;
 pub(crate) struct LiveSlots<'a> {
     ctx: &'a Context,
     vm: &'a VmFd,
-    paused: RefCell<Option<Vec<PauseGuard<'a>>>>,
+    paused: RefCell<Option<VcpusPaused<'a>>>,
 }
 
 impl<'a> LiveSlots<'a> {
@@ -26,18 +25,12 @@ impl<'a> LiveSlots<'a> {
         Ok(LiveSlots { ctx, vm: ctx.vm()?, paused: RefCell::new(None) })
     }
 
-    /// Pauses every vcpu once: requests first, so they all leave together.
+    /// Pauses every vcpu, once.
     fn pause_vcpus(&self) {
         let mut paused = self.paused.borrow_mut();
-        if paused.is_some() {
-            return;
+        if paused.is_none() {
+            *paused = Some(self.ctx.pause_vcpus());
         }
-        let guards: Vec<(&crate::vcpu::Vcpu, PauseGuard<'a>)> =
-            self.ctx.vcpus().filter_map(|vcpu| vcpu.request_pause().map(|guard| (vcpu, guard))).collect();
-        for (vcpu, guard) in &guards {
-            vcpu.wait_paused(guard);
-        }
-        *paused = Some(guards.into_iter().map(|(_, guard)| guard).collect());
     }
 }
 

@@ -24,6 +24,7 @@ use crate::gdb::stopper::Stopper;
 use crate::gdb::GdbServer;
 use crate::lock;
 use crate::memory::GuestMemory;
+use crate::vcpu::pause::PauseGuard;
 use crate::vcpu::Vcpu;
 
 /// The only KVM API version there has ever been.
@@ -244,4 +245,23 @@ impl Context {
     pub fn vcpus(&self) -> impl Iterator<Item = &Vcpu> {
         self.vcpus.iter().filter_map(|c| c.get().map(|b| &**b))
     }
+
+    /// Keeps every vcpu out of the guest until the value is dropped: those
+    /// inside are kicked out together, and this returns once all are out
+    /// (see [`Vcpu::pause`]). The vcpu the calling thread runs, if any, is
+    /// out already.
+    pub fn pause_vcpus(&self) -> VcpusPaused<'_> {
+        let guards: Vec<(&Vcpu, PauseGuard<'_>)> =
+            self.vcpus().filter_map(|vcpu| vcpu.request_pause().map(|guard| (vcpu, guard))).collect();
+        for (vcpu, guard) in &guards {
+            vcpu.wait_paused(guard);
+        }
+        VcpusPaused { _guards: guards.into_iter().map(|(_, guard)| guard).collect() }
+    }
+}
+
+/// Every vcpu held out of the guest (see [`Context::pause_vcpus`]).
+#[must_use = "the vcpus run on when this is dropped"]
+pub struct VcpusPaused<'a> {
+    _guards: Vec<PauseGuard<'a>>,
 }

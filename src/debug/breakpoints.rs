@@ -39,21 +39,35 @@ impl CodeMemory for RefCell<Vec<u8>> {
 
 /// One guest-physical byte replaced by `int3`, shared by every software
 /// breakpoint whose address maps there.
+///
+/// The rule that keeps guest memory intact: `original` is always the
+/// guest's byte, never an `int3` of the library's. While a vcpu steps over
+/// the patch it is *lifted*: the guest's byte is in memory, the library
+/// writes nothing there, and only the last vcpu to land puts the `int3`
+/// back (or, when no breakpoint wants it any more, drops the patch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Patch {
     /// The patched guest-physical address.
     pub gpa: u64,
-    /// The byte the guest had there.
+    /// The byte the guest has there.
     pub original: u8,
-    /// Software breakpoints using this patch.
+    /// Software breakpoints using this patch (0 for a lifted patch whose
+    /// breakpoints were all removed: it goes when the step over lands).
     users: u32,
+    /// Vcpus stepping over it now.
+    lifts: u32,
 }
 
 impl Patch {
+    /// True while the `int3` is meant to be in memory.
+    fn armed(&self) -> bool {
+        self.lifts == 0
+    }
+
     /// Puts the original byte back, if the `int3` is still there. Best
     /// effort: the memory was there when the patch was made.
     fn restore(&self, mem: &impl CodeMemory) {
-        if mem.read_byte(self.gpa) == Ok(INT3) {
+        if self.armed() && mem.read_byte(self.gpa) == Ok(INT3) {
             let _ = mem.write_byte(self.gpa, self.original);
         }
     }
@@ -128,9 +142,9 @@ impl BreakpointTable {
         self.software.is_empty() && self.registers.iter().all(Option::is_none)
     }
 
-    /// True when some `int3` is patched into memory.
+    /// True when some breakpoint is an `int3` in memory.
     pub fn has_patches(&self) -> bool {
-        !self.patches.is_empty()
+        self.patches.iter().any(|p| p.users > 0)
     }
 
     /// The software breakpoint inserted at linear address `gva`.
@@ -138,9 +152,9 @@ impl BreakpointTable {
         self.software.iter().find(|b| b.gva == gva)
     }
 
-    /// The patch at guest-physical `gpa`.
+    /// The patch a breakpoint uses at guest-physical `gpa`.
     pub fn patch_at(&self, gpa: u64) -> Option<&Patch> {
-        self.patches.iter().find(|p| p.gpa == gpa)
+        self.patches.iter().find(|p| p.gpa == gpa && p.users > 0)
     }
 
     /// The patches inside `[gpa, gpa + len)`.
@@ -162,7 +176,7 @@ impl BreakpointTable {
         self.registers.iter().position(Option::is_none).ok_or(Errno::NOSPC)
     }
 
-    /// Patches `gpa` (or shares an existing patch there).
+    /// Patches `gpa` (or shares an existing patch there, lifted or not).
     fn arm(&mut self, gpa: u64, mem: &impl CodeMemory) -> Result<()> {
         if let Some(patch) = self.patches.iter_mut().find(|p| p.gpa == gpa) {
             patch.users += 1;
@@ -170,30 +184,67 @@ impl BreakpointTable {
         }
         let original = mem.read_byte(gpa)?;
         mem.write_byte(gpa, INT3)?;
-        self.patches.push(Patch { gpa, original, users: 1 });
+        self.patches.push(Patch { gpa, original, users: 1, lifts: 0 });
         Ok(())
     }
 
     /// Drops one user of the patch at `gpa`; the last one puts the original
-    /// byte back, if the `int3` is still there.
+    /// byte back, if the `int3` is still there. A lifted patch stays until
+    /// its step over lands.
     fn disarm(&mut self, gpa: u64, mem: &impl CodeMemory) {
-        let Some(index) = self.patches.iter().position(|p| p.gpa == gpa) else { return };
+        let Some(index) = self.patches.iter().position(|p| p.gpa == gpa && p.users > 0) else { return };
         let patch = &mut self.patches[index];
         patch.users -= 1;
-        if patch.users == 0 {
+        if patch.users == 0 && patch.armed() {
             self.patches.swap_remove(index).restore(mem);
         }
     }
 
+    /// A vcpu starts stepping over the patch at `gpa`: the guest's byte goes
+    /// back into memory until [`BreakpointTable::land`]. False when no
+    /// breakpoint is patched there.
+    pub fn lift(&mut self, gpa: u64, mem: &impl CodeMemory) -> Result<bool> {
+        let Some(patch) = self.patches.iter_mut().find(|p| p.gpa == gpa && p.users > 0) else { return Ok(false) };
+        if patch.armed() && mem.read_byte(gpa)? == INT3 {
+            mem.write_byte(gpa, patch.original)?;
+        }
+        patch.lifts += 1;
+        Ok(true)
+    }
+
+    /// A vcpu's step over the patch at `gpa` is done. The last one to land
+    /// arms the patch again if a breakpoint still wants it, taking the byte
+    /// in memory as the guest's (the stepped instruction may have rewritten
+    /// it), or drops it, leaving the guest's byte.
+    pub fn land(&mut self, gpa: u64, mem: &impl CodeMemory) -> Result<()> {
+        let Some(index) = self.patches.iter().position(|p| p.gpa == gpa && !p.armed()) else { return Ok(()) };
+        let patch = &mut self.patches[index];
+        patch.lifts -= 1;
+        if !patch.armed() {
+            return Ok(());
+        }
+        if patch.users == 0 {
+            self.patches.swap_remove(index);
+            return Ok(());
+        }
+        let byte = mem.read_byte(gpa)?;
+        if byte != INT3 {
+            patch.original = byte;
+        }
+        mem.write_byte(gpa, INT3)
+    }
+
     /// Inserts a software breakpoint at linear address `gva`, which maps to
-    /// `location` (`Err` when not mapped). An unmapped address, or any
-    /// address when `prefer_register` is set, goes into a free debug
-    /// register; an unmapped one with no register free is refused (`EFAULT`).
+    /// `location` (`Err` when not mapped). An unmapped address goes into a
+    /// free debug register; with none free it is refused (`EFAULT`).
+    /// `int3_unseen` says the vcpu would not report an `int3` there (real
+    /// mode on some hosts): the breakpoint then needs a debug register too,
+    /// and is refused (`ENOSPC`) when none is free.
     pub fn insert_software(
         &mut self,
         gva: u64,
         location: Result<u64>,
-        prefer_register: bool,
+        int3_unseen: bool,
         mem: &impl CodeMemory,
     ) -> Result<()> {
         if let Some(existing) = self.software.iter_mut().find(|b| b.gva == gva) {
@@ -201,22 +252,24 @@ impl BreakpointTable {
             return Ok(());
         }
         let location = match (location, self.free_register()) {
-            (Ok(gpa), Err(_)) => {
+            (_, Ok(n)) if int3_unseen => self.register_backed(gva, n),
+            (Ok(_), Err(e)) if int3_unseen => return Err(e),
+            (Ok(gpa), _) => {
                 self.arm(gpa, mem)?;
                 Location::Patched(gpa)
             }
-            (Ok(gpa), Ok(_)) if !prefer_register => {
-                self.arm(gpa, mem)?;
-                Location::Patched(gpa)
-            }
-            (_, Ok(n)) => {
-                self.registers[n] = Some(HardwareBreakpoint { kind: BreakType::SoftwareBreakpoint, addr: gva, len: 1, refs: 1 });
-                Location::Register(n as u8)
-            }
+            (Err(_), Ok(n)) => self.register_backed(gva, n),
             (Err(e), Err(_)) => return Err(e),
         };
         self.software.push(SoftwareBreakpoint { gva, location, refs: 1 });
         Ok(())
+    }
+
+    /// Debug register `n` as the execution breakpoint behind software
+    /// breakpoint `gva`.
+    fn register_backed(&mut self, gva: u64, n: usize) -> Location {
+        self.registers[n] = Some(HardwareBreakpoint { kind: BreakType::SoftwareBreakpoint, addr: gva, len: 1, refs: 1 });
+        Location::Register(n as u8)
     }
 
     /// Removes one reference to the software breakpoint at `gva`; `ENOENT`
@@ -249,6 +302,12 @@ impl BreakpointTable {
         let n = self.free_register()?;
         self.registers[n] = Some(HardwareBreakpoint { kind, addr, len, refs: 1 });
         Ok(())
+    }
+
+    /// True when a debug register holds this hardware breakpoint or watchpoint.
+    pub fn register_holds(&self, kind: BreakType, addr: u64, len: u64) -> bool {
+        checked_length(kind, addr, len)
+            .is_ok_and(|len| self.registers.iter().flatten().any(|r| r.kind == kind && r.addr == addr && r.len == len))
     }
 
     /// Removes one reference to a hardware breakpoint or watchpoint.
@@ -289,20 +348,24 @@ impl BreakpointTable {
     }
 
     /// Removes everything, restoring every patched byte that is still `int3`.
+    /// Lifted patches stay, without users, until their step over lands.
     pub fn remove_all(&mut self, mem: &impl CodeMemory) {
-        for patch in self.patches.drain(..) {
+        self.patches.retain_mut(|patch| {
             patch.restore(mem);
-        }
+            patch.users = 0;
+            !patch.armed()
+        });
         self.software.clear();
         self.registers = [None; DEBUG_REGISTERS];
     }
 
-    /// Records that the byte under the patch at `gpa` is now `byte` (a
-    /// debugger write over a breakpoint): the `int3` stays in memory.
-    pub fn set_original(&mut self, gpa: u64, byte: u8) {
-        if let Some(patch) = self.patches.iter_mut().find(|p| p.gpa == gpa) {
-            patch.original = byte;
-        }
+    /// Records that the guest's byte under the patch at `gpa` is now `byte`
+    /// (a debugger write over a breakpoint) and keeps the patch in memory:
+    /// the `int3` stays, or, while the patch is lifted, the new byte.
+    pub fn write_under(&mut self, gpa: u64, byte: u8, mem: &impl CodeMemory) -> Result<()> {
+        let Some(patch) = self.patches.iter_mut().find(|p| p.gpa == gpa) else { return Ok(()) };
+        patch.original = byte;
+        mem.write_byte(gpa, if patch.armed() { INT3 } else { byte })
     }
 
     /// Makes every breakpoint armed again after the guest ran: a patch the
@@ -312,7 +375,7 @@ impl BreakpointTable {
     /// unmapped moves into memory once mapped. Returns true when the debug
     /// registers changed.
     pub fn rearm(&mut self, translate: impl Fn(u64) -> Result<u64>, mem: &impl CodeMemory) -> bool {
-        for patch in &mut self.patches {
+        for patch in self.patches.iter_mut().filter(|p| p.armed()) {
             if let Ok(byte) = mem.read_byte(patch.gpa) {
                 if byte != INT3 && mem.write_byte(patch.gpa, INT3).is_ok() {
                     patch.original = byte;
@@ -415,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn prefer_register_uses_one_while_free_and_falls_back_to_memory() {
+    fn a_breakpoint_an_int3_cannot_keep_takes_a_free_register() {
         let mem = patterned_code();
         let mut t = BreakpointTable::default();
         for i in 0..3 {
@@ -423,7 +486,7 @@ mod tests {
         }
         t.insert_software(0x7c00, Ok(0x7c00), true, &mem).unwrap();
         assert_eq!(t.software_at(0x7c00).unwrap().location, Location::Register(3));
-        t.insert_software(0x7c10, Ok(0x7c10), true, &mem).unwrap();
+        t.insert_software(0x7c10, Ok(0x7c10), false, &mem).unwrap();
         assert_eq!(t.software_at(0x7c10).unwrap().location, Location::Patched(0x7c10));
     }
 
@@ -513,8 +576,69 @@ mod tests {
         let mem = patterned_code();
         let mut t = BreakpointTable::default();
         t.insert_software(0x700, Ok(0x700), false, &mem).unwrap();
-        t.set_original(0x700, 0x42);
+        t.write_under(0x700, 0x42, &mem).unwrap();
+        assert_eq!(mem.borrow()[0x700], INT3);
         t.remove_software(0x700, &mem).unwrap();
         assert_eq!(mem.borrow()[0x700], 0x42);
+    }
+
+    #[test]
+    fn changes_during_a_step_over_never_save_an_int3_as_the_guests_byte() {
+        let mem = patterned_code();
+        let guest_byte = mem.borrow()[0x800];
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x800, Ok(0x800), false, &mem).unwrap();
+        assert!(t.lift(0x800, &mem).unwrap());
+        assert_eq!(mem.borrow()[0x800], guest_byte, "the guest's byte while stepping");
+        // Another thread removes and inserts it again, then removes all and inserts again.
+        t.remove_software(0x800, &mem).unwrap();
+        t.insert_software(0x800, Ok(0x800), false, &mem).unwrap();
+        assert_eq!(mem.borrow()[0x800], guest_byte, "nothing written while lifted");
+        t.remove_all(&mem);
+        t.insert_software(0x800, Ok(0x800), false, &mem).unwrap();
+        t.land(0x800, &mem).unwrap();
+        assert_eq!(mem.borrow()[0x800], INT3);
+        assert_eq!(t.patch_at(0x800).unwrap().original, guest_byte);
+        t.remove_software(0x800, &mem).unwrap();
+        assert_eq!(mem.borrow()[0x800], guest_byte);
+    }
+
+    #[test]
+    fn a_breakpoint_removed_during_its_step_over_is_gone_when_it_lands() {
+        let mem = patterned_code();
+        let before = mem.borrow().clone();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0x900, Ok(0x900), false, &mem).unwrap();
+        t.lift(0x900, &mem).unwrap();
+        t.remove_software(0x900, &mem).unwrap();
+        assert!(t.patch_at(0x900).is_none(), "no breakpoint claims the address");
+        t.land(0x900, &mem).unwrap();
+        assert_eq!(mem.borrow().clone(), before);
+        assert!(t.is_empty() && !t.has_patches());
+    }
+
+    #[test]
+    fn two_vcpus_stepping_over_one_patch_rearm_it_when_the_last_lands() {
+        let mem = patterned_code();
+        let mut t = BreakpointTable::default();
+        t.insert_software(0xa00, Ok(0xa00), false, &mem).unwrap();
+        t.lift(0xa00, &mem).unwrap();
+        t.lift(0xa00, &mem).unwrap();
+        t.land(0xa00, &mem).unwrap();
+        assert_ne!(mem.borrow()[0xa00], INT3, "one vcpu still steps over it");
+        t.land(0xa00, &mem).unwrap();
+        assert_eq!(mem.borrow()[0xa00], INT3);
+    }
+
+    #[test]
+    fn a_real_mode_breakpoint_the_host_would_not_see_needs_a_free_register() {
+        let mem = patterned_code();
+        let before = mem.borrow().clone();
+        let mut t = BreakpointTable::default();
+        for i in 0..4 {
+            t.insert_software(0x7c00 + i, Ok(0x7c00 + i), true, &mem).unwrap();
+        }
+        assert_eq!(t.insert_software(0x7c10, Ok(0x7c10), true, &mem), Err(Errno::NOSPC));
+        assert_eq!(mem.borrow().clone(), before, "no int3 the guest would take");
     }
 }

@@ -141,15 +141,15 @@ fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: Re
     if current_pc(vcpu)? != resume.pc {
         return Ok(());
     }
-    let table = ctx.debugger().table();
-    let patch = ctx.translate_gva(vcpu, resume.pc).ok().and_then(|t| table.patch_at(t.gpa).copied());
-    if let Some(patch) = patch {
-        let mem = ctx.memory();
-        if mem.read_byte(patch.gpa)? == INT3 {
-            mem.write_byte(patch.gpa, patch.original)?;
-            state.step_over = Some(StepOver::Patch { gpa: patch.gpa });
+    let gpa = ctx.translate_gva(vcpu, resume.pc).ok().map(|t| t.gpa);
+    let mut table = ctx.debugger().table();
+    if let Some(gpa) = gpa {
+        if table.lift(gpa, &*ctx.memory())? {
+            state.step_over = Some(StepOver::Patch { gpa });
+            return Ok(());
         }
-    } else if let Some(n) = resume.register {
+    }
+    if let Some(n) = resume.register {
         if state.programmed_register(n) && table.register(n as usize).is_some_and(|r| r.addr == resume.pc) {
             state.step_over = Some(StepOver::Register { n });
         }
@@ -157,19 +157,11 @@ fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: Re
     Ok(())
 }
 
-/// The step over a breakpoint is done: arm it again if it is still wanted.
+/// The step over a breakpoint is done: its patch lands (armed again if it
+/// is still wanted), and the registers are reprogrammed.
 fn finish_step_over(ctx: &Context, vcpu: &Vcpu, step: StepOver) -> Result<()> {
     if let StepOver::Patch { gpa } = step {
-        let mut table = ctx.debugger().table();
-        if let Some(patch) = table.patch_at(gpa).copied() {
-            let mem = ctx.memory();
-            let byte = mem.read_byte(gpa)?;
-            if byte != patch.original {
-                // The stepped instruction rewrote its own first byte.
-                table.set_original(gpa, byte);
-            }
-            mem.write_byte(gpa, INT3)?;
-        }
+        ctx.debugger().table().land(gpa, &*ctx.memory())?;
     }
     vcpu.request_debug_attention();
     Ok(())

@@ -2,7 +2,7 @@
 //! vcpu's page tables, and reads that show the original bytes under
 //! software breakpoints.
 
-use super::breakpoints::{BreakpointTable, CodeMemory, INT3};
+use super::breakpoints::{BreakpointTable, CodeMemory};
 use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
 use crate::context::Context;
 use crate::error::{Errno, Result};
@@ -105,8 +105,7 @@ fn write_keeping_breakpoints(table: &mut BreakpointTable, mem: &GuestMemory, gpa
     mem.write(gpa, buf)?;
     let patches: Vec<u64> = table.patches_in(gpa, buf.len() as u64).map(|p| p.gpa).collect();
     for patch in patches {
-        table.set_original(patch, buf[(patch - gpa) as usize]);
-        mem.write_byte(patch, INT3)?;
+        table.write_under(patch, buf[(patch - gpa) as usize], mem)?;
     }
     Ok(())
 }

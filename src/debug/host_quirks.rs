@@ -2,9 +2,11 @@
 
 use kvm_bindings::{
     kvm_guest_debug, kvm_guest_debug_arch, kvm_userspace_memory_region, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP,
-    KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+
+use super::breakpoints::INT3;
 
 /// True when single-stepping a `hlt` reports a step past it instead of the
 /// halt (hosts whose instruction emulator runs the guest do this; VMX and
@@ -27,10 +29,43 @@ pub fn fires_data_breakpoints(kvm: &Kvm) -> bool {
     first_exit_is_debug(kvm, &STORE, &watch).unwrap_or(false)
 }
 
+/// True when a real-mode `int3` with software breakpoints on exits to the
+/// library (SVM and VMX: `#BP`; emulating hosts may report it as an
+/// emulation failure on the `int3`) rather than going to the guest's
+/// interrupt table, as this project's emulating host does.
+pub fn real_mode_int3_exits(kvm: &Kvm) -> bool {
+    // At 0: the interrupt table, vector 3 pointing at 0:0x10 (hlt); at
+    // 0x20, where the vcpu starts: int3; hlt.
+    let mut code = [0u8; 0x22];
+    code[12..16].copy_from_slice(&[0x10, 0x00, 0x00, 0x00]);
+    code[0x10] = 0xf4;
+    code[0x20..].copy_from_slice(&[INT3, 0xf4]);
+    let breakpoints = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP, ..Default::default() };
+    first_exit(kvm, &code, 0x20, &breakpoints, |exit| match exit {
+        VcpuExit::Debug(_) => true,
+        VcpuExit::InternalError => true,
+        _ => false,
+    })
+    .unwrap_or(false)
+}
+
 /// Runs `code` once in real mode at 0:0 in a scratch VM with `debug` set,
 /// and tells whether the first exit is `KVM_EXIT_DEBUG`; `None` when the
 /// scratch VM could not run.
 fn first_exit_is_debug(kvm: &Kvm, code: &[u8], debug: &kvm_guest_debug) -> Option<bool> {
+    first_exit(kvm, code, 0, debug, |exit| matches!(exit, VcpuExit::Debug(_)))
+}
+
+/// Loads `code` at guest-physical 0 of a scratch VM, runs it once in real
+/// mode from 0:`ip` with `debug` set, and judges the first exit; `None`
+/// when the scratch VM could not run.
+fn first_exit(
+    kvm: &Kvm,
+    code: &[u8],
+    ip: u64,
+    debug: &kvm_guest_debug,
+    judge: impl FnOnce(&VcpuExit<'_>) -> bool,
+) -> Option<bool> {
     let vm = kvm.create_vm().ok()?;
     // SAFETY: a fresh private anonymous page, unmapped below.
     let page = unsafe {
@@ -51,10 +86,11 @@ fn first_exit_is_debug(kvm: &Kvm, code: &[u8], debug: &kvm_guest_debug) -> Optio
         (sregs.cs.base, sregs.cs.selector, sregs.ds.base, sregs.ds.selector) = (0, 0, 0, 0);
         vcpu.set_sregs(&sregs).ok()?;
         let mut regs = vcpu.get_regs().ok()?;
-        (regs.rip, regs.rflags) = (0, 2);
+        (regs.rip, regs.rflags) = (ip, 2);
         vcpu.set_regs(&regs).ok()?;
         vcpu.set_guest_debug(debug).ok()?;
-        Some(matches!(vcpu.run().ok()?, VcpuExit::Debug(_)))
+        let exit = vcpu.run().ok()?;
+        Some(judge(&exit))
     })();
     drop(vm);
     // SAFETY: the mapping made above; the VM that used it is gone.

@@ -84,6 +84,7 @@ pub struct Debugger {
     valid_control: u32,
     blockirq: bool,
     single_step_skips_halts: OnceLock<bool>,
+    real_mode_int3_exits: OnceLock<bool>,
 }
 
 impl Debugger {
@@ -99,6 +100,7 @@ impl Debugger {
             valid_control: flags,
             blockirq: flags & KVM_GUESTDBG_BLOCKIRQ != 0,
             single_step_skips_halts: OnceLock::new(),
+            real_mode_int3_exits: OnceLock::new(),
         }
     }
 
@@ -125,6 +127,14 @@ impl Debugger {
     /// once, on the first watchpoint).
     pub fn host_fires_data_breakpoints(&self, kvm: &kvm_ioctls::Kvm) -> bool {
         *self.data_breakpoints.get_or_init(|| host_quirks::fires_data_breakpoints(kvm))
+    }
+
+    /// True when a real-mode `int3` exits to the library on this host
+    /// (probed once, on the first real-mode software breakpoint); where it
+    /// goes to the guest's interrupt table instead, real-mode software
+    /// breakpoints need debug registers.
+    pub fn host_reports_real_mode_int3(&self, kvm: &kvm_ioctls::Kvm) -> bool {
+        *self.real_mode_int3_exits.get_or_init(|| host_quirks::real_mode_int3_exits(kvm))
     }
 
     /// True when single-stepping a `hlt` on this host reports a step
@@ -160,11 +170,17 @@ impl Context {
         &self.debugger
     }
 
-    /// Every vcpu reprograms its debug registers before it next enters.
-    fn breakpoints_changed(&self) {
+    /// Changes the breakpoint table with every vcpu out of the guest, then
+    /// gives each vcpu its new debug state before it goes back in: no vcpu
+    /// runs an `int3` before KVM reports it, or runs on past a new debug
+    /// register, and none is waited for beyond the kick.
+    fn change_breakpoints(&self, change: impl FnOnce() -> Result<()>) -> Result<()> {
+        let _paused = self.pause_vcpus();
+        change()?;
         for vcpu in self.vcpus() {
-            vcpu.request_debug_attention();
+            program(self, vcpu, &mut lock(&vcpu.debug))?;
         }
+        Ok(())
     }
 
     /// `kvm_set_guest_debug`: the VMM's own request, remembered (so that
@@ -195,21 +211,23 @@ impl Context {
             BreakType::SoftwareBreakpoint => {
                 let location = self.translate_gva(vcpu, addr).map(|t| t.gpa);
                 let real_mode = vcpu.paging_registers()?.cr0 & 1 == 0;
-                let mut table = self.debugger().table();
-                table.insert_software(addr, location, real_mode, &*self.memory())?;
+                let prefer_register = real_mode && !self.debugger().host_reports_real_mode_int3(self.kvm());
+                self.change_breakpoints(|| {
+                    self.debugger().table().insert_software(addr, location, prefer_register, &*self.memory())
+                })
             }
-            BreakType::SingleStep => return Err(Errno::INVAL),
-            BreakType::HardwareBreakpoint => self.debugger().table().insert_hardware(kind, addr, len)?,
+            BreakType::SingleStep => Err(Errno::INVAL),
+            BreakType::HardwareBreakpoint => {
+                self.change_breakpoints(|| self.debugger().table().insert_hardware(kind, addr, len))
+            }
             BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => {
                 if self.watch_in_register(addr, len) {
-                    self.debugger().table().insert_hardware(kind, addr, len)?;
+                    self.change_breakpoints(|| self.debugger().table().insert_hardware(kind, addr, len))
                 } else {
-                    return self.insert_page_watch(vcpu, kind, addr, len);
+                    self.insert_page_watch(vcpu, kind, addr, len)
                 }
             }
         }
-        self.breakpoints_changed();
-        Ok(())
     }
 
     /// Whether a new watchpoint goes into a debug register (or is kept by
@@ -229,25 +247,33 @@ impl Context {
     /// `kvm_remove_breakpoint`: `ENOENT` when it was never inserted.
     pub fn remove_breakpoint(&self, kind: BreakType, addr: u64, len: u64) -> Result<()> {
         match kind {
-            BreakType::SoftwareBreakpoint => self.debugger().table().remove_software(addr, &*self.memory())?,
-            BreakType::SingleStep => return Err(Errno::INVAL),
-            BreakType::HardwareBreakpoint => self.debugger().table().remove_hardware(kind, addr, len)?,
+            BreakType::SoftwareBreakpoint => {
+                self.change_breakpoints(|| self.debugger().table().remove_software(addr, &*self.memory()))
+            }
+            BreakType::SingleStep => Err(Errno::INVAL),
+            BreakType::HardwareBreakpoint => {
+                self.change_breakpoints(|| self.debugger().table().remove_hardware(kind, addr, len))
+            }
             BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => {
-                let in_register = self.debugger().table().remove_hardware(kind, addr, len);
-                if in_register.is_err() {
-                    return self.remove_page_watch(kind, addr, len);
+                // Not in a debug register (or a length none could hold): by page protection.
+                let in_register = self.debugger().table().register_holds(kind, addr, len);
+                if in_register {
+                    self.change_breakpoints(|| self.debugger().table().remove_hardware(kind, addr, len))
+                } else {
+                    self.remove_page_watch(kind, addr, len)
                 }
             }
         }
-        self.breakpoints_changed();
-        Ok(())
     }
 
     /// `kvm_remove_all_breakpoints`.
     pub fn remove_all_breakpoints(&self) {
-        self.debugger().table().remove_all(&*self.memory());
-        // Only fails without a VM, when there are no watchpoints either.
+        // Only fails when a vcpu cannot be reprogrammed, or without a VM
+        // (when there are no watchpoints either).
+        let _ = self.change_breakpoints(|| {
+            self.debugger().table().remove_all(&*self.memory());
+            Ok(())
+        });
         let _ = self.remove_all_page_watches();
-        self.breakpoints_changed();
     }
 }

@@ -12,8 +12,13 @@
 //! looks for the runner in the guest. Sequentially consistent atomics make
 //! at least one of them see the other, so a runner never enters while a
 //! pause is held, and a requester never proceeds while the runner is in.
+//!
+//! Pauses are fair to the guest: a request that finds the runner waiting
+//! for earlier pauses to end first lets it enter once (waiting at most a
+//! moment for that), so back-to-back pauses from other threads cannot
+//! starve the guest.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +29,8 @@ use crate::lock;
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
 /// After this long, a requester stops kicking and waits plainly.
 const KICK_PATIENCE: Duration = Duration::from_secs(2);
+/// The longest a request waits for a waiting runner to get its turn.
+const TURN_PATIENCE: Duration = Duration::from_millis(20);
 
 /// The meeting point of a vcpu's runner and the threads that pause it.
 #[derive(Debug, Default)]
@@ -32,9 +39,16 @@ pub struct PauseGate {
     in_guest: AtomicBool,
     /// Pauses held now.
     requests: AtomicU32,
-    /// Guards the waits on `changed`.
+    /// Successful entries so far.
+    entries: AtomicU64,
+    /// True from a refused entry until the next one: the runner waits for
+    /// the pauses to end.
+    wants_in: AtomicBool,
+    /// Requests waiting for the runner's turn.
+    turn_waiters: AtomicU32,
+    /// Guards the waits on `changed`. The runner takes it only to park.
     waits: Mutex<()>,
-    /// Signalled when the runner leaves the guest or a pause ends.
+    /// Signalled when the runner leaves the guest, enters it, or a pause ends.
     changed: Condvar,
 }
 
@@ -46,7 +60,9 @@ pub struct PauseGuard<'a> {
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
-        if self.gate.requests.fetch_sub(1, SeqCst) == 1 {
+        // The last pause wakes a runner that waits to enter (if it only
+        // starts to wait after this, it finds no pause and does not).
+        if self.gate.requests.fetch_sub(1, SeqCst) == 1 && self.gate.wants_in.load(SeqCst) {
             let _waits = lock(&self.gate.waits);
             self.gate.changed.notify_all();
         }
@@ -59,8 +75,14 @@ impl PauseGate {
     pub fn try_enter(&self) -> bool {
         self.in_guest.store(true, SeqCst);
         if self.requests.load(SeqCst) == 0 {
+            self.entries.fetch_add(1, SeqCst);
+            self.wants_in.store(false, SeqCst);
+            if self.turn_waiters.load(SeqCst) != 0 {
+                self.changed.notify_all();
+            }
             return true;
         }
+        self.wants_in.store(true, SeqCst);
         self.left_guest();
         false
     }
@@ -69,7 +91,9 @@ impl PauseGate {
     pub fn left_guest(&self) {
         self.in_guest.store(false, SeqCst);
         if self.requests.load(SeqCst) != 0 {
-            let _waits = lock(&self.waits);
+            // Without the lock, so that requesters taking it in a loop never
+            // hold the runner up; a wake-up lost to that is made good by the
+            // requesters' timed waits.
             self.changed.notify_all();
         }
     }
@@ -85,6 +109,7 @@ impl PauseGate {
     /// Requester: asks the runner to stay out of the guest; `kick` is
     /// called when it is inside. Pair with [`PauseGate::wait_out`].
     pub fn request(&self, kick: impl Fn()) -> PauseGuard<'_> {
+        self.let_a_waiting_runner_enter();
         self.requests.fetch_add(1, SeqCst);
         if self.in_guest.load(SeqCst) {
             kick();
@@ -92,9 +117,29 @@ impl PauseGate {
         PauseGuard { gate: self }
     }
 
+    /// Requester: when the runner waits for earlier pauses to end, waits
+    /// (briefly) until it has entered once.
+    fn let_a_waiting_runner_enter(&self) {
+        if !self.wants_in.load(SeqCst) {
+            return;
+        }
+        let start = Instant::now();
+        let entries = self.entries.load(SeqCst);
+        self.turn_waiters.fetch_add(1, SeqCst);
+        let mut waits = lock(&self.waits);
+        while self.wants_in.load(SeqCst) && self.entries.load(SeqCst) == entries && start.elapsed() < TURN_PATIENCE {
+            waits = self.changed.wait_timeout(waits, KICK_INTERVAL).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+        }
+        drop(waits);
+        self.turn_waiters.fetch_sub(1, SeqCst);
+    }
+
     /// Requester: returns once the runner is out of the guest, kicking it
     /// again every millisecond while it is not.
     pub fn wait_out(&self, _pause: &PauseGuard<'_>, kick: impl Fn()) {
+        if !self.in_guest.load(SeqCst) {
+            return;
+        }
         let start = Instant::now();
         let mut waits = lock(&self.waits);
         while self.in_guest.load(SeqCst) {
@@ -155,28 +200,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pauses_kick_a_spinning_runner_out_and_keep_it_out() {
-        let vcpu = Arc::new(FakeVcpu {
+    fn fake_vcpu() -> Arc<FakeVcpu> {
+        Arc::new(FakeVcpu {
             gate: PauseGate::default(),
             kicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             entries: AtomicU64::new(0),
             entered_while_paused: AtomicBool::new(false),
             paused: AtomicU32::new(0),
-        });
+        })
+    }
+
+    /// Runs the fake runner while `requesters` threads each pause it
+    /// `pauses` times back to back.
+    fn pause_repeatedly(vcpu: &Arc<FakeVcpu>, requesters: usize, pauses: usize) {
         let runner = {
             let vcpu = vcpu.clone();
             std::thread::spawn(move || spin(&vcpu))
         };
-        let requesters: Vec<_> = (0..3)
+        while vcpu.entries.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let requesters: Vec<_> = (0..requesters)
             .map(|_| {
                 let vcpu = vcpu.clone();
                 std::thread::spawn(move || {
-                    for _ in 0..2000 {
+                    for _ in 0..pauses {
                         let guard = vcpu.gate.pause(|| vcpu.kicked.store(true, SeqCst));
                         vcpu.paused.fetch_add(1, SeqCst);
-                        assert!(!vcpu.gate.in_guest(), "the runner is out while paused");
                         vcpu.paused.fetch_sub(1, SeqCst);
                         drop(guard);
                     }
@@ -188,8 +239,35 @@ mod tests {
         }
         vcpu.stop.store(true, SeqCst);
         runner.join().unwrap();
+    }
+
+    #[test]
+    fn pauses_kick_a_spinning_runner_out_and_keep_it_out() {
+        let vcpu = fake_vcpu();
+        pause_repeatedly(&vcpu, 3, 2000);
         assert!(!vcpu.entered_while_paused.load(SeqCst));
-        assert!(vcpu.entries.load(SeqCst) > 1, "the runner ran between pauses");
+    }
+
+    #[test]
+    fn a_request_lets_a_runner_that_waits_to_enter_go_first() {
+        let gate = PauseGate::default();
+        let first = gate.pause(|| {});
+        assert!(!gate.try_enter(), "refused while paused: the runner now waits to enter");
+        std::thread::scope(|threads| {
+            threads.spawn(|| {
+                gate.park();
+                assert!(gate.try_enter());
+                gate.left_guest();
+            });
+            threads.spawn(move || {
+                std::thread::sleep(Duration::from_millis(2));
+                drop(first);
+            });
+            // This request comes while the runner waits: the runner goes first.
+            let second = gate.pause(|| {});
+            assert_eq!(gate.entries.load(SeqCst), 1, "the runner entered before the second pause");
+            drop(second);
+        });
     }
 
     #[test]
