@@ -184,8 +184,9 @@ impl Context {
             vm.create_pit2(kvm_bindings::kvm_pit_config::default()).map_err(Errno::from)?;
             self.pit_in_kernel.store(true, Ordering::Release);
         }
-        if let Some(address) = std::env::var_os("LIBKVM_GDB") {
-            self.start_gdbstub_waiting(&address.to_string_lossy())?;
+        if let Some(value) = std::env::var_os(crate::gdb::listen::LISTEN_VARIABLE) {
+            let allow_remote = std::env::var(crate::gdb::listen::ALLOW_REMOTE_VARIABLE).ok();
+            self.start_gdbstub_waiting(&value.to_string_lossy(), allow_remote.as_deref())?;
         }
         Ok(())
     }

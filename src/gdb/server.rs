@@ -4,9 +4,8 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::net::{TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 use gdbstub::common::Signal;
 use gdbstub::conn::Connection;
@@ -14,48 +13,9 @@ use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::listen::{Listener, Stream};
 use super::target::{tid_of, VmTarget};
 use crate::context::Context;
-
-/// A listening socket: TCP or unix.
-pub enum Listener {
-    /// TCP.
-    Tcp(TcpListener),
-    /// A unix socket (the path is removed when the stub stops).
-    Unix(UnixListener, std::path::PathBuf),
-}
-
-impl Listener {
-    fn fd(&self) -> RawFd {
-        match self {
-            Listener::Tcp(l) => l.as_raw_fd(),
-            Listener::Unix(l, _) => l.as_raw_fd(),
-        }
-    }
-
-    fn accept(&self) -> std::io::Result<Stream> {
-        match self {
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// A connected gdb.
-pub enum Stream {
-    /// Over TCP.
-    Tcp(TcpStream),
-    /// Over a unix socket.
-    Unix(UnixStream),
-}
 
 impl Stream {
     fn fd(&self) -> RawFd {
@@ -80,11 +40,34 @@ impl Stream {
     }
 }
 
+/// The largest packet the stub takes and advertises (`PacketSize`): gdb
+/// then asks for up to half as many bytes of memory per `m`.
+pub const PACKET_SIZE: usize = 64 * 1024;
+/// A reply is sent in pieces of at most this many bytes: whatever a client
+/// asks for, the stub buffers no more than this.
+const REPLY_BUFFER: usize = 64 * 1024;
+/// A client that takes no reply data for this long is given up on.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The connection `gdbstub` writes to: replies are collected and sent in
-/// one write at each flush rather than a system call per byte.
+/// one write at each flush rather than a system call per byte, and in
+/// pieces of [`REPLY_BUFFER`] bytes while a long reply is written.
 struct BufferedConnection {
     stream: Stream,
     out: Vec<u8>,
+}
+
+impl BufferedConnection {
+    fn new(stream: Stream) -> BufferedConnection {
+        BufferedConnection { stream, out: Vec::with_capacity(REPLY_BUFFER) }
+    }
+
+    fn send_if_full(&mut self) -> std::io::Result<()> {
+        if self.out.len() >= REPLY_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
 }
 
 impl Connection for BufferedConnection {
@@ -92,11 +75,14 @@ impl Connection for BufferedConnection {
 
     fn write(&mut self, byte: u8) -> std::io::Result<()> {
         self.out.push(byte);
-        Ok(())
+        self.send_if_full()
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.out.extend_from_slice(buf);
+        for piece in buf.chunks(REPLY_BUFFER) {
+            self.out.extend_from_slice(piece);
+            self.send_if_full()?;
+        }
         Ok(())
     }
 
@@ -107,10 +93,13 @@ impl Connection for BufferedConnection {
     }
 
     fn on_session_start(&mut self) -> std::io::Result<()> {
-        if let Stream::Tcp(s) = &self.stream {
-            s.set_nodelay(true)?;
+        match &self.stream {
+            Stream::Tcp(s) => {
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(SEND_TIMEOUT))
+            }
+            Stream::Unix(s) => s.set_write_timeout(Some(SEND_TIMEOUT)),
         }
-        Ok(())
     }
 }
 
@@ -197,8 +186,10 @@ fn session(
 
     let conn_fd = stream.fd();
     let mut target = VmTarget::new(ctx, inserted);
-    let conn = BufferedConnection { stream, out: Vec::with_capacity(4096) };
-    let mut gdb = match GdbStub::new(conn).run_state_machine(&mut target) {
+    let Ok(stub) = GdbStub::builder(BufferedConnection::new(stream)).packet_buffer_size(PACKET_SIZE).build() else {
+        return End::Detach;
+    };
+    let mut gdb = match stub.run_state_machine(&mut target) {
         Ok(gdb) => gdb,
         Err(_) => return End::Detach,
     };

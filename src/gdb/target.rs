@@ -68,8 +68,11 @@ impl<'a> VmTarget<'a> {
         VmTarget { ctx, actions: Vec::new(), scheduler_locked: false, current, physical: false, inserted }
     }
 
+    /// The vcpu gdb calls thread `tid` (vcpu + 1); `EINVAL` for a thread
+    /// id no vcpu has, however large.
     fn vcpu(&self, tid: Tid) -> Result<&'a Vcpu> {
-        self.ctx.vcpu(tid.get() as i32 - 1)
+        let index = i32::try_from(tid.get() - 1).map_err(|_| Errno::INVAL)?;
+        self.ctx.vcpu(index)
     }
 
     fn current_vcpu(&self) -> Result<&'a Vcpu> {
@@ -188,21 +191,7 @@ impl MultiThreadBase for VmTarget<'_> {
 
     fn write_registers(&mut self, regs: &VcpuRegisters, tid: Tid) -> TargetResult<(), Self> {
         let vcpu = self.vcpu(tid).map_err(errno_error)?;
-        let (old_regs, old_sregs) = vcpu.regs_and_sregs().map_err(errno_error)?;
-        let old_fpu = vcpu.ioctl(|fd| fd.get_fpu()).map_err(errno_error)?;
-        let (mut new_regs, mut new_sregs, mut new_fpu) = (old_regs, old_sregs, old_fpu);
-        registers::to_kvm(regs, &mut new_regs, &mut new_sregs, &mut new_fpu);
-        vcpu.state_changed();
-        if new_regs != old_regs {
-            vcpu.ioctl(|fd| fd.set_regs(&new_regs)).map_err(errno_error)?;
-        }
-        if new_sregs != old_sregs {
-            vcpu.ioctl(|fd| fd.set_sregs(&new_sregs)).map_err(errno_error)?;
-        }
-        if new_fpu != old_fpu {
-            vcpu.ioctl(|fd| fd.set_fpu(&new_fpu)).map_err(errno_error)?;
-        }
-        Ok(())
+        write_all_registers(vcpu, regs).map_err(errno_error)
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
@@ -228,6 +217,43 @@ impl MultiThreadBase for VmTarget<'_> {
     fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
         Some(self)
     }
+}
+
+/// Writes what gdb's `G` packet carries, all of it or none: with the vcpu
+/// held out of the guest, the segment and control registers first (the
+/// part KVM may refuse), then the general and FPU registers; a refusal
+/// puts back what was written before it.
+fn write_all_registers(vcpu: &Vcpu, regs: &VcpuRegisters) -> Result<()> {
+    vcpu.with_fd(|fd| {
+        let old_regs = fd.get_regs().map_err(Errno::from)?;
+        let old_sregs = fd.get_sregs().map_err(Errno::from)?;
+        let old_fpu = fd.get_fpu().map_err(Errno::from)?;
+        let (mut new_regs, mut new_sregs, mut new_fpu) = (old_regs, old_sregs, old_fpu);
+        registers::to_kvm(regs, &mut new_regs, &mut new_sregs, &mut new_fpu);
+        vcpu.state_changed();
+        if new_sregs != old_sregs {
+            fd.set_sregs(&new_sregs).map_err(Errno::from)?;
+        }
+        let undo_sregs = |fd: &mut kvm_ioctls::VcpuFd| {
+            if new_sregs != old_sregs {
+                let _ = fd.set_sregs(&old_sregs);
+            }
+        };
+        if new_regs != old_regs {
+            if let Err(e) = fd.set_regs(&new_regs) {
+                undo_sregs(fd);
+                return Err(e.into());
+            }
+        }
+        if new_fpu != old_fpu {
+            if let Err(e) = fd.set_fpu(&new_fpu) {
+                let _ = fd.set_regs(&old_regs);
+                undo_sregs(fd);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    })
 }
 
 impl MultiThreadResume for VmTarget<'_> {
@@ -260,7 +286,8 @@ impl MultiThreadResume for VmTarget<'_> {
 
     fn set_resume_action_continue(&mut self, tid: Tid, _signal: Option<Signal>) -> std::result::Result<(), Errno> {
         // Signals have no meaning for a vcpu: gdb's pass-on of SIGINT is dropped.
-        self.actions.push((tid.get() as u32 - 1, ResumeAction::Continue));
+        let index = self.vcpu(tid)?.index();
+        self.actions.push((index, ResumeAction::Continue));
         Ok(())
     }
 
@@ -275,7 +302,8 @@ impl MultiThreadResume for VmTarget<'_> {
 
 impl MultiThreadSingleStep for VmTarget<'_> {
     fn set_resume_action_step(&mut self, tid: Tid, _signal: Option<Signal>) -> std::result::Result<(), Errno> {
-        self.actions.push((tid.get() as u32 - 1, ResumeAction::Step));
+        let index = self.vcpu(tid)?.index();
+        self.actions.push((index, ResumeAction::Step));
         Ok(())
     }
 }
