@@ -78,12 +78,6 @@ struct kvm_debug_guest {
 // `kvm_set_watchpoint_method`: page protection only (any number, any length).
 #define KVM_WATCH_PAGE_PROTECTION 2
 
-// The `int3` opcode.
-#define INT3 204
-
-// The longest range one watchpoint may cover.
-#define MAX_WATCH_LEN (1 << 20)
-
 // The library's state for one VM. Opaque to C.
 struct kvm_context;
 

@@ -11,5 +11,7 @@
 #define GUEST_STACK_TOP 0x80000
 #define GUEST_STACK_SIZE 0x4000
 #define GUEST_DATA 0x100000
+/* test_running.c: the flag that ends the counting guests. */
+#define RUNNING_STOP 0x1ff000
 
 #endif

@@ -15,7 +15,7 @@ use kvm_bindings::kvm_debug_exit_arch;
 use super::breakpoints::{CodeMemory, HardwareBreakpoint, Location, INT3};
 use super::decode::{decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS};
 use super::pagewalk::translate;
-use super::vcpu_state::{ResumePoint, StepOver, VcpuDebug};
+use super::vcpu_state::{Programming, ResumePoint, StepOver, VcpuDebug};
 use super::{program, BreakType};
 use crate::context::Context;
 use crate::error::{Errno, Result};
@@ -184,23 +184,27 @@ fn judge_int3(ctx: &Context, vcpu: &Vcpu, state: &VcpuDebug, pc: u64) -> Result<
     Ok(if still_int3 { Verdict::ReinjectBreakpoint } else { Verdict::Resume })
 }
 
-/// Whose is a `#DB` other than the end of our own step: a single step the
-/// VMM asked for, a debug register the library or the VMM programmed (whose
-/// break type is then set from the table), a breakpoint removed since it
-/// was programmed (ignored), or the guest's own. `register` looks up what
+/// Whose is a `#DB` other than the end of our own step, given the debug
+/// state the vcpu ran with (`entered`): a single step KVM made (reported
+/// while the VMM still wants steps, dropped when it stopped wanting them
+/// meanwhile), a debug register programmed then (whose break type is set
+/// from the table), a breakpoint removed since (ignored), or the guest's
+/// own (its trap flag, its own debug registers). `register` looks up what
 /// the breakpoint table holds in a debug register now.
 fn judge_debug_exception(
     state: &VcpuDebug,
+    entered: &Programming,
     event: &mut DebugEvent,
     register: impl Fn(u8) -> Option<HardwareBreakpoint>,
 ) -> Verdict {
     let n = match event.cause {
-        DebugCause::SingleStep if state.stepping() => return Verdict::Report(None),
-        DebugCause::Register(n) if state.programmed_register(n) => n,
+        DebugCause::SingleStep if entered.single_steps() && state.stepping() => return Verdict::Report(None),
+        DebugCause::SingleStep if entered.single_steps() => return Verdict::Resume,
+        DebugCause::Register(n) if entered.register_enabled(n) => n,
         _ => return Verdict::ReinjectDebug,
     };
     match register(n) {
-        Some(hw) if hw.addr == state.programmed.arch.debugreg[n as usize] => {
+        Some(hw) if hw.addr == entered.0.arch.debugreg[n as usize] => {
             event.break_type = hw.kind;
             match hw.kind {
                 BreakType::SoftwareBreakpoint | BreakType::HardwareBreakpoint => {
@@ -214,10 +218,13 @@ fn judge_debug_exception(
     }
 }
 
-/// Handles `KVM_EXIT_DEBUG`.
+/// Handles `KVM_EXIT_DEBUG`, decoded against the debug state the vcpu
+/// entered with. When that state is forgotten (changed many times since),
+/// the event is dropped: never mistaken for the guest's own and injected.
 pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
     let mut state = lock(&vcpu.debug);
-    let mut event = decode_debug_exit(arch, &state.programmed_registers());
+    let Some(entered) = state.programming_at(vcpu.entered_generation()) else { return Ok(0) };
+    let mut event = decode_debug_exit(arch, &entered.registers());
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
         if let Some(step) = state.step_over.take() {
             finish_step_over(ctx, vcpu, step)?;
@@ -228,7 +235,7 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
     }
     let verdict = match event.cause {
         DebugCause::Int3 => judge_int3(ctx, vcpu, &state, event.pc)?,
-        _ => judge_debug_exception(&state, &mut event, |n| ctx.debugger().table().register(n as usize).copied()),
+        _ => judge_debug_exception(&state, &entered, &mut event, |n| ctx.debugger().table().register(n as usize).copied()),
     };
     act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit)
 }
@@ -243,7 +250,7 @@ pub fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -
         let pc = current_pc(vcpu)?;
         let state = lock(&vcpu.debug);
         let arch = kvm_debug_exit_arch { exception: BREAKPOINT_EXCEPTION, pad: 0, pc, dr6: 0, dr7: 0 };
-        let event = decode_debug_exit(&arch, &state.programmed_registers());
+        let event = decode_debug_exit(&arch, &state.programming().registers());
         let verdict = judge_int3(ctx, vcpu, &state, pc)?;
         act(ctx, vcpu, state, event, verdict, Int3Exit::EmulationFailure)
     })())
@@ -369,8 +376,7 @@ mod tests {
 
     fn db_event(dr6: u64, pc: u64) -> DebugEvent {
         let arch = kvm_debug_exit_arch { exception: 1, pad: 0, pc, dr6, dr7: 0 };
-        let state = programmed_state(&[]);
-        decode_debug_exit(&arch, &state.programmed_registers())
+        decode_debug_exit(&arch, &programmed_state(&[]).programming().registers())
     }
 
     /// A vcpu state with `registers` (number, address) programmed as DR0-3
@@ -393,51 +399,68 @@ mod tests {
         *table.register(0).unwrap()
     }
 
+    /// What KVM had when the vcpu entered: single-stepping or not.
+    fn entered_stepping(steps: bool) -> Programming {
+        let control = if steps { kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP } else { 0 };
+        Programming(kvm_bindings::kvm_guest_debug { control, ..Default::default() })
+    }
+
     #[test]
-    fn a_step_nobody_asked_for_goes_back_to_the_guest() {
+    fn a_step_kvm_did_not_make_goes_back_to_the_guest() {
         let state = VcpuDebug::default();
         let mut event = db_event(DR6_BS, 0x10);
-        assert_eq!(judge_debug_exception(&state, &mut event, |_| None), Verdict::ReinjectDebug);
+        assert_eq!(judge_debug_exception(&state, &entered_stepping(false), &mut event, |_| None), Verdict::ReinjectDebug);
         let stepping = VcpuDebug { singlestep: true, ..state };
-        assert_eq!(judge_debug_exception(&stepping, &mut event, |_| None), Verdict::Report(None));
+        assert_eq!(judge_debug_exception(&stepping, &entered_stepping(true), &mut event, |_| None), Verdict::Report(None));
+    }
+
+    #[test]
+    fn a_step_made_after_stepping_was_turned_off_meanwhile_is_dropped() {
+        // Another thread turned stepping off between the exit and its handling.
+        let state = VcpuDebug::default();
+        let mut event = db_event(DR6_BS, 0x10);
+        assert_eq!(judge_debug_exception(&state, &entered_stepping(true), &mut event, |_| None), Verdict::Resume);
     }
 
     #[test]
     fn a_register_hit_is_ours_only_if_we_programmed_the_register() {
         let state = programmed_state(&[(0, 0x1000)]);
-        let decode = |dr6| decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1000, dr6, dr7: 0 }, &state.programmed_registers());
+        let entered = state.programming();
+        let decode = |dr6| decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1000, dr6, dr7: 0 }, &entered.registers());
         let mut hit0 = decode(0b0001);
         assert_eq!(
-            judge_debug_exception(&state, &mut hit0, |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000))),
+            judge_debug_exception(&state, &entered, &mut hit0, |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000))),
             Verdict::Report(Some(ResumePoint { pc: 0x1000, register: Some(0) }))
         );
         // DR2 was never programmed: the guest's own #DB.
         let mut hit2 = db_event(0b0100, 0x1000);
-        assert_eq!(judge_debug_exception(&state, &mut hit2, |_| None), Verdict::ReinjectDebug);
+        assert_eq!(judge_debug_exception(&state, &entered, &mut hit2, |_| None), Verdict::ReinjectDebug);
     }
 
     #[test]
     fn a_watchpoint_reports_the_type_the_vmm_inserted() {
         let state = programmed_state(&[(0, 0x2000)]);
-        let mut event = decode_debug_exit(
-            &kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1004, dr6: 1, dr7: 0 },
-            &state.programmed_registers(),
-        );
-        let verdict = judge_debug_exception(&state, &mut event, |_| Some(hw(BreakType::WatchRead, 0x2000)));
+        let entered = state.programming();
+        let mut event =
+            decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1004, dr6: 1, dr7: 0 }, &entered.registers());
+        let verdict = judge_debug_exception(&state, &entered, &mut event, |_| Some(hw(BreakType::WatchRead, 0x2000)));
         assert_eq!((verdict, event.break_type), (Verdict::Report(None), BreakType::WatchRead));
     }
 
     #[test]
     fn a_breakpoint_removed_since_it_was_programmed_is_ignored() {
         let state = programmed_state(&[(1, 0x3000)]);
-        let mut event = decode_debug_exit(
-            &kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x3000, dr6: 0b10, dr7: 0 },
-            &state.programmed_registers(),
-        );
-        assert_eq!(judge_debug_exception(&state, &mut event, |_| None), Verdict::Resume);
+        let entered = state.programming();
+        let mut event =
+            decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x3000, dr6: 0b10, dr7: 0 }, &entered.registers());
+        assert_eq!(judge_debug_exception(&state, &entered, &mut event, |_| None), Verdict::Resume);
         // ... unless the VMM's own request still uses that register.
         let mut requested = state;
         requested.request = state.programmed;
-        assert_eq!(judge_debug_exception(&requested, &mut event, |_| None), Verdict::Report(None));
+        assert_eq!(judge_debug_exception(&requested, &entered, &mut event, |_| None), Verdict::Report(None));
+        // A register taken away by another thread after the vcpu entered
+        // with it: still ours, not the guest's.
+        let now = programmed_state(&[]);
+        assert_eq!(judge_debug_exception(&now, &entered, &mut event, |_| None), Verdict::Resume);
     }
 }

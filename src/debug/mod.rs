@@ -159,7 +159,7 @@ fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug) -> Res
     vcpu.set_sync_registers(desired.control != 0);
     if desired != state.programmed {
         vcpu.ioctl(|fd| fd.set_guest_debug(&desired))?;
-        state.programmed = desired;
+        vcpu.set_debug_generation(state.set_programmed(desired));
     }
     Ok(())
 }

@@ -36,6 +36,35 @@ pub enum StepOver {
     },
 }
 
+/// A `KVM_SET_GUEST_DEBUG` state as KVM was given it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Programming(pub kvm_guest_debug);
+
+impl Programming {
+    /// The debug registers, for decoding.
+    pub fn registers(&self) -> ProgrammedRegisters {
+        let mut addresses = [0; DEBUG_REGISTERS];
+        addresses.copy_from_slice(&self.0.arch.debugreg[..DEBUG_REGISTERS]);
+        let dr7 = if self.0.control & KVM_GUESTDBG_USE_HW_BP != 0 { self.0.arch.debugreg[7] } else { 0 };
+        ProgrammedRegisters { addresses, dr7 }
+    }
+
+    /// True when debug register `n` was enabled.
+    pub fn register_enabled(&self, n: u8) -> bool {
+        self.0.control & KVM_GUESTDBG_USE_HW_BP != 0 && Dr7(self.0.arch.debugreg[7]).enabled(n)
+    }
+
+    /// True when KVM single-stepped the vcpu.
+    pub fn single_steps(&self) -> bool {
+        self.0.control & KVM_GUESTDBG_SINGLESTEP != 0
+    }
+}
+
+/// How many earlier programmings a vcpu remembers: an exit is decoded
+/// against the one the vcpu entered with, which other threads may have
+/// changed (with the vcpu out of the guest) before the exit is handled.
+const REMEMBERED_PROGRAMMINGS: usize = 8;
+
 /// The debugging state of one vcpu.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VcpuDebug {
@@ -45,6 +74,10 @@ pub struct VcpuDebug {
     pub singlestep: bool,
     /// What KVM was last given.
     pub programmed: kvm_guest_debug,
+    /// Counts the changes of `programmed`.
+    pub generation: u64,
+    /// Earlier values of `programmed`, each with its generation.
+    pub(crate) earlier: [(u64, kvm_guest_debug); REMEMBERED_PROGRAMMINGS],
     /// Set when the vcpu was stopped on a library breakpoint.
     pub resume: Option<ResumePoint>,
     /// Set while stepping over a breakpoint.
@@ -65,17 +98,32 @@ impl VcpuDebug {
         self.request.control & KVM_GUESTDBG_USE_SW_BP != 0
     }
 
-    /// The debug registers as last programmed, for decoding.
-    pub fn programmed_registers(&self) -> ProgrammedRegisters {
-        let mut addresses = [0; DEBUG_REGISTERS];
-        addresses.copy_from_slice(&self.programmed.arch.debugreg[..DEBUG_REGISTERS]);
-        let dr7 = if self.programmed.control & KVM_GUESTDBG_USE_HW_BP != 0 { self.programmed.arch.debugreg[7] } else { 0 };
-        ProgrammedRegisters { addresses, dr7 }
+    /// Records that KVM now has `debug`; returns the new generation.
+    pub fn set_programmed(&mut self, debug: kvm_guest_debug) -> u64 {
+        self.earlier[self.generation as usize % REMEMBERED_PROGRAMMINGS] = (self.generation, self.programmed);
+        self.generation += 1;
+        self.programmed = debug;
+        self.generation
     }
 
-    /// True when debug register `n` was enabled in what KVM was last given.
+    /// What KVM had at generation `generation`; `None` when it changed so
+    /// often since that it is forgotten.
+    pub fn programming_at(&self, generation: u64) -> Option<Programming> {
+        if generation == self.generation {
+            return Some(Programming(self.programmed));
+        }
+        let (at, debug) = self.earlier[generation as usize % REMEMBERED_PROGRAMMINGS];
+        (at == generation && generation < self.generation).then_some(Programming(debug))
+    }
+
+    /// What KVM has now.
+    pub fn programming(&self) -> Programming {
+        Programming(self.programmed)
+    }
+
+    /// True when debug register `n` is enabled in what KVM has now.
     pub fn programmed_register(&self, n: u8) -> bool {
-        self.programmed.control & KVM_GUESTDBG_USE_HW_BP != 0 && Dr7(self.programmed.arch.debugreg[7]).enabled(n)
+        self.programming().register_enabled(n)
     }
 
     /// True when the VMM's own request enabled debug register `n`.
@@ -146,6 +194,21 @@ mod tests {
 
     fn exec(addr: u64) -> Option<DebugRegisterSlot> {
         Some(DebugRegisterSlot { addr, condition: Condition::Execute, len: 1 })
+    }
+
+    #[test]
+    fn earlier_programmings_are_remembered_by_generation() {
+        let mut state = VcpuDebug::default();
+        let step = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, ..Default::default() };
+        let entered = state.set_programmed(step);
+        let off = state.set_programmed(kvm_guest_debug::default());
+        assert!(state.programming_at(entered).unwrap().single_steps(), "the vcpu entered stepping");
+        assert!(!state.programming_at(off).unwrap().single_steps());
+        for _ in 0..REMEMBERED_PROGRAMMINGS {
+            state.set_programmed(step);
+        }
+        assert_eq!(state.programming_at(entered), None, "forgotten, not mistaken");
+        assert_eq!(state.programming_at(state.generation + 1), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::memory::{page_of, page_runs, Protection};
 use crate::vcpu::Vcpu;
 
 /// The longest range one watchpoint may cover.
-pub const MAX_WATCH_LEN: u64 = 1 << 20;
+pub(crate) const MAX_WATCH_LEN: u64 = 1 << 20;
 
 /// How `kvm_insert_breakpoint` implements watchpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -42,7 +42,7 @@ impl Stream {
 
 /// The largest packet the stub takes and advertises (`PacketSize`): gdb
 /// then asks for up to half as many bytes of memory per `m`.
-pub const PACKET_SIZE: usize = 64 * 1024;
+pub(crate) const PACKET_SIZE: usize = 64 * 1024;
 /// A reply is sent in pieces of at most this many bytes: whatever a client
 /// asks for, the stub buffers no more than this.
 const REPLY_BUFFER: usize = 64 * 1024;

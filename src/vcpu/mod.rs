@@ -68,6 +68,11 @@ pub struct Vcpu {
     /// Set when the library kicked the vcpu: the interrupted `KVM_RUN` is
     /// not the VMM's signal, and does not reach its `io_window`.
     kicked: AtomicBool,
+    /// The generation of the debug state KVM has (see `VcpuDebug::generation`).
+    debug_generation: AtomicU64,
+    /// The generation the vcpu last entered the guest with: its exits are
+    /// decoded against that debug state, whatever changed since.
+    entered_generation: AtomicU64,
 }
 
 // SAFETY: `run_page` points into the mmap owned by `fd`, which lives as long
@@ -111,6 +116,8 @@ impl Vcpu {
             runner_thread: Mutex::new(None),
             gate: PauseGate::default(),
             kicked: AtomicBool::new(false),
+            debug_generation: AtomicU64::new(0),
+            entered_generation: AtomicU64::new(0),
         }
     }
 
@@ -272,11 +279,24 @@ impl Vcpu {
         self.gate.wait_out(guard, || self.kick());
     }
 
-    /// The fd, locked for a `KVM_RUN`: waits while the vcpu is paused.
+    /// Records the generation of the debug state just given to KVM.
+    pub fn set_debug_generation(&self, generation: u64) {
+        self.debug_generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// The generation of the debug state the vcpu last entered with.
+    pub fn entered_generation(&self) -> u64 {
+        self.entered_generation.load(Ordering::Relaxed)
+    }
+
+    /// The fd, locked for a `KVM_RUN`: waits while the vcpu is paused. No
+    /// other thread changes the vcpu's debug state from here until it is
+    /// out again, so the generation recorded here is the one it runs with.
     fn lock_for_entry(&self) -> MutexGuard<'_, VcpuFd> {
         loop {
             let fd = lock(&self.fd);
             if self.gate.try_enter() {
+                self.entered_generation.store(self.debug_generation.load(Ordering::Relaxed), Ordering::Relaxed);
                 return fd;
             }
             drop(fd);

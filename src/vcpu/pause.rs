@@ -30,7 +30,7 @@ const KICK_INTERVAL: Duration = Duration::from_millis(1);
 /// After this long, a requester stops kicking and waits plainly.
 const KICK_PATIENCE: Duration = Duration::from_secs(2);
 /// The longest a request waits for a waiting runner to get its turn.
-const TURN_PATIENCE: Duration = Duration::from_millis(20);
+const TURN_PATIENCE: Duration = Duration::from_millis(5);
 
 /// The meeting point of a vcpu's runner and the threads that pause it.
 #[derive(Debug, Default)]
@@ -259,11 +259,10 @@ mod tests {
                 assert!(gate.try_enter());
                 gate.left_guest();
             });
-            threads.spawn(move || {
-                std::thread::sleep(Duration::from_millis(2));
-                drop(first);
-            });
-            // This request comes while the runner waits: the runner goes first.
+            // The next pause comes right after the first ends, while the
+            // runner waits: the runner goes first.
+            std::thread::sleep(Duration::from_millis(1));
+            drop(first);
             let second = gate.pause(|| {});
             assert_eq!(gate.entries.load(SeqCst), 1, "the runner entered before the second pause");
             drop(second);
