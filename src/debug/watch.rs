@@ -214,6 +214,9 @@ impl Context {
     pub fn insert_page_watch(&self, vcpu: &Vcpu, kind: BreakType, gva: u64, len: u64) -> Result<()> {
         let len = checked_len(len)?;
         gva.checked_add(len).ok_or(Errno::INVAL)?;
+        // Every vcpu out of the guest at once, for reading where each runs
+        // and for cutting the slots.
+        let _paused = self.pause_vcpus();
         let mut ranges = Vec::new();
         for (at, _, n) in page_runs(gva, len as usize) {
             let gpa = self.translate_gva(vcpu, at)?.gpa;

@@ -117,17 +117,22 @@ impl PauseGate {
         PauseGuard { gate: self }
     }
 
-    /// Requester: when the runner waits for earlier pauses to end, waits
-    /// (briefly) until it has entered once.
+    /// Requester: when the runner waits to enter and no pause holds it any
+    /// more, waits (briefly) until it has entered once. (While a pause is
+    /// held, by this thread or another, the runner cannot enter anyway.)
     fn let_a_waiting_runner_enter(&self) {
-        if !self.wants_in.load(SeqCst) {
+        if !self.wants_in.load(SeqCst) || self.requests.load(SeqCst) != 0 {
             return;
         }
         let start = Instant::now();
         let entries = self.entries.load(SeqCst);
         self.turn_waiters.fetch_add(1, SeqCst);
         let mut waits = lock(&self.waits);
-        while self.wants_in.load(SeqCst) && self.entries.load(SeqCst) == entries && start.elapsed() < TURN_PATIENCE {
+        while self.wants_in.load(SeqCst)
+            && self.requests.load(SeqCst) == 0
+            && self.entries.load(SeqCst) == entries
+            && start.elapsed() < TURN_PATIENCE
+        {
             waits = self.changed.wait_timeout(waits, KICK_INTERVAL).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
         drop(waits);
