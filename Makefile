@@ -59,7 +59,7 @@ cargo-test:
 	$(CARGO) test --release --features test-hooks
 
 c-tests: lib $(C_TESTS) $(HEADER_TESTS) $(BUILD)/gdb_vmm
-	c-tests/run.sh $(HEADER_TESTS) $(C_TESTS) c-tests/gdb/run.sh
+	c-tests/run.sh $(HEADER_TESTS) $(C_TESTS) c-tests/gdb/run.sh c-tests/gdb/run_rsp.sh
 
 # Every C test program under valgrind: no byte definitely lost, no invalid
 # access (c-tests/valgrind.supp lists valgrind's false positives on KVM).

@@ -238,6 +238,12 @@ int test_host_extension(int cap)
     return r;
 }
 
+int test_under_valgrind(void)
+{
+    const char *preload = getenv("LD_PRELOAD");
+    return preload && strstr(preload, "vgpreload") != NULL;
+}
+
 int test_count_fds(void)
 {
     DIR *dir = opendir("/proc/self/fd");

@@ -79,6 +79,10 @@ uint64_t test_checksum(const uint8_t *p, size_t n);
  * 1 or 0, as in 2008); negative errno on failure. */
 int test_host_extension(int cap);
 
+/* True when the program runs under valgrind (make check-leaks), where
+ * timings and RSS mean nothing. */
+int test_under_valgrind(void);
+
 /* Number of open file descriptors of this process. */
 int test_count_fds(void);
 

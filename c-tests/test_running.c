@@ -245,7 +245,10 @@ static void calls_on_vcpus_in_the_guest_never_wait_for_an_exit(void)
            (unsigned long long)rounds[3]);
     CHECK(r.calls > 100);
     CHECK_EQ(r.failures, 0);
-    CHECK_EQ(r.slow_calls, 0);
+    if (test_under_valgrind())
+        printf("  under valgrind: latencies not compared\n");
+    else
+        CHECK_EQ(r.slow_calls, 0);
     CHECK_EQ(r.inconsistent, 0);
     CHECK(stopped_at_halt);
     CHECK(all_consistent);

@@ -249,9 +249,15 @@ int kvm_run(kvm_context_t kvm, int vcpu);
 
 // Prints all state of `vcpu` to stderr: registers, segments, control
 // registers, pending events, debug registers, MP state.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_dump_vcpu(kvm_context_t kvm, int vcpu);
 
 // Prints the general and segment registers of `vcpu` to stderr.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 void kvm_show_regs(kvm_context_t kvm, int vcpu);
 
 // Sets input `irq` of the in-kernel irqchip to `level` (`KVM_IRQ_LINE`)
@@ -300,80 +306,149 @@ int kvm_get_shadow_pages(kvm_context_t kvm, unsigned int *nrshadow_pages);
 struct kvm_msr_list *kvm_get_msr_list(kvm_context_t kvm);
 
 // Reads the general registers of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_get_regs(kvm_context_t kvm, int vcpu, struct kvm_regs *regs);
 
 // Writes the general registers of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_regs(kvm_context_t kvm, int vcpu, struct kvm_regs *regs);
 
 // Reads the FPU and SSE state of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_get_fpu(kvm_context_t kvm, int vcpu, struct kvm_fpu *fpu);
 
 // Writes the FPU and SSE state of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_fpu(kvm_context_t kvm, int vcpu, struct kvm_fpu *fpu);
 
 // Reads the segment, descriptor-table and control registers of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_get_sregs(kvm_context_t kvm, int vcpu, struct kvm_sregs *regs);
 
 // Writes the segment, descriptor-table and control registers of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_sregs(kvm_context_t kvm, int vcpu, struct kvm_sregs *regs);
 
 // Reads the local APIC of `vcpu` (in-kernel irqchip only).
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_get_lapic(kvm_context_t kvm, int vcpu, struct kvm_lapic_state *s);
 
 // Writes the local APIC of `vcpu` (in-kernel irqchip only).
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_lapic(kvm_context_t kvm, int vcpu, struct kvm_lapic_state *s);
 
 // Reads the MP state (runnable, halted, ...) of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_get_mpstate(kvm_context_t kvm, int vcpu, struct kvm_mp_state *mp_state);
 
 // Writes the MP state of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_mpstate(kvm_context_t kvm, int vcpu, struct kvm_mp_state *mp_state);
 
 // Reads the `n` MSRs whose `index` fields are set in `msrs`; returns how
 // many were read (the kernel stops at the first it cannot read). More than
 // 256 is `-E2BIG`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_get_msrs(kvm_context_t kvm, int vcpu, struct kvm_msr_entry *msrs, int n);
 
 // Writes `n` MSRs; returns how many were written. More than 256 is `-E2BIG`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_msrs(kvm_context_t kvm, int vcpu, struct kvm_msr_entry *msrs, int n);
 
 // Sets the CPUID of `vcpu` from `nent` old-style entries (`KVM_SET_CPUID`;
 // sent as `KVM_SET_CPUID2` with index and flags 0, as the kernel does).
 // More than 256 entries is `-E2BIG`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_setup_cpuid(kvm_context_t kvm, int vcpu, int nent, struct kvm_cpuid_entry *entries);
 
 // Queues external interrupt vector `irq` on `vcpu` (`KVM_INTERRUPT`; only
 // without an in-kernel irqchip).
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_inject_irq(kvm_context_t kvm, int vcpu, unsigned int irq);
 
 // The guest's RFLAGS.IF at the last exit of `vcpu` (0 or 1).
+//
+// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+// thread, it is kicked out of the guest for the moment this takes.
 int kvm_get_interrupt_flag(kvm_context_t kvm, int vcpu);
 
 // The APIC base MSR at the last exit of `vcpu`; 0 with `errno` on error.
+//
+// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+// thread, it is kicked out of the guest for the moment this takes.
 uint64_t kvm_get_apic_base(kvm_context_t kvm, int vcpu);
 
 // 1 when `vcpu` could take an interrupt injection at its last exit.
+//
+// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+// thread, it is kicked out of the guest for the moment this takes.
 int kvm_is_ready_for_interrupt_injection(kvm_context_t kvm, int vcpu);
 
 // Sets CR8 (the task priority) through `kvm_run`; applied at the next run.
+//
+// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+// thread, it is kicked out of the guest for the moment this takes.
 void kvm_set_cr8(kvm_context_t kvm, int vcpu, uint64_t cr8);
 
 // CR8 at the last exit of `vcpu`; 0 with `errno` on error.
+//
+// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+// thread, it is kicked out of the guest for the moment this takes.
 __u64 kvm_get_cr8(kvm_context_t kvm, int vcpu);
 
 // Sets the signal mask `vcpu`'s thread has while the guest runs
 // (`KVM_SET_SIGNAL_MASK`); NULL removes it. The signal libkvm reserves to
 // stop vcpus for a debugger (`SIGRTMAX - 2`) always stays unblocked.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_signal_mask(kvm_context_t kvm, int vcpu, const sigset_t *sigset);
 
 // Reports TPR accesses of `vcpu` to the `tpr_access` callback.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_enable_tpr_access_reporting(kvm_context_t kvm, int vcpu);
 
 // Stops reporting TPR accesses of `vcpu`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_disable_tpr_access_reporting(kvm_context_t kvm, int vcpu);
 
 // Sets the guest-physical address of `vcpu`'s virtual APIC page
 // (`KVM_SET_VAPIC_ADDR`; needs the in-kernel irqchip).
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_enable_vapic(kvm_context_t kvm, int vcpu, uint64_t vapic);
 
 // New guest RAM at `[phys_start, phys_start + len)` (page-aligned),
@@ -383,11 +458,17 @@ int kvm_enable_vapic(kvm_context_t kvm, int vcpu, uint64_t vapic);
 // its host address is returned and no slot changes (the VGA window stays
 // MMIO; back it with `kvm_register_userspace_phys_mem` if wanted). NULL
 // with `errno` on failure.
+//
+// Adds KVM slots without touching the existing ones: running vcpus are not
+// disturbed.
 void *kvm_create_phys_mem(kvm_context_t kvm, unsigned long phys_start, unsigned long len, int log, int writable);
 
 // Removes the guest RAM in `[phys_start, phys_start + len)`, splitting
 // slots at the edges; memory the library mapped is unmapped once no slot
 // uses it.
+//
+// KVM's slots are cut anew with every vcpu kicked out of the guest and held
+// for that moment, so no running vcpu ever finds its memory missing.
 void kvm_destroy_phys_mem(kvm_context_t kvm, unsigned long phys_start, unsigned long len);
 
 // 1 when a slot contains guest-physical `phys_start`, else 0.
@@ -398,11 +479,17 @@ int kvm_is_allocated_mem(kvm_context_t kvm, unsigned long phys_start, unsigned l
 
 // Makes `[phys_start, phys_start + len)` unbacked (guest accesses exit as
 // MMIO), splitting the slots around it. The host memory stays mapped.
+//
+// KVM's slots are cut anew with every vcpu kicked out of the guest and held
+// for that moment, so no running vcpu ever finds its memory missing.
 int kvm_create_mem_hole(kvm_context_t kvm, unsigned long phys_start, unsigned long len);
 
 // Registers the VMM's own page-aligned memory at `userspace_addr` as guest
 // RAM at `phys_start`. The memory must stay mapped while the slot exists.
 // `-EEXIST` when the range overlaps existing RAM.
+//
+// Adds KVM slots without touching the existing ones: running vcpus are not
+// disturbed.
 int kvm_register_userspace_phys_mem(kvm_context_t kvm, unsigned long phys_start, void *userspace_addr, unsigned long len, int log);
 
 // Writes into `buf` the dirty-page bitmap of the slot containing
@@ -424,18 +511,30 @@ int kvm_get_mem_map(kvm_context_t kvm, unsigned long phys_addr, void *bitmap);
 int kvm_get_mem_map_range(kvm_context_t kvm, unsigned long phys_addr, unsigned long end_addr, void *bitmap, void *opaque, kvm_slot_bitmap_cb cb);
 
 // Turns dirty-page logging on for every slot.
+//
+// Changes each KVM slot's flags in place, atomically for running vcpus: none
+// is kicked or loses its memory.
 int kvm_dirty_pages_log_enable_all(kvm_context_t kvm);
 
 // Returns every slot to its own dirty-logging flag.
+//
+// Changes each KVM slot's flags in place, atomically for running vcpus: none
+// is kicked or loses its memory.
 int kvm_dirty_pages_log_reset(kvm_context_t kvm);
 
 // Shows the RAM at `[target_phys, target_phys + len)` also at
 // `[phys_start, phys_start + len)`, as a second slot over the same host
 // memory (the kernel dropped its alias ioctl). One RAM slot must back the
 // whole target (`-EINVAL` otherwise); `-EEXIST` when the alias overlaps RAM.
+//
+// Adds KVM slots without touching the existing ones: running vcpus are not
+// disturbed.
 int kvm_create_memory_alias(kvm_context_t kvm, uint64_t phys_start, uint64_t len, uint64_t target_phys);
 
 // Removes the alias starting at `phys_start`; `-ENOENT` when there is none.
+//
+// KVM's slots are cut anew with every vcpu kicked out of the guest and held
+// for that moment, so no running vcpu ever finds its memory missing.
 int kvm_destroy_memory_alias(kvm_context_t kvm, uint64_t phys_start);
 
 // The 2008 debug request (`KVM_DEBUG_GUEST`), translated to
@@ -443,16 +542,24 @@ int kvm_destroy_memory_alias(kvm_context_t kvm, uint64_t phys_start);
 // breakpoints (every `int3` is then reported as `KVM_GDB_BREAKPOINT_SW`),
 // each enabled `breakpoints[i]` becomes hardware execution breakpoint `i`,
 // and `singlestep` single-steps. `enabled = 0` turns the request off.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_guest_debug(kvm_context_t kvm, int vcpu, struct kvm_debug_guest *dbg);
 
 // The modern debug request (`KVM_SET_GUEST_DEBUG`), passed to KVM and
 // remembered so that debug exits are decoded against it. It combines with
 // the library-managed breakpoints (which take precedence for a debug
 // register both use).
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_guest_debug(kvm_context_t kvm, int vcpu, struct kvm_guest_debug *dbg);
 
 // Copies the last debug event reported on `vcpu` into `*info`; `-ENOENT`
 // before the first.
+//
+// Never waits for a running vcpu.
 int kvm_get_debug_exit_info(kvm_context_t kvm, int vcpu, struct kvm_debug_exit_info *info);
 
 // Inserts a library-managed breakpoint of `type` (`KVM_GDB_*`).
@@ -480,6 +587,9 @@ int kvm_get_debug_exit_info(kvm_context_t kvm, int vcpu, struct kvm_debug_exit_i
 // (`-EBUSY`): code cannot run from an unbacked page.
 //
 // Takes effect at each vcpu's next entry into the guest.
+//
+// Every vcpu in the guest is kicked out, given its new debug state and let go
+// on, so the change is in effect for all of them when this returns.
 int kvm_insert_breakpoint(kvm_context_t kvm, int vcpu, int type, uint64_t addr, uint64_t len);
 
 // Chooses how watchpoints inserted from now on are kept: `KVM_WATCH_AUTO`,
@@ -489,33 +599,54 @@ int kvm_set_watchpoint_method(kvm_context_t kvm, int method);
 // Removes one reference to a breakpoint inserted with the same `type`,
 // `addr` (and `len` for watchpoints), restoring the original byte of a
 // software breakpoint if it is still `int3`. `-ENOENT` when not inserted.
+//
+// Every vcpu in the guest is kicked out, given its new debug state and let go
+// on, so the change is in effect for all of them when this returns.
 int kvm_remove_breakpoint(kvm_context_t kvm, int vcpu, int type, uint64_t addr, uint64_t len);
 
 // Removes every library-managed breakpoint and watchpoint, restoring every
 // saved byte and freeing every debug register.
+//
+// Every vcpu in the guest is kicked out, given its new debug state and let go
+// on, so the change is in effect for all of them when this returns.
 void kvm_remove_all_breakpoints(kvm_context_t kvm);
 
 // Turns single-stepping of `vcpu` on or off: each instruction then calls
 // `debug` with `KVM_GDB_SINGLESTEP`.
+//
+// While the vcpu runs in another thread, this kicks it out of the guest, does
+// its work and lets it go on: it never waits for the guest's own next exit.
 int kvm_set_singlestep(kvm_context_t kvm, int vcpu, int enable);
 
 // Reads `len` bytes of guest memory at virtual address `gva`, translated
 // with `vcpu`'s page tables, across pages. Software breakpoints show their
 // original bytes. `-EFAULT` (and nothing copied) when part is not mapped.
+//
+// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+// is kicked out of the guest for the moment it takes to read them.
 int kvm_read_guest_virt(kvm_context_t kvm, int vcpu, uint64_t gva, void *buf, size_t len);
 
 // Writes `len` bytes to guest memory at virtual address `gva`. A byte
 // written under a software breakpoint becomes its saved original (the
 // breakpoint stays). `-EFAULT` (and nothing written) when part is not mapped.
+//
+// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+// is kicked out of the guest for the moment it takes to read them.
 int kvm_write_guest_virt(kvm_context_t kvm, int vcpu, uint64_t gva, const void *buf, size_t len);
 
 // Translates guest virtual address `gva` with `vcpu`'s page tables, walked
 // in software (paging off, 32-bit, PAE, 4- and 5-level, large pages), into
 // `*gpa`. `-EFAULT` when it is not mapped or not canonical.
+//
+// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+// is kicked out of the guest for the moment it takes to read them.
 int kvm_translate_gva(kvm_context_t kvm, int vcpu, uint64_t gva, uint64_t *gpa);
 
 // Like `kvm_translate_gva`, with the page size and the permissions of
 // the mapping.
+//
+// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+// is kicked out of the guest for the moment it takes to read them.
 int kvm_translate_gva_ex(kvm_context_t kvm, int vcpu, uint64_t gva, struct kvm_gva_translation *out);
 
 // Starts the GDB remote stub for the VM, listening at `listen`:

@@ -4,8 +4,10 @@
  *
  *   gdb_vmm env         relies on LIBKVM_GDB in the environment (no stub
  *                       call in this program: the "unmodified VMM" case)
- *   gdb_vmm api ADDR    calls kvm_gdbstub_start(kvm, ADDR) itself and
- *                       lets the guest run at once
+ *   gdb_vmm api ADDR [MIB]
+ *                       calls kvm_gdbstub_start(kvm, ADDR) itself and
+ *                       lets the guest run at once; MIB sets the RAM size
+ *                       (default 4 MiB)
  *
  * It prints the guest's label addresses, then "ready", then what happens;
  * at the end it checks that the guest code is exactly as loaded
@@ -68,18 +70,21 @@ int main(int argc, char **argv)
     struct kvm_callbacks cb;
     struct test_vm vm;
     pthread_t ids[2];
+    unsigned long ram_mib = 4;
     int i, r, intact;
 
     if (argc < 2 || (strcmp(argv[1], "env") != 0 && (strcmp(argv[1], "api") != 0 || argc < 3))) {
-        fprintf(stderr, "usage: %s env | api ADDRESS\n", argv[0]);
+        fprintf(stderr, "usage: %s env | api ADDRESS [RAM_MIB]\n", argv[0]);
         return 2;
     }
+    if (strcmp(argv[1], "api") == 0 && argc > 3)
+        ram_mib = strtoul(argv[3], NULL, 0);
     alarm(300);
     memset(&cb, 0, sizeof(cb));
     cb.outb = guest_outb;
     cb.halt = guest_halted;
     cb.shutdown = guest_shutdown;
-    r = test_vm_create(&vm, &cb, NULL, 4 << 20, 0);
+    r = test_vm_create(&vm, &cb, NULL, ram_mib << 20, 0);
     if (r < 0) {
         fprintf(stderr, "kvm_create: %s\n", strerror(-r));
         return 1;
@@ -95,6 +100,11 @@ int main(int argc, char **argv)
     printf("bytes write_var");
     for (i = 0; i < 16; i++)
         printf(" %02x", gdbguest_write_var[i]);
+    printf("\n");
+    /* The code as loaded, for clients that check it is restored. */
+    printf("code %#x ", GUEST_CODE);
+    for (i = 0; i < gdbguest_variable - gdbguest_start; i++)
+        printf("%02x", gdbguest_start[i]);
     printf("\n");
     if (strcmp(argv[1], "api") == 0 && (r = kvm_gdbstub_start(vm.kvm, argv[2])) < 0) {
         fprintf(stderr, "kvm_gdbstub_start: %s\n", strerror(-r));

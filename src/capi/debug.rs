@@ -69,6 +69,9 @@ pub struct kvm_gva_translation {
 /// breakpoints (every `int3` is then reported as `KVM_GDB_BREAKPOINT_SW`),
 /// each enabled `breakpoints[i]` becomes hardware execution breakpoint `i`,
 /// and `singlestep` single-steps. `enabled = 0` turns the request off.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_guest_debug(kvm: kvm_context_t, vcpu: c_int, dbg: *mut kvm_debug_guest) -> c_int {
     status_result(|| {
@@ -82,6 +85,9 @@ pub unsafe extern "C" fn kvm_guest_debug(kvm: kvm_context_t, vcpu: c_int, dbg: *
 /// remembered so that debug exits are decoded against it. It combines with
 /// the library-managed breakpoints (which take precedence for a debug
 /// register both use).
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_guest_debug(kvm: kvm_context_t, vcpu: c_int, dbg: *mut kvm_guest_debug) -> c_int {
     status_result(|| {
@@ -93,6 +99,8 @@ pub unsafe extern "C" fn kvm_set_guest_debug(kvm: kvm_context_t, vcpu: c_int, db
 
 /// Copies the last debug event reported on `vcpu` into `*info`; `-ENOENT`
 /// before the first.
+///
+/// Never waits for a running vcpu.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_debug_exit_info(kvm: kvm_context_t, vcpu: c_int, info: *mut kvm_debug_exit_info) -> c_int {
     status_result(|| {
@@ -142,6 +150,9 @@ pub unsafe extern "C" fn kvm_get_debug_exit_info(kvm: kvm_context_t, vcpu: c_int
 /// (`-EBUSY`): code cannot run from an unbacked page.
 ///
 /// Takes effect at each vcpu's next entry into the guest.
+///
+/// Every vcpu in the guest is kicked out, given its new debug state and let go
+/// on, so the change is in effect for all of them when this returns.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_insert_breakpoint(kvm: kvm_context_t, vcpu: c_int, r#type: c_int, addr: u64, len: u64) -> c_int {
     status_result(|| {
@@ -166,6 +177,9 @@ pub unsafe extern "C" fn kvm_set_watchpoint_method(kvm: kvm_context_t, method: c
 /// Removes one reference to a breakpoint inserted with the same `type`,
 /// `addr` (and `len` for watchpoints), restoring the original byte of a
 /// software breakpoint if it is still `int3`. `-ENOENT` when not inserted.
+///
+/// Every vcpu in the guest is kicked out, given its new debug state and let go
+/// on, so the change is in effect for all of them when this returns.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_remove_breakpoint(kvm: kvm_context_t, vcpu: c_int, r#type: c_int, addr: u64, len: u64) -> c_int {
     status_result(|| {
@@ -177,6 +191,9 @@ pub unsafe extern "C" fn kvm_remove_breakpoint(kvm: kvm_context_t, vcpu: c_int, 
 
 /// Removes every library-managed breakpoint and watchpoint, restoring every
 /// saved byte and freeing every debug register.
+///
+/// Every vcpu in the guest is kicked out, given its new debug state and let go
+/// on, so the change is in effect for all of them when this returns.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_remove_all_breakpoints(kvm: kvm_context_t) {
     // SAFETY: C passes a context from kvm_init or NULL.
@@ -185,6 +202,9 @@ pub unsafe extern "C" fn kvm_remove_all_breakpoints(kvm: kvm_context_t) {
 
 /// Turns single-stepping of `vcpu` on or off: each instruction then calls
 /// `debug` with `KVM_GDB_SINGLESTEP`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_singlestep(kvm: kvm_context_t, vcpu: c_int, enable: c_int) -> c_int {
     status_result(|| {
@@ -197,6 +217,9 @@ pub unsafe extern "C" fn kvm_set_singlestep(kvm: kvm_context_t, vcpu: c_int, ena
 /// Reads `len` bytes of guest memory at virtual address `gva`, translated
 /// with `vcpu`'s page tables, across pages. Software breakpoints show their
 /// original bytes. `-EFAULT` (and nothing copied) when part is not mapped.
+///
+/// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+/// is kicked out of the guest for the moment it takes to read them.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_read_guest_virt(kvm: kvm_context_t, vcpu: c_int, gva: u64, buf: *mut c_void, len: usize) -> c_int {
     status_result(|| {
@@ -209,6 +232,9 @@ pub unsafe extern "C" fn kvm_read_guest_virt(kvm: kvm_context_t, vcpu: c_int, gv
 /// Writes `len` bytes to guest memory at virtual address `gva`. A byte
 /// written under a software breakpoint becomes its saved original (the
 /// breakpoint stays). `-EFAULT` (and nothing written) when part is not mapped.
+///
+/// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+/// is kicked out of the guest for the moment it takes to read them.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_write_guest_virt(kvm: kvm_context_t, vcpu: c_int, gva: u64, buf: *const c_void, len: usize) -> c_int {
     status_result(|| {
@@ -221,6 +247,9 @@ pub unsafe extern "C" fn kvm_write_guest_virt(kvm: kvm_context_t, vcpu: c_int, g
 /// Translates guest virtual address `gva` with `vcpu`'s page tables, walked
 /// in software (paging off, 32-bit, PAE, 4- and 5-level, large pages), into
 /// `*gpa`. `-EFAULT` when it is not mapped or not canonical.
+///
+/// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+/// is kicked out of the guest for the moment it takes to read them.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_translate_gva(kvm: kvm_context_t, vcpu: c_int, gva: u64, gpa: *mut u64) -> c_int {
     status_result(|| {
@@ -233,6 +262,9 @@ pub unsafe extern "C" fn kvm_translate_gva(kvm: kvm_context_t, vcpu: c_int, gva:
 
 /// Like `kvm_translate_gva`, with the page size and the permissions of
 /// the mapping.
+///
+/// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
+/// is kicked out of the guest for the moment it takes to read them.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_translate_gva_ex(
     kvm: kvm_context_t,

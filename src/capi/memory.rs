@@ -19,6 +19,9 @@ pub type kvm_slot_bitmap_cb =
 /// its host address is returned and no slot changes (the VGA window stays
 /// MMIO; back it with `kvm_register_userspace_phys_mem` if wanted). NULL
 /// with `errno` on failure.
+///
+/// Adds KVM slots without touching the existing ones: running vcpus are not
+/// disturbed.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_create_phys_mem(
     kvm: kvm_context_t,
@@ -37,6 +40,9 @@ pub unsafe extern "C" fn kvm_create_phys_mem(
 /// Removes the guest RAM in `[phys_start, phys_start + len)`, splitting
 /// slots at the edges; memory the library mapped is unmapped once no slot
 /// uses it.
+///
+/// KVM's slots are cut anew with every vcpu kicked out of the guest and held
+/// for that moment, so no running vcpu ever finds its memory missing.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_destroy_phys_mem(kvm: kvm_context_t, phys_start: c_ulong, len: c_ulong) {
     // SAFETY: C passes a context from kvm_init or NULL.
@@ -59,6 +65,9 @@ pub unsafe extern "C" fn kvm_is_allocated_mem(kvm: kvm_context_t, phys_start: c_
 
 /// Makes `[phys_start, phys_start + len)` unbacked (guest accesses exit as
 /// MMIO), splitting the slots around it. The host memory stays mapped.
+///
+/// KVM's slots are cut anew with every vcpu kicked out of the guest and held
+/// for that moment, so no running vcpu ever finds its memory missing.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_create_mem_hole(kvm: kvm_context_t, phys_start: c_ulong, len: c_ulong) -> c_int {
     // SAFETY: C passes a context from kvm_init or NULL.
@@ -68,6 +77,9 @@ pub unsafe extern "C" fn kvm_create_mem_hole(kvm: kvm_context_t, phys_start: c_u
 /// Registers the VMM's own page-aligned memory at `userspace_addr` as guest
 /// RAM at `phys_start`. The memory must stay mapped while the slot exists.
 /// `-EEXIST` when the range overlaps existing RAM.
+///
+/// Adds KVM slots without touching the existing ones: running vcpus are not
+/// disturbed.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_register_userspace_phys_mem(
     kvm: kvm_context_t,
@@ -215,6 +227,9 @@ pub unsafe extern "C" fn kvm_get_mem_map_range(
 }
 
 /// Turns dirty-page logging on for every slot.
+///
+/// Changes each KVM slot's flags in place, atomically for running vcpus: none
+/// is kicked or loses its memory.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_dirty_pages_log_enable_all(kvm: kvm_context_t) -> c_int {
     // SAFETY: C passes a context from kvm_init or NULL.
@@ -222,6 +237,9 @@ pub unsafe extern "C" fn kvm_dirty_pages_log_enable_all(kvm: kvm_context_t) -> c
 }
 
 /// Returns every slot to its own dirty-logging flag.
+///
+/// Changes each KVM slot's flags in place, atomically for running vcpus: none
+/// is kicked or loses its memory.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_dirty_pages_log_reset(kvm: kvm_context_t) -> c_int {
     // SAFETY: C passes a context from kvm_init or NULL.
@@ -232,6 +250,9 @@ pub unsafe extern "C" fn kvm_dirty_pages_log_reset(kvm: kvm_context_t) -> c_int 
 /// `[phys_start, phys_start + len)`, as a second slot over the same host
 /// memory (the kernel dropped its alias ioctl). One RAM slot must back the
 /// whole target (`-EINVAL` otherwise); `-EEXIST` when the alias overlaps RAM.
+///
+/// Adds KVM slots without touching the existing ones: running vcpus are not
+/// disturbed.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_create_memory_alias(
     kvm: kvm_context_t,
@@ -244,6 +265,9 @@ pub unsafe extern "C" fn kvm_create_memory_alias(
 }
 
 /// Removes the alias starting at `phys_start`; `-ENOENT` when there is none.
+///
+/// KVM's slots are cut anew with every vcpu kicked out of the guest and held
+/// for that moment, so no running vcpu ever finds its memory missing.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_destroy_memory_alias(kvm: kvm_context_t, phys_start: u64) -> c_int {
     // SAFETY: C passes a context from kvm_init or NULL.

@@ -60,6 +60,9 @@ unsafe fn set_state<T>(
 }
 
 /// Reads the general registers of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_regs(kvm: kvm_context_t, vcpu: c_int, regs: *mut kvm_regs) -> c_int {
     // SAFETY: C passes a context from kvm_init and a writable struct (or NULL).
@@ -67,6 +70,9 @@ pub unsafe extern "C" fn kvm_get_regs(kvm: kvm_context_t, vcpu: c_int, regs: *mu
 }
 
 /// Writes the general registers of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_regs(kvm: kvm_context_t, vcpu: c_int, regs: *mut kvm_regs) -> c_int {
     // SAFETY: C passes a context from kvm_init and a valid struct (or NULL).
@@ -74,6 +80,9 @@ pub unsafe extern "C" fn kvm_set_regs(kvm: kvm_context_t, vcpu: c_int, regs: *mu
 }
 
 /// Reads the FPU and SSE state of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_fpu(kvm: kvm_context_t, vcpu: c_int, fpu: *mut kvm_fpu) -> c_int {
     // SAFETY: C passes a context from kvm_init and a writable struct (or NULL).
@@ -81,6 +90,9 @@ pub unsafe extern "C" fn kvm_get_fpu(kvm: kvm_context_t, vcpu: c_int, fpu: *mut 
 }
 
 /// Writes the FPU and SSE state of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_fpu(kvm: kvm_context_t, vcpu: c_int, fpu: *mut kvm_fpu) -> c_int {
     // SAFETY: C passes a context from kvm_init and a valid struct (or NULL).
@@ -88,6 +100,9 @@ pub unsafe extern "C" fn kvm_set_fpu(kvm: kvm_context_t, vcpu: c_int, fpu: *mut 
 }
 
 /// Reads the segment, descriptor-table and control registers of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_sregs(kvm: kvm_context_t, vcpu: c_int, regs: *mut kvm_sregs) -> c_int {
     // SAFETY: C passes a context from kvm_init and a writable struct (or NULL).
@@ -95,6 +110,9 @@ pub unsafe extern "C" fn kvm_get_sregs(kvm: kvm_context_t, vcpu: c_int, regs: *m
 }
 
 /// Writes the segment, descriptor-table and control registers of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_sregs(kvm: kvm_context_t, vcpu: c_int, regs: *mut kvm_sregs) -> c_int {
     // SAFETY: C passes a context from kvm_init and a valid struct (or NULL).
@@ -102,6 +120,9 @@ pub unsafe extern "C" fn kvm_set_sregs(kvm: kvm_context_t, vcpu: c_int, regs: *m
 }
 
 /// Reads the local APIC of `vcpu` (in-kernel irqchip only).
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_lapic(kvm: kvm_context_t, vcpu: c_int, s: *mut kvm_lapic_state) -> c_int {
     // SAFETY: C passes a context from kvm_init and a writable struct (or NULL).
@@ -109,6 +130,9 @@ pub unsafe extern "C" fn kvm_get_lapic(kvm: kvm_context_t, vcpu: c_int, s: *mut 
 }
 
 /// Writes the local APIC of `vcpu` (in-kernel irqchip only).
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_lapic(kvm: kvm_context_t, vcpu: c_int, s: *mut kvm_lapic_state) -> c_int {
     // SAFETY: C passes a context from kvm_init and a valid struct (or NULL).
@@ -116,6 +140,9 @@ pub unsafe extern "C" fn kvm_set_lapic(kvm: kvm_context_t, vcpu: c_int, s: *mut 
 }
 
 /// Reads the MP state (runnable, halted, ...) of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_mpstate(kvm: kvm_context_t, vcpu: c_int, mp_state: *mut kvm_mp_state) -> c_int {
     // SAFETY: C passes a context from kvm_init and a writable struct (or NULL).
@@ -123,6 +150,9 @@ pub unsafe extern "C" fn kvm_get_mpstate(kvm: kvm_context_t, vcpu: c_int, mp_sta
 }
 
 /// Writes the MP state of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_mpstate(kvm: kvm_context_t, vcpu: c_int, mp_state: *mut kvm_mp_state) -> c_int {
     // SAFETY: C passes a context from kvm_init and a valid struct (or NULL).
@@ -132,6 +162,9 @@ pub unsafe extern "C" fn kvm_set_mpstate(kvm: kvm_context_t, vcpu: c_int, mp_sta
 /// Reads the `n` MSRs whose `index` fields are set in `msrs`; returns how
 /// many were read (the kernel stops at the first it cannot read). More than
 /// 256 is `-E2BIG`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mut kvm_msr_entry, n: c_int) -> c_int {
     int_result(|| {
@@ -145,6 +178,9 @@ pub unsafe extern "C" fn kvm_get_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mu
 }
 
 /// Writes `n` MSRs; returns how many were written. More than 256 is `-E2BIG`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mut kvm_msr_entry, n: c_int) -> c_int {
     int_result(|| {
@@ -159,6 +195,9 @@ pub unsafe extern "C" fn kvm_set_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mu
 /// Sets the CPUID of `vcpu` from `nent` old-style entries (`KVM_SET_CPUID`;
 /// sent as `KVM_SET_CPUID2` with index and flags 0, as the kernel does).
 /// More than 256 entries is `-E2BIG`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_setup_cpuid(
     kvm: kvm_context_t,
@@ -187,6 +226,9 @@ pub unsafe extern "C" fn kvm_setup_cpuid(
 
 /// Queues external interrupt vector `irq` on `vcpu` (`KVM_INTERRUPT`; only
 /// without an in-kernel irqchip).
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_inject_irq(kvm: kvm_context_t, vcpu: c_int, irq: std::ffi::c_uint) -> c_int {
     status_result(|| {
@@ -197,6 +239,9 @@ pub unsafe extern "C" fn kvm_inject_irq(kvm: kvm_context_t, vcpu: c_int, irq: st
 }
 
 /// The guest's RFLAGS.IF at the last exit of `vcpu` (0 or 1).
+///
+/// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+/// thread, it is kicked out of the guest for the moment this takes.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_interrupt_flag(kvm: kvm_context_t, vcpu: c_int) -> c_int {
     int_result(|| {
@@ -207,6 +252,9 @@ pub unsafe extern "C" fn kvm_get_interrupt_flag(kvm: kvm_context_t, vcpu: c_int)
 }
 
 /// The APIC base MSR at the last exit of `vcpu`; 0 with `errno` on error.
+///
+/// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+/// thread, it is kicked out of the guest for the moment this takes.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_apic_base(kvm: kvm_context_t, vcpu: c_int) -> u64 {
     value_result(0, || {
@@ -217,6 +265,9 @@ pub unsafe extern "C" fn kvm_get_apic_base(kvm: kvm_context_t, vcpu: c_int) -> u
 }
 
 /// 1 when `vcpu` could take an interrupt injection at its last exit.
+///
+/// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+/// thread, it is kicked out of the guest for the moment this takes.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_is_ready_for_interrupt_injection(kvm: kvm_context_t, vcpu: c_int) -> c_int {
     int_result(|| {
@@ -227,6 +278,9 @@ pub unsafe extern "C" fn kvm_is_ready_for_interrupt_injection(kvm: kvm_context_t
 }
 
 /// Sets CR8 (the task priority) through `kvm_run`; applied at the next run.
+///
+/// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+/// thread, it is kicked out of the guest for the moment this takes.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_cr8(kvm: kvm_context_t, vcpu: c_int, cr8: u64) {
     void_result(|| {
@@ -243,6 +297,9 @@ pub unsafe extern "C" fn kvm_set_cr8(kvm: kvm_context_t, vcpu: c_int, cr8: u64) 
 pub type __u64 = u64;
 
 /// CR8 at the last exit of `vcpu`; 0 with `errno` on error.
+///
+/// Reads (or writes) the vcpu's `kvm_run`; while the vcpu runs in another
+/// thread, it is kicked out of the guest for the moment this takes.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_get_cr8(kvm: kvm_context_t, vcpu: c_int) -> __u64 {
     value_result(0, || {
@@ -255,6 +312,9 @@ pub unsafe extern "C" fn kvm_get_cr8(kvm: kvm_context_t, vcpu: c_int) -> __u64 {
 /// Sets the signal mask `vcpu`'s thread has while the guest runs
 /// (`KVM_SET_SIGNAL_MASK`); NULL removes it. The signal libkvm reserves to
 /// stop vcpus for a debugger (`SIGRTMAX - 2`) always stays unblocked.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_set_signal_mask(kvm: kvm_context_t, vcpu: c_int, sigset: *const libc::sigset_t) -> c_int {
     status_result(|| {
@@ -270,6 +330,9 @@ pub unsafe extern "C" fn kvm_set_signal_mask(kvm: kvm_context_t, vcpu: c_int, si
 }
 
 /// Reports TPR accesses of `vcpu` to the `tpr_access` callback.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_enable_tpr_access_reporting(kvm: kvm_context_t, vcpu: c_int) -> c_int {
     status_result(|| {
@@ -280,6 +343,9 @@ pub unsafe extern "C" fn kvm_enable_tpr_access_reporting(kvm: kvm_context_t, vcp
 }
 
 /// Stops reporting TPR accesses of `vcpu`.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_disable_tpr_access_reporting(kvm: kvm_context_t, vcpu: c_int) -> c_int {
     status_result(|| {
@@ -291,6 +357,9 @@ pub unsafe extern "C" fn kvm_disable_tpr_access_reporting(kvm: kvm_context_t, vc
 
 /// Sets the guest-physical address of `vcpu`'s virtual APIC page
 /// (`KVM_SET_VAPIC_ADDR`; needs the in-kernel irqchip).
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_enable_vapic(kvm: kvm_context_t, vcpu: c_int, vapic: u64) -> c_int {
     status_result(|| {

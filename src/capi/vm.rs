@@ -120,6 +120,9 @@ pub unsafe extern "C" fn kvm_run(kvm: kvm_context_t, vcpu: c_int) -> c_int {
 
 /// Prints all state of `vcpu` to stderr: registers, segments, control
 /// registers, pending events, debug registers, MP state.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_dump_vcpu(kvm: kvm_context_t, vcpu: c_int) -> c_int {
     status_result(|| {
@@ -131,6 +134,9 @@ pub unsafe extern "C" fn kvm_dump_vcpu(kvm: kvm_context_t, vcpu: c_int) -> c_int
 }
 
 /// Prints the general and segment registers of `vcpu` to stderr.
+///
+/// While the vcpu runs in another thread, this kicks it out of the guest, does
+/// its work and lets it go on: it never waits for the guest's own next exit.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_show_regs(kvm: kvm_context_t, vcpu: c_int) {
     void_result(|| {
