@@ -67,9 +67,11 @@ struct kvm_debug_guest {
 // Extension: a single step completed (`#DB` with DR6.BS).
 #define KVM_GDB_SINGLESTEP 5
 
-// `kvm_set_watchpoint_method`: a debug register when the host fires data
-// breakpoints, one is free and the length fits (1, 2, 4, 8, aligned);
-// page protection otherwise. The default.
+// `kvm_set_watchpoint_method`: a debug register for a write or access
+// watchpoint when the host fires data breakpoints, one is free and the
+// length fits (1, 2, 4, 8, aligned); page protection otherwise, and always
+// for read watchpoints (a debug register's read condition also fires on
+// writes; page protection tells them apart). The default.
 #define KVM_WATCH_AUTO 0
 
 // `kvm_set_watchpoint_method`: debug registers only (four at most).

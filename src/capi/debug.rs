@@ -11,9 +11,11 @@ use crate::debug::request::{kvm_debug_guest, translate_old_request};
 use crate::debug::watch::WatchMethod;
 use crate::debug::BreakType;
 
-/// `kvm_set_watchpoint_method`: a debug register when the host fires data
-/// breakpoints, one is free and the length fits (1, 2, 4, 8, aligned);
-/// page protection otherwise. The default.
+/// `kvm_set_watchpoint_method`: a debug register for a write or access
+/// watchpoint when the host fires data breakpoints, one is free and the
+/// length fits (1, 2, 4, 8, aligned); page protection otherwise, and always
+/// for read watchpoints (a debug register's read condition also fires on
+/// writes; page protection tells them apart). The default.
 pub const KVM_WATCH_AUTO: c_int = 0;
 /// `kvm_set_watchpoint_method`: debug registers only (four at most).
 pub const KVM_WATCH_DEBUG_REGISTERS: c_int = 1;

@@ -189,18 +189,24 @@ fn judge_int3(ctx: &Context, vcpu: &Vcpu, state: &VcpuDebug, pc: u64) -> Result<
 /// while the VMM still wants steps, dropped when it stopped wanting them
 /// meanwhile), a debug register programmed then (whose break type is set
 /// from the table), a breakpoint removed since (ignored), or the guest's
-/// own (its trap flag, its own debug registers). `register` looks up what
-/// the breakpoint table holds in a debug register now.
+/// own (its trap flag, its own debug registers). KVM may still deliver a
+/// step or hit it owed to an earlier programming: an event the library
+/// caused recently is never the guest's, unless the guest set its trap
+/// flag itself (`guest_trap_flag`). `register` looks up what the breakpoint
+/// table holds in a debug register now.
 fn judge_debug_exception(
     state: &VcpuDebug,
     entered: &Programming,
     event: &mut DebugEvent,
     register: impl Fn(u8) -> Option<HardwareBreakpoint>,
+    guest_trap_flag: impl FnOnce() -> bool,
 ) -> Verdict {
     let n = match event.cause {
         DebugCause::SingleStep if entered.single_steps() && state.stepping() => return Verdict::Report(None),
         DebugCause::SingleStep if entered.single_steps() => return Verdict::Resume,
+        DebugCause::SingleStep if state.recently_single_stepped() && !guest_trap_flag() => return Verdict::Resume,
         DebugCause::Register(n) if entered.register_enabled(n) => n,
+        DebugCause::Register(n) if state.recently_programmed_register(n) => return Verdict::Resume,
         _ => return Verdict::ReinjectDebug,
     };
     match register(n) {
@@ -216,6 +222,12 @@ fn judge_debug_exception(
         _ if state.requested_register(n) => Verdict::Report(None),
         _ => Verdict::Resume,
     }
+}
+
+/// True when the guest's RFLAGS has TF set (the guest single-steps itself).
+fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
+    const TF: u64 = 1 << 8;
+    vcpu.regs_and_sregs().is_ok_and(|(regs, _)| regs.rflags & TF != 0)
 }
 
 /// Handles `KVM_EXIT_DEBUG`, decoded against the debug state the vcpu
@@ -235,7 +247,13 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
     }
     let verdict = match event.cause {
         DebugCause::Int3 => judge_int3(ctx, vcpu, &state, event.pc)?,
-        _ => judge_debug_exception(&state, &entered, &mut event, |n| ctx.debugger().table().register(n as usize).copied()),
+        _ => judge_debug_exception(
+            &state,
+            &entered,
+            &mut event,
+            |n| ctx.debugger().table().register(n as usize).copied(),
+            || guest_sets_trap_flag(vcpu),
+        ),
     };
     act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit)
 }
@@ -341,6 +359,21 @@ fn inject_debug(vcpu: &Vcpu, dr6: u64) -> Result<()> {
     inject_exception(vcpu, DEBUG_EXCEPTION as u8)
 }
 
+/// Drops an exception `vector` that KVM queued for the guest but has not
+/// delivered (SVM queues a `#UD` after a failed instruction fetch).
+pub(crate) fn discard_queued_exception(vcpu: &Vcpu, vector: u8) -> Result<()> {
+    let mut events = vcpu.ioctl(|fd| fd.get_vcpu_events())?;
+    let queued = events.exception.injected != 0 || events.exception.pending != 0;
+    if queued && events.exception.nr == vector {
+        events.exception.injected = 0;
+        events.exception.pending = 0;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        vcpu.ioctl(|fd| fd.set_vcpu_events(&events))?;
+    }
+    Ok(())
+}
+
 fn inject_exception(vcpu: &Vcpu, vector: u8) -> Result<()> {
     let mut events = vcpu.ioctl(|fd| fd.get_vcpu_events())?;
     events.exception.injected = 1;
@@ -409,9 +442,21 @@ mod tests {
     fn a_step_kvm_did_not_make_goes_back_to_the_guest() {
         let state = VcpuDebug::default();
         let mut event = db_event(DR6_BS, 0x10);
-        assert_eq!(judge_debug_exception(&state, &entered_stepping(false), &mut event, |_| None), Verdict::ReinjectDebug);
+        assert_eq!(judge_debug_exception(&state, &entered_stepping(false), &mut event, |_| None, || false), Verdict::ReinjectDebug);
         let stepping = VcpuDebug { singlestep: true, ..state };
-        assert_eq!(judge_debug_exception(&stepping, &entered_stepping(true), &mut event, |_| None), Verdict::Report(None));
+        assert_eq!(judge_debug_exception(&stepping, &entered_stepping(true), &mut event, |_| None, || false), Verdict::Report(None));
+    }
+
+    #[test]
+    fn a_late_step_of_an_earlier_programming_is_dropped_unless_the_guest_set_tf() {
+        // KVM delivers a step it owed to stepping that is off by the entry.
+        let mut state = VcpuDebug::default();
+        state.set_programmed(entered_stepping(true).0);
+        state.set_programmed(kvm_bindings::kvm_guest_debug::default());
+        let mut event = db_event(DR6_BS, 0x10);
+        let entered = entered_stepping(false);
+        assert_eq!(judge_debug_exception(&state, &entered, &mut event, |_| None, || false), Verdict::Resume);
+        assert_eq!(judge_debug_exception(&state, &entered, &mut event, |_| None, || true), Verdict::ReinjectDebug);
     }
 
     #[test]
@@ -419,7 +464,7 @@ mod tests {
         // Another thread turned stepping off between the exit and its handling.
         let state = VcpuDebug::default();
         let mut event = db_event(DR6_BS, 0x10);
-        assert_eq!(judge_debug_exception(&state, &entered_stepping(true), &mut event, |_| None), Verdict::Resume);
+        assert_eq!(judge_debug_exception(&state, &entered_stepping(true), &mut event, |_| None, || false), Verdict::Resume);
     }
 
     #[test]
@@ -429,12 +474,12 @@ mod tests {
         let decode = |dr6| decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1000, dr6, dr7: 0 }, &entered.registers());
         let mut hit0 = decode(0b0001);
         assert_eq!(
-            judge_debug_exception(&state, &entered, &mut hit0, |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000))),
+            judge_debug_exception(&state, &entered, &mut hit0, |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000)), || false),
             Verdict::Report(Some(ResumePoint { pc: 0x1000, register: Some(0) }))
         );
         // DR2 was never programmed: the guest's own #DB.
         let mut hit2 = db_event(0b0100, 0x1000);
-        assert_eq!(judge_debug_exception(&state, &entered, &mut hit2, |_| None), Verdict::ReinjectDebug);
+        assert_eq!(judge_debug_exception(&state, &entered, &mut hit2, |_| None, || false), Verdict::ReinjectDebug);
     }
 
     #[test]
@@ -443,7 +488,7 @@ mod tests {
         let entered = state.programming();
         let mut event =
             decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1004, dr6: 1, dr7: 0 }, &entered.registers());
-        let verdict = judge_debug_exception(&state, &entered, &mut event, |_| Some(hw(BreakType::WatchRead, 0x2000)));
+        let verdict = judge_debug_exception(&state, &entered, &mut event, |_| Some(hw(BreakType::WatchRead, 0x2000)), || false);
         assert_eq!((verdict, event.break_type), (Verdict::Report(None), BreakType::WatchRead));
     }
 
@@ -453,14 +498,14 @@ mod tests {
         let entered = state.programming();
         let mut event =
             decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x3000, dr6: 0b10, dr7: 0 }, &entered.registers());
-        assert_eq!(judge_debug_exception(&state, &entered, &mut event, |_| None), Verdict::Resume);
+        assert_eq!(judge_debug_exception(&state, &entered, &mut event, |_| None, || false), Verdict::Resume);
         // ... unless the VMM's own request still uses that register.
         let mut requested = state;
         requested.request = state.programmed;
-        assert_eq!(judge_debug_exception(&requested, &entered, &mut event, |_| None), Verdict::Report(None));
+        assert_eq!(judge_debug_exception(&requested, &entered, &mut event, |_| None, || false), Verdict::Report(None));
         // A register taken away by another thread after the vcpu entered
         // with it: still ours, not the guest's.
         let now = programmed_state(&[]);
-        assert_eq!(judge_debug_exception(&now, &entered, &mut event, |_| None), Verdict::Resume);
+        assert_eq!(judge_debug_exception(&now, &entered, &mut event, |_| None, || false), Verdict::Resume);
     }
 }

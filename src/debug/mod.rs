@@ -221,7 +221,7 @@ impl Context {
                 self.change_breakpoints(|| self.debugger().table().insert_hardware(kind, addr, len))
             }
             BreakType::WatchWrite | BreakType::WatchRead | BreakType::WatchAccess => {
-                if self.watch_in_register(addr, len) {
+                if self.watch_in_register(kind, addr, len) {
                     self.change_breakpoints(|| self.debugger().table().insert_hardware(kind, addr, len))
                 } else {
                     self.insert_page_watch(vcpu, kind, addr, len)
@@ -231,13 +231,16 @@ impl Context {
     }
 
     /// Whether a new watchpoint goes into a debug register (or is kept by
-    /// page protection), by the method setting.
-    fn watch_in_register(&self, addr: u64, len: u64) -> bool {
+    /// page protection), by the method setting. `Auto` keeps read
+    /// watchpoints by page protection, which tells reads from writes (a
+    /// debug register cannot: its read condition fires on writes too).
+    fn watch_in_register(&self, kind: BreakType, addr: u64, len: u64) -> bool {
         match self.debugger().watch_method.get() {
             watch::WatchMethod::DebugRegisters => true,
             watch::WatchMethod::PageProtection => false,
             watch::WatchMethod::Auto => {
-                debugregs::watch_fits(addr, len)
+                kind != BreakType::WatchRead
+                    && debugregs::watch_fits(addr, len)
                     && self.debugger().host_fires_data_breakpoints(self.kvm())
                     && (0..debugregs::DEBUG_REGISTERS).any(|n| self.debugger().table().register(n).is_none())
             }

@@ -116,6 +116,17 @@ impl VcpuDebug {
         (at == generation && generation < self.generation).then_some(Programming(debug))
     }
 
+    /// True when KVM had debug register `n` enabled now or in any of the
+    /// remembered earlier programmings.
+    pub fn recently_programmed_register(&self, n: u8) -> bool {
+        self.programmed_register(n) || self.earlier.iter().any(|&(_, debug)| Programming(debug).register_enabled(n))
+    }
+
+    /// True when KVM single-steps now or did in any remembered programming.
+    pub fn recently_single_stepped(&self) -> bool {
+        self.programming().single_steps() || self.earlier.iter().any(|&(_, debug)| Programming(debug).single_steps())
+    }
+
     /// What KVM has now.
     pub fn programming(&self) -> Programming {
         Programming(self.programmed)

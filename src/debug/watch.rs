@@ -315,7 +315,9 @@ pub fn on_fetch_from_watched_page(ctx: &Context, vcpu: &Vcpu) -> Option<Result<c
         return None;
     }
     eprintln!("libkvm: vcpu {} runs code in watched page {page:#x}: read watching there is suspended", vcpu.index());
-    Some(ctx.apply_protections(&[page]).map(|()| 0))
+    // SVM queues a #UD for the fetch that failed; the retry must not take it.
+    const UD: u8 = 6;
+    Some(ctx.apply_protections(&[page]).and_then(|()| super::exits::discard_queued_exception(vcpu, UD)).map(|()| 0))
 }
 
 #[cfg(test)]
