@@ -75,8 +75,9 @@ pub struct Debugger {
     table: Mutex<BreakpointTable>,
     /// Watchpoints kept by page protection.
     pub(crate) page_watches: Mutex<watch::PageWatchTable>,
-    /// Set while `page_watches` is not empty: MMIO exits look there first.
-    watching_pages: AtomicBool,
+    /// Set once a page was protected for a watchpoint: from then on, MMIO
+    /// exits inside RAM are completed by the library (see `watch`).
+    pages_protected: AtomicBool,
     /// How watchpoints are implemented (`kvm_set_watchpoint_method`).
     pub(crate) watch_method: watch::WatchMethodSetting,
     data_breakpoints: OnceLock<bool>,
@@ -94,7 +95,7 @@ impl Debugger {
         Debugger {
             table: Mutex::new(BreakpointTable::default()),
             page_watches: Mutex::new(watch::PageWatchTable::default()),
-            watching_pages: AtomicBool::new(false),
+            pages_protected: AtomicBool::new(false),
             watch_method: watch::WatchMethodSetting::default(),
             data_breakpoints: OnceLock::new(),
             valid_control: flags,
@@ -114,13 +115,13 @@ impl Debugger {
         self.blockirq
     }
 
-    /// True while some watchpoint is kept by page protection.
-    pub fn watching_pages(&self) -> bool {
-        self.watching_pages.load(Ordering::Acquire)
+    /// True once some watchpoint was kept by page protection.
+    pub fn pages_were_protected(&self) -> bool {
+        self.pages_protected.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_watching_pages(&self, on: bool) {
-        self.watching_pages.store(on, Ordering::Release);
+    pub(crate) fn note_pages_protected(&self) {
+        self.pages_protected.store(true, Ordering::Release);
     }
 
     /// True when the host fires debug-register data breakpoints (probed

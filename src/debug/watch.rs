@@ -204,7 +204,9 @@ impl Context {
                 mem.set_protection(&slots, page, protection)?;
             }
         }
-        self.debugger().set_watching_pages(!watches.is_empty());
+        if !watches.is_empty() {
+            self.debugger().note_pages_protected();
+        }
         Ok(())
     }
 
@@ -257,18 +259,22 @@ pub struct WatchHit {
     len: u64,
 }
 
-/// A guest access to guest-physical `gpa` that exited as MMIO: when the
-/// page is protected for a watchpoint, completes it in the page's memory (a
-/// load fills `data`) and returns the watchpoint it fires, if any. `None`
-/// when the access is the VMM's MMIO.
+/// A guest access to guest-physical `gpa` that exited as MMIO: when it lies
+/// in writable RAM, page protection caused it (now, or a moment ago: the
+/// protection may have ended since the exit), so the library completes it
+/// in memory (a load fills `data`) and returns the watchpoint it fires, if
+/// any. `None` when the access is the VMM's MMIO (outside RAM, or a store
+/// to the VMM's read-only memory).
 pub fn complete_protected_access(ctx: &Context, gpa: u64, data: &mut [u8], is_write: bool) -> Option<Result<Option<WatchHit>>> {
-    if !ctx.debugger().watching_pages() {
+    if !ctx.debugger().pages_were_protected() {
         return None;
     }
     let len = data.len() as u64;
     {
         let mut mem = ctx.memory();
-        mem.protection(gpa)?;
+        if mem.slot_containing(gpa)?.readonly {
+            return None;
+        }
         mem.host_address(gpa, len)?;
         let completed = if is_write {
             mem.write(gpa, data).map(|()| mem.note_library_write(gpa, len))
@@ -303,7 +309,7 @@ pub fn report_hit(ctx: &Context, vcpu: &Vcpu, hit: WatchHit) -> Result<c_int> {
 /// unbacked for a read watchpoint, back the page again (read watching
 /// there is suspended, writes still watched) and let the vcpu retry.
 pub fn on_fetch_from_watched_page(ctx: &Context, vcpu: &Vcpu) -> Option<Result<c_int>> {
-    if !ctx.debugger().watching_pages() {
+    if !ctx.debugger().pages_were_protected() {
         return None;
     }
     let pc = super::exits::current_pc(vcpu).ok()?;
