@@ -5,6 +5,8 @@
 #   make c-tests      the C tests only
 #   make demo         build and run examples/hello.c
 #   make debug-demo   the same VMM waiting for gdb on 127.0.0.1:1234
+#   make test-svm     every C and gdb test again on a second host: kvm_amd in a
+#                     QEMU TCG guest (svm/, docs/hosts.md)
 #   make bench        benchmarks against raw KVM ioctls (BENCHMARKS.md)
 #   make install      PREFIX=/usr/local: library, header, libkvm.pc
 #   make clean
@@ -36,7 +38,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test cargo-test c-tests check-leaks check-install demo debug-demo bench bench-instructions install clean FORCE
+.PHONY: all header lib test test-svm cargo-test c-tests check-leaks check-install demo debug-demo bench bench-instructions install clean FORCE
 
 all: header
 
@@ -54,6 +56,11 @@ $(STATIC_LIB) $(SHARED_LIB): lib
 	@:
 
 test: cargo-test c-tests check-leaks check-install
+
+# The C tests (statically linked) and the gdb tests on the SVM test host:
+# Debian's kvm_amd inside QEMU 7.2 TCG with our SVM fixes (svm/README.md).
+test-svm: lib
+	svm/test-svm.sh $(CURDIR)
 
 cargo-test:
 	$(CARGO) test --release --features test-hooks
@@ -166,4 +173,4 @@ check-install: lib
 
 clean:
 	$(CARGO) clean
-	rm -rf $(BUILD) $(EXAMPLES_BUILD) libkvm.pc
+	rm -rf $(BUILD) c-tests/build-static $(EXAMPLES_BUILD) libkvm.pc
