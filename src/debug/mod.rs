@@ -7,7 +7,8 @@
 //!   state that follows;
 //! - [`exits`]: what happens on `#BP`, `#DB` and the emulation failure
 //!   that is an `int3` on emulating hosts, and stepping over breakpoints;
-//! - [`pagewalk`] and [`guest_memory`]: guest memory by virtual address.
+//! - [`pagewalk`] and [`guest_memory`]: guest memory by virtual address;
+//! - [`mappings`]: every page the guest's page tables map.
 //!
 //! Lock order: a vcpu's debug state, then the breakpoint table, then guest
 //! memory, then the vcpu fd. The VMM's callbacks run with no lock held.
@@ -18,6 +19,7 @@ pub mod decode;
 pub mod exits;
 pub mod guest_memory;
 pub mod host_quirks;
+pub mod mappings;
 pub mod pagewalk;
 pub mod request;
 pub mod vcpu_state;

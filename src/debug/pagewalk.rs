@@ -32,20 +32,20 @@ pub struct PagingRegisters {
     pub efer: u64,
 }
 
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+pub(super) const CR0_PG: u64 = 1 << 31;
+pub(super) const CR4_PSE: u64 = 1 << 4;
+pub(super) const CR4_PAE: u64 = 1 << 5;
+pub(super) const CR4_LA57: u64 = 1 << 12;
+pub(super) const EFER_LMA: u64 = 1 << 10;
+pub(super) const EFER_NXE: u64 = 1 << 11;
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const USER: u64 = 1 << 2;
-const PAGE_SIZE_BIT: u64 = 1 << 7;
-const NO_EXECUTE: u64 = 1 << 63;
+pub(super) const PRESENT: u64 = 1 << 0;
+pub(super) const WRITABLE: u64 = 1 << 1;
+pub(super) const USER: u64 = 1 << 2;
+pub(super) const PAGE_SIZE_BIT: u64 = 1 << 7;
+pub(super) const NO_EXECUTE: u64 = 1 << 63;
 /// Physical address bits 12-51 of a 64-bit entry.
-const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
+pub(super) const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 /// How the guest translates addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,21 +219,21 @@ fn walk_levels(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::collections::HashMap;
 
     /// Sparse guest-physical memory of u64 words.
     #[derive(Default)]
-    struct Tables {
+    pub(crate) struct Tables {
         words: HashMap<u64, u64>,
     }
 
     impl Tables {
-        fn set64(&mut self, gpa: u64, value: u64) {
+        pub(crate) fn set64(&mut self, gpa: u64, value: u64) {
             self.words.insert(gpa, value);
         }
-        fn set32(&mut self, gpa: u64, value: u32) {
+        pub(crate) fn set32(&mut self, gpa: u64, value: u32) {
             let word = self.words.entry(gpa & !7).or_insert(0);
             if gpa & 4 == 0 {
                 *word = (*word & !0xffff_ffff) | u64::from(value);
@@ -250,10 +250,10 @@ mod tests {
         }
     }
 
-    const RW: u64 = PRESENT | WRITABLE;
+    pub(crate) const RW: u64 = PRESENT | WRITABLE;
     const RWU: u64 = PRESENT | WRITABLE | USER;
 
-    fn long_mode(cr3: u64, la57: bool) -> PagingRegisters {
+    pub(crate) fn long_mode(cr3: u64, la57: bool) -> PagingRegisters {
         PagingRegisters {
             cr0: CR0_PG | 1,
             cr3,

@@ -183,8 +183,9 @@ impl ExtendedMode for VmTarget<'_> {
 impl MultiThreadBase for VmTarget<'_> {
     fn read_registers(&mut self, regs: &mut VcpuRegisters, tid: Tid) -> TargetResult<(), Self> {
         let vcpu = self.vcpu(tid).map_err(errno_error)?;
-        let (kvm_regs, sregs) = vcpu.regs_and_sregs().map_err(errno_error)?;
-        let fpu = vcpu.ioctl(|fd| fd.get_fpu()).map_err(errno_error)?;
+        let (kvm_regs, sregs, fpu) = vcpu
+            .with_fd(|fd| Ok::<_, Errno>((fd.get_regs()?, fd.get_sregs()?, fd.get_fpu()?)))
+            .map_err(errno_error)?;
         *regs = registers::from_kvm(&kvm_regs, &sregs, &fpu);
         Ok(())
     }

@@ -173,10 +173,10 @@ impl Vcpu {
             }
         }
         let paging = |s: &kvm_sregs| PagingRegisters { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer };
-        let regs = match self.with_registers_at_exit(|_, sregs| paging(sregs)) {
-            Some(regs) => regs,
-            None => paging(&self.ioctl(|fd| fd.get_sregs())?),
-        };
+        let regs = self.with_fd(|fd| match self.synced_at_exit(fd) {
+            Some((_, sregs)) => Ok(paging(&sregs)),
+            None => fd.get_sregs().map(|sregs| paging(&sregs)).map_err(Errno::from),
+        })?;
         *cache = Some((epoch, regs));
         Ok(regs)
     }
@@ -365,15 +365,24 @@ impl Vcpu {
         })
     }
 
-    /// The general and segment registers: from the last exit when they are
-    /// current, else from the vcpu.
-    pub fn regs_and_sregs(&self) -> Result<(kvm_regs, kvm_sregs)> {
-        if let Some(registers) = self.with_registers_at_exit(|regs, sregs| (*regs, *sregs)) {
-            return Ok(registers);
+    /// The registers synced into `kvm_run` at the last exit, when current
+    /// (the caller holds the fd).
+    fn synced_at_exit(&self, fd: &mut VcpuFd) -> Option<(kvm_regs, kvm_sregs)> {
+        if self.synced_epoch.load(Ordering::Acquire) != self.state_epoch() {
+            return None;
         }
-        let regs = self.ioctl(|fd| fd.get_regs())?;
-        let sregs = self.ioctl(|fd| fd.get_sregs())?;
-        Ok((regs, sregs))
+        // SAFETY: as in `with_registers_at_exit`.
+        let synced = unsafe { &fd.get_kvm_run().s.regs };
+        Some((synced.regs, synced.sregs))
+    }
+
+    /// The general and segment registers: from the last exit when they are
+    /// current, else from the vcpu; one pause of a running vcpu for both.
+    pub fn regs_and_sregs(&self) -> Result<(kvm_regs, kvm_sregs)> {
+        self.with_fd(|fd| match self.synced_at_exit(fd) {
+            Some(registers) => Ok(registers),
+            None => Ok((fd.get_regs().map_err(Errno::from)?, fd.get_sregs().map_err(Errno::from)?)),
+        })
     }
 
     /// Lets KVM finish the instruction of the last port or MMIO exit without

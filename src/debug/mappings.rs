@@ -1,0 +1,189 @@
+//! Every page a guest's page tables map, for dumping a guest's memory by
+//! the addresses its symbols use.
+
+use super::pagewalk::{PagingMode, PagingRegisters, PhysicalMemory, ADDRESS_MASK, PAGE_SIZE_BIT, PRESENT};
+
+/// One page the guest's page tables map: linear `gva` to physical `gpa`,
+/// `size` bytes (4 KiB, 2 MiB, 4 MiB or 1 GiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Linear address (canonical).
+    pub gva: u64,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Page size.
+    pub size: u64,
+}
+
+/// Calls `visit` for every page the guest's page tables map, in linear
+/// address order, visiting at most `budget` table entries (page tables that
+/// map themselves, as recursive mappings do, can describe billions of
+/// pages). Returns false when the budget ran out. With paging off, nothing
+/// is mapped: linear is physical.
+pub fn for_each_mapping(
+    regs: &PagingRegisters,
+    mem: &impl PhysicalMemory,
+    budget: u64,
+    mut visit: impl FnMut(Mapping),
+) -> bool {
+    let mut left = budget;
+    match regs.mode() {
+        PagingMode::Off => true,
+        PagingMode::Bits32 { pse } => walk_32bit_tables(regs, mem, pse, &mut left, &mut visit),
+        PagingMode::Pae => {
+            for i in 0..4u64 {
+                let Some(pdpte) = mem.read_u64((regs.cr3 & 0xffff_ffe0) + i * 8) else { continue };
+                if pdpte & PRESENT != 0 && !walk_table(mem, pdpte & ADDRESS_MASK, 2, i << 30, false, &mut left, &mut visit) {
+                    return false;
+                }
+            }
+            true
+        }
+        PagingMode::Level4 => walk_table(mem, regs.cr3 & ADDRESS_MASK, 4, 0, true, &mut left, &mut visit),
+        PagingMode::Level5 => walk_table(mem, regs.cr3 & ADDRESS_MASK, 5, 0, true, &mut left, &mut visit),
+    }
+}
+
+fn walk_32bit_tables(
+    regs: &PagingRegisters,
+    mem: &impl PhysicalMemory,
+    pse: bool,
+    left: &mut u64,
+    visit: &mut impl FnMut(Mapping),
+) -> bool {
+    for i in 0..1024u64 {
+        let Some(pde) = mem.read_u32((regs.cr3 & 0xffff_f000) + i * 4).map(u64::from) else { continue };
+        if !spend(left) {
+            return false;
+        }
+        if pde & PRESENT == 0 {
+            continue;
+        }
+        if pse && pde & PAGE_SIZE_BIT != 0 {
+            let gpa = (pde & 0xffc0_0000) | (((pde >> 13) & 0xff) << 32);
+            visit(Mapping { gva: i << 22, gpa, size: 4 << 20 });
+            continue;
+        }
+        for j in 0..1024u64 {
+            let Some(pte) = mem.read_u32((pde & 0xffff_f000) + j * 4).map(u64::from) else { continue };
+            if !spend(left) {
+                return false;
+            }
+            if pte & PRESENT != 0 {
+                visit(Mapping { gva: (i << 22) | (j << 12), gpa: pte & 0xffff_f000, size: 4096 });
+            }
+        }
+    }
+    true
+}
+
+/// Takes one entry from the budget; false when none is left.
+fn spend(left: &mut u64) -> bool {
+    if *left == 0 {
+        return false;
+    }
+    *left -= 1;
+    true
+}
+
+/// Visits the 64-bit table at `table` of level `level` covering linear
+/// addresses from `base`; `sign_extend` makes the top level's upper half
+/// canonical.
+fn walk_table(
+    mem: &impl PhysicalMemory,
+    table: u64,
+    level: u8,
+    base: u64,
+    sign_extend: bool,
+    left: &mut u64,
+    visit: &mut impl FnMut(Mapping),
+) -> bool {
+    let shift = 12 + 9 * (u32::from(level) - 1);
+    for i in 0..512u64 {
+        let Some(entry) = mem.read_u64(table + i * 8) else { return true };
+        if !spend(left) {
+            return false;
+        }
+        if entry & PRESENT == 0 {
+            continue;
+        }
+        let mut gva = base | (i << shift);
+        if sign_extend && i >= 256 {
+            gva |= !((1u64 << (shift + 9)) - 1);
+        }
+        let large = matches!(level, 2 | 3) && entry & PAGE_SIZE_BIT != 0;
+        if level == 1 || large {
+            let size = 1u64 << shift;
+            visit(Mapping { gva, gpa: entry & ADDRESS_MASK & !(size - 1), size });
+        } else if !walk_table(mem, entry & ADDRESS_MASK, level - 1, gva, false, left, visit) {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::debug::pagewalk::tests::{long_mode, Tables, RW};
+    use crate::debug::pagewalk::{translate, CR0_PG, CR4_PAE, CR4_PSE};
+
+    #[test]
+    fn mappings_of_4_level_tables_come_in_address_order_with_canonical_upper_halves() {
+        let mut t = Tables::default();
+        t.set64(0x1000, 0x2000 | RW); // PML4[0]
+        t.set64(0x1000 + 511 * 8, 0x5000 | RW); // PML4[511]: the higher half
+        t.set64(0x2000, 0x3000 | RW); // PDPT[0] -> PD
+        t.set64(0x3000, 0x20_0000 | RW | PAGE_SIZE_BIT); // 2 MiB at 0
+        t.set64(0x3000 + 8, 0x4000 | RW); // PD[1] -> PT
+        t.set64(0x4000 + 3 * 8, 0x9000 | RW); // 4 KiB at 0x203000
+        t.set64(0x5000 + 510 * 8, 0x4000_0000 | RW | PAGE_SIZE_BIT); // 1 GiB at -2 GiB
+        let mut seen = Vec::new();
+        assert!(for_each_mapping(&long_mode(0x1000, false), &t, 1 << 20, |m| seen.push(m)));
+        assert_eq!(
+            seen,
+            vec![
+                Mapping { gva: 0, gpa: 0x20_0000, size: 2 << 20 },
+                Mapping { gva: 0x20_3000, gpa: 0x9000, size: 4096 },
+                Mapping { gva: 0xffff_ffff_8000_0000, gpa: 0x4000_0000, size: 1 << 30 },
+            ]
+        );
+        // Every enumerated page translates the same way.
+        for m in &seen {
+            assert_eq!(translate(&long_mode(0x1000, false), &t, m.gva).unwrap().gpa, m.gpa);
+        }
+    }
+
+    #[test]
+    fn a_self_mapping_table_runs_out_of_budget_instead_of_forever() {
+        let mut t = Tables::default();
+        for i in 0..512 {
+            t.set64(0x1000 + i * 8, 0x1000 | RW); // every PML4 entry points back at the PML4
+        }
+        let mut pages = 0u64;
+        assert!(!for_each_mapping(&long_mode(0x1000, false), &t, 100_000, |_| pages += 1));
+        assert!(pages < 100_000);
+    }
+
+    #[test]
+    fn mappings_of_32_bit_and_pae_tables() {
+        let mut t = Tables::default();
+        t.set32(0x1000, 0x2000 | RW as u32); // PDE 0 -> PT
+        t.set32(0x2000 + 5 * 4, 0x7000 | RW as u32); // PTE 5
+        t.set32(0x1000 + 4, 0x0040_0000 | (RW | PAGE_SIZE_BIT) as u32); // 4 MiB at 4 MiB
+        let regs = PagingRegisters { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PSE, efer: 0 };
+        let mut seen = Vec::new();
+        for_each_mapping(&regs, &t, 1 << 20, |m| seen.push(m));
+        assert_eq!(
+            seen,
+            vec![Mapping { gva: 0x5000, gpa: 0x7000, size: 4096 }, Mapping { gva: 0x40_0000, gpa: 0x40_0000, size: 4 << 20 }]
+        );
+        let mut p = Tables::default();
+        p.set64(0x3000 + 3 * 8, 0x4000 | PRESENT); // PDPTE 3
+        p.set64(0x4000, 0x60_0000 | RW | PAGE_SIZE_BIT);
+        let pae = PagingRegisters { cr0: CR0_PG | 1, cr3: 0x3000, cr4: CR4_PAE, efer: 0 };
+        seen.clear();
+        for_each_mapping(&pae, &p, 1 << 20, |m| seen.push(m));
+        assert_eq!(seen, vec![Mapping { gva: 0xc000_0000, gpa: 0x60_0000, size: 2 << 20 }]);
+    }
+}
