@@ -95,6 +95,20 @@ $(BUILD)/guest.o: c-tests/guest.c c-tests/guest.h $(HEADER) | $(BUILD)
 $(BUILD)/test_%: c-tests/test_%.c c-tests/check.h $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
 
+# test_core's guest: a freestanding C kernel with symbols, in the higher
+# half, carried inside the test program.
+KERNEL_CFLAGS := -ffreestanding -nostdlib -fno-pic -fno-pie -mcmodel=kernel -mno-red-zone -mgeneral-regs-only \
+    -fno-stack-protector -fno-omit-frame-pointer -g -O1 -static -no-pie
+$(BUILD)/core_kernel.elf: c-tests/core/kernel.c c-tests/core/entry.S c-tests/core/kernel.ld | $(BUILD)
+	$(CC) $(KERNEL_CFLAGS) -Wl,-T,c-tests/core/kernel.ld -Wl,--build-id=none -Wl,-z,noexecstack -o $@ \
+	    c-tests/core/entry.S c-tests/core/kernel.c
+
+$(BUILD)/core_kernel_blob.o: c-tests/core/blob.S $(BUILD)/core_kernel.elf
+	$(CC) -c -DKERNEL_ELF='"$(BUILD)/core_kernel.elf"' -o $@ $<
+
+$(BUILD)/test_core: c-tests/test_core.c c-tests/check.h $(TEST_SUPPORT) $(BUILD)/core_kernel_blob.o $(HEADER) $(STATIC_LIB)
+	$(CC) $(TEST_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(BUILD)/core_kernel_blob.o $(STATIC_LIB) $(LDLIBS)
+
 # The header must compile as strict C99, as C++11, and against kernel
 # headers new enough to have dropped struct kvm_debug_guest (made here
 # from the system's linux/kvm.h by deleting those definitions).

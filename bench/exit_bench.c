@@ -354,6 +354,75 @@ static void contexts(struct test_vm *vm, long n)
     }
 }
 
+/* Core dumps of a 1 GiB guest to a file in $TMPDIR (or /tmp). The
+ * baseline is a hand-written pwrite of `baseline_len` bytes of the RAM: all
+ * of it for the mostly-zero guest (what a VMM dumping by itself writes),
+ * just the data for the guest with 128 MiB of it (the least any dumper must
+ * write). Prints guest RAM covered per second and time(libkvm)/time(raw). */
+enum { CORE_RAM = 1 << 30, CORE_DATA = 128 << 20, CORE_DATA_AT = 0x200000, CORE_ROUNDS = 5 };
+
+static void raw_ram_write(const char *path, const uint8_t *ram, size_t len)
+{
+    size_t done = 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        die("baseline core file");
+    while (done < len) {
+        ssize_t n = pwrite(fd, ram + done, len - done, (off_t)done);
+        if (n <= 0)
+            die("baseline write");
+        done += (size_t)n;
+    }
+    close(fd);
+}
+
+static void core_dump_times(const char *name, struct test_vm *vm, const uint8_t *baseline, size_t baseline_len)
+{
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char ours[512], theirs[512];
+    double lib[CORE_ROUNDS], raw[CORE_ROUNDS], t, lib_median, raw_median;
+    int i;
+
+    snprintf(ours, sizeof(ours), "%s/libkvm-bench-core.%d", tmp, (int)getpid());
+    snprintf(theirs, sizeof(theirs), "%s/libkvm-bench-raw.%d", tmp, (int)getpid());
+    for (i = 0; i < CORE_ROUNDS; i++) {
+        unlink(ours);
+        t = now();
+        if (kvm_dump_guest_core(vm->kvm, ours, 0) < 0)
+            die("kvm_dump_guest_core");
+        lib[i] = now() - t;
+        t = now();
+        raw_ram_write(theirs, baseline, baseline_len);
+        raw[i] = now() - t;
+    }
+    unlink(ours);
+    unlink(theirs);
+    lib_median = median(lib, CORE_ROUNDS);
+    raw_median = median(raw, CORE_ROUNDS);
+    printf("bench %s_raw_pwrite %.0f ms (%zu MiB)\n", name, raw_median * 1e3, baseline_len >> 20);
+    printf("bench %s_libkvm %.2f GB/s ratio=%.3f spread=%.0f..%.0f ms\n", name, (double)CORE_RAM / lib_median / 1e9,
+           lib_median / raw_median, lib[0] * 1e3, lib[CORE_ROUNDS - 1] * 1e3);
+    fflush(stdout);
+}
+
+static void core_dumps(void)
+{
+    struct kvm_callbacks cb;
+    struct test_vm vm;
+    size_t i;
+
+    memset(&cb, 0, sizeof(cb));
+    if (test_vm_create(&vm, &cb, NULL, CORE_RAM, 0) < 0 || test_vcpu_long_mode(&vm, 0, GUEST_CODE) < 0)
+        die("1 GiB vm");
+    for (i = 0; i < CORE_RAM; i += 100 * 4096)
+        vm.mem[i + 8] = (uint8_t)(i >> 12);
+    core_dump_times("core_dump_1g_mostly_zero", &vm, vm.mem, CORE_RAM);
+    for (i = 0; i < CORE_DATA; i += 8)
+        *(uint64_t *)(vm.mem + CORE_DATA_AT + i) = i * 0x9e3779b97f4a7c15ull | 1;
+    core_dump_times("core_dump_1g_with_128m_data", &vm, vm.mem + CORE_DATA_AT, CORE_DATA);
+    test_vm_destroy(&vm);
+}
+
 int main(void)
 {
     struct kvm_callbacks cb;
@@ -389,5 +458,7 @@ int main(void)
         die("watchpoint");
     rate("watchpoint_hits", "per_s", watch_hits, &vm, 20000);
     test_vm_destroy(&vm);
+
+    core_dumps();
     return 0;
 }

@@ -67,6 +67,11 @@ struct kvm_debug_guest {
 // Extension: a single step completed (`#DB` with DR6.BS).
 #define KVM_GDB_SINGLESTEP 5
 
+// `kvm_dump_guest_core` flag: also segments by the guest-virtual
+// addresses vcpu 0's page tables map (`p_vaddr` = what the guest's symbols
+// use, as for a higher-half kernel), besides one per RAM slot.
+#define KVM_CORE_PAGING 1
+
 // `kvm_set_watchpoint_method`: a debug register for a write or access
 // watchpoint when the host fires data breakpoints, one is free and the
 // length fits (1, 2, 4, 8, aligned); page protection otherwise, and always
@@ -79,6 +84,22 @@ struct kvm_debug_guest {
 
 // `kvm_set_watchpoint_method`: page protection only (any number, any length).
 #define KVM_WATCH_PAGE_PROTECTION 2
+
+// Note type of the library's vcpu note (name "LIBKVM"): its description is
+// one `struct kvm_core_vcpu_state`.
+#define KVM_CORE_NOTE_VCPU_STATE 1263947009
+
+// `struct kvm_core_vcpu_state`'s `version`.
+#define KVM_CORE_VCPU_STATE_VERSION 1
+
+// `kvm_core_vcpu_state.flags`: `lapic` holds the in-kernel local APIC.
+#define KVM_CORE_HAS_LAPIC 1
+
+// `kvm_core_vcpu_state.flags`: `xsave` holds the `KVM_GET_XSAVE` area.
+#define KVM_CORE_HAS_XSAVE 2
+
+// `kvm_core_vcpu_state.flags`: `mp_state` holds the MP state.
+#define KVM_CORE_HAS_MP_STATE 4
 
 // The library's state for one VM. Opaque to C.
 struct kvm_context;
@@ -173,6 +194,35 @@ struct kvm_gva_translation {
     int executable;
     // Always 0.
     int reserved;
+};
+
+// Everything a guest core records about one vcpu, as the description of a
+// note named "LIBKVM" of type `KVM_CORE_NOTE_VCPU_STATE`, one per vcpu,
+// after that vcpu's `NT_PRSTATUS` and `NT_FPREGSET` notes. The layout is
+// this C struct's, little-endian; `version` tells later layouts apart.
+struct kvm_core_vcpu_state {
+    // `KVM_CORE_VCPU_STATE_VERSION`.
+    uint32_t version;
+    // The vcpu index (gdb's thread and `pr_pid` are vcpu + 1).
+    uint32_t vcpu;
+    // `KVM_CORE_HAS_*`: which of `lapic`, `xsave` and `mp_state` are filled.
+    uint32_t flags;
+    // Zero.
+    uint32_t reserved;
+    // `KVM_GET_REGS`.
+    struct kvm_regs regs;
+    // `KVM_GET_SREGS`: control registers, EFER, descriptor tables, segments.
+    struct kvm_sregs sregs;
+    // `KVM_GET_FPU`.
+    struct kvm_fpu fpu;
+    // `KVM_GET_LAPIC`, with an in-kernel irqchip.
+    struct kvm_lapic_state lapic;
+    // `KVM_GET_MP_STATE`.
+    struct kvm_mp_state mp_state;
+    // Zero.
+    uint32_t reserved2;
+    // `KVM_GET_XSAVE`'s 4 KiB area, where the host has XSAVE.
+    uint8_t xsave[4096];
 };
 
 
@@ -538,6 +588,28 @@ int kvm_create_memory_alias(kvm_context_t kvm, uint64_t phys_start, uint64_t len
 // KVM's slots are cut anew with every vcpu kicked out of the guest and held
 // for that moment, so no running vcpu ever finds its memory missing.
 int kvm_destroy_memory_alias(kvm_context_t kvm, uint64_t phys_start);
+
+// Writes an ELF64 x86-64 core file of the whole guest to `path`, which
+// `gdb <guest kernel ELF> <path>` opens: one `PT_LOAD` per RAM slot
+// (`p_paddr` = guest-physical address, `p_vaddr` the same), with
+// `KVM_CORE_PAGING` also one per run of guest-virtual addresses; a
+// `PT_NOTE` with, per vcpu, `NT_PRSTATUS` (gdb shows vcpu N as thread
+// N + 1, `pr_pid` N + 1), `NT_FPREGSET`, and a note named "LIBKVM" of type
+// `KVM_CORE_NOTE_VCPU_STATE` holding a `struct kvm_core_vcpu_state` with
+// everything KVM has for the vcpu. MMIO and unbacked ranges are left out;
+// zero pages are holes (a sparse file). The file has mode 0600.
+//
+// Every vcpu running in another thread is kicked out of the guest and
+// held while the dump is written, then runs on. `-EFAULT` for a NULL
+// path, `-ENOENT` for a VM without vcpus, `-EINVAL` for unknown flags,
+// errors of the file system (`-EACCES`, `-ENOSPC`, ...) as they come;
+// on failure nothing is left at `path`.
+//
+// `LIBKVM_CORE=<directory>` in the environment makes the library write
+// `<directory>/libkvm-core.<pid>.<n>` (with `KVM_CORE_PAGING`) by itself
+// when a vcpu triple-faults (before the `shutdown` callback) or makes an
+// exit the library cannot handle (before `kvm_run` returns `-EFAULT`).
+int kvm_dump_guest_core(kvm_context_t kvm, const char *path, int flags);
 
 // The 2008 debug request (`KVM_DEBUG_GUEST`), translated to
 // `KVM_SET_GUEST_DEBUG`: `enabled` turns on debugging with software

@@ -9,6 +9,7 @@
 //! - [`vcpu`]: a vcpu fd and its mapped `kvm_run`;
 //! - [`run`]: the `KVM_RUN` loop and exit dispatch to the C callbacks;
 //! - [`x86`]: register dumps;
+//! - [`coredump`]: ELF core files of the guest that gdb opens;
 //! - [`sys`]: the KVM ioctls that `kvm-ioctls` does not wrap.
 
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@ pub mod callbacks;
 #[allow(non_camel_case_types)]
 pub mod capi;
 pub mod context;
+pub mod coredump;
 pub mod error;
 pub mod exit;
 pub mod gdb;

@@ -99,18 +99,21 @@ fn handle_exit(
             }
         }
         Exit::Hlt => return callbacks.halt(index),
-        Exit::Shutdown => return callbacks.shutdown(index),
+        Exit::Shutdown => {
+            ctx.dump_core_after_crash(vcpu, "shut down (a triple fault)");
+            return callbacks.shutdown(index);
+        }
         Exit::IrqWindowOpen | Exit::SetTpr | Exit::Interrupted => return 0,
         Exit::TprAccess { rip, is_write } => return callbacks.tpr_access(index, rip, is_write),
         Exit::Debug(arch) => return result_code(debug::exits::on_debug_exit(ctx, vcpu, &arch)),
         Exit::InternalError(error) => {
             return match debug::exits::on_emulation_failure(ctx, vcpu, &error) {
                 Some(outcome) => result_code(outcome),
-                None => unexpected_exit(vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
+                None => unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
             }
         }
-        Exit::FailEntry(reason) => return unexpected_exit(vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
-        Exit::Other(reason) => return unexpected_exit(vcpu, crate::exit::reason_name(reason), reason.into()),
+        Exit::FailEntry(reason) => return unexpected_exit(ctx, vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
+        Exit::Other(reason) => return unexpected_exit(ctx, vcpu, crate::exit::reason_name(reason), reason.into()),
     };
     if io_result != 0 {
         return io_result;
@@ -182,10 +185,12 @@ fn result_code(outcome: Result<c_int>) -> c_int {
     outcome.unwrap_or_else(Errno::negated)
 }
 
-/// An exit the library cannot handle: show the vcpu state and end
-/// `kvm_run` with `-EFAULT` (the guest did something the host could not run).
-fn unexpected_exit(vcpu: &Vcpu, what: &str, detail: u64) -> c_int {
+/// An exit the library cannot handle: show the vcpu state (and write a
+/// core with `LIBKVM_CORE`) and end `kvm_run` with `-EFAULT` (the guest did
+/// something the host could not run).
+fn unexpected_exit(ctx: &Context, vcpu: &Vcpu, what: &str, detail: u64) -> c_int {
     eprintln!("kvm_run: vcpu {}: unhandled exit {what} (0x{detail:x})", vcpu.index());
     x86::show_regs(vcpu);
+    ctx.dump_core_after_crash(vcpu, &format!("made an exit the library cannot handle ({what})"));
     Errno::FAULT.negated()
 }

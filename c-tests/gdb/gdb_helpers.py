@@ -10,7 +10,9 @@ from contextlib import contextmanager
 import gdb
 
 VMM = os.environ["GDB_TEST_VMM"]
-PORT_BASE = 20000 + (os.getpid() % 20000)
+# Below the ephemeral range (32768 up), where connections of earlier tests
+# could hold a port.
+PORT_BASE = 20000 + (os.getpid() % 5000)
 next_port = [PORT_BASE]
 
 

@@ -7,8 +7,10 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -277,6 +279,48 @@ def test_monitor_commands_dump_state_and_switch_address_spaces():
         run("set {long}%#x = 0" % pde)
         run("monitor virt")
         check("no breakpoints" in run("monitor breakpoints"), "monitor breakpoints")
+
+
+def open_core(path):
+    """What a second gdb shows of a core file: threads, registers of each
+    thread, and eight bytes at every address in `addresses`."""
+    out = subprocess.run(
+        ["gdb", "-batch", "-nx", "-ex", "core-file " + path, "-ex", "info threads",
+         "-ex", "thread 1", "-ex", "info registers rip rsp r8", "-ex", "thread 2", "-ex", "info registers rip"],
+        capture_output=True, text=True, timeout=60)
+    return out.stdout + out.stderr
+
+
+def check_core(path, vmm, live_code):
+    text = open_core(path)
+    threads = re.findall(r"^\*?\s+\d+\s+LWP (\d+)", text, re.M)
+    check(threads == ["1", "2"], "threads of %s: %r\n%s" % (path, threads, text))
+    rips = [int(v, 16) for v in re.findall(r"^rip\s+(0x[0-9a-f]+)", text, re.M)]
+    check(rips[:1] == [vmm["regs_set"]] and len(rips) == 2, "rips %r\n%s" % (rips, text))
+    check(re.search(r"^r8\s+0x1111111111111111", text, re.M), "r8 in the core:\n" + text)
+    code = subprocess.run(["gdb", "-batch", "-nx", "-ex", "core-file " + path, "-ex", "x/2xg %#x" % vmm["main"]],
+                          capture_output=True, text=True, timeout=60).stdout
+    check(code.split(":")[-1].split() == live_code, "code in the core %r, live %r" % (code, live_code))
+
+
+def test_gcore_and_monitor_core_write_cores_that_gdb_opens():
+    directory = tempfile.mkdtemp(prefix="libkvm-gdb-core.")
+    try:
+        with debugged_vmm() as vmm:
+            run("break *%#x" % vmm["regs_set"])
+            stop_event_after("continue")
+            live_code = run("x/2xg %#x" % vmm["main"]).split(":")[-1].split()
+            ours = os.path.join(directory, "monitor.core")
+            check("written" in run("monitor core " + ours), "monitor core")
+            check_core(ours, vmm, live_code)
+            theirs = os.path.join(directory, "gcore.core")
+            check("Saved corefile" in run("gcore " + theirs), "gcore")
+            check_core(theirs, vmm, live_code)
+            check("usage" in run("monitor core"), "monitor core without a path")
+            check("cannot write" in run("monitor core /nonexistent/dir/core"), "monitor core to a bad path")
+            check(value("$rip") == vmm["regs_set"], "the vcpu stayed where it stopped")
+    finally:
+        shutil.rmtree(directory)
 
 
 def main():

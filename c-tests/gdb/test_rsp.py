@@ -20,7 +20,8 @@ import time
 import traceback
 
 VMM = os.environ.get("GDB_TEST_VMM", os.path.join(os.path.dirname(__file__), "..", "build", "gdb_vmm"))
-PORT_BASE = 30000 + (os.getpid() % 20000)
+# Below the ephemeral range (32768 up), apart from test_gdb.py's ports.
+PORT_BASE = 26000 + (os.getpid() % 5000)
 next_port = [PORT_BASE]
 CR0_OFFSET = 0x218 + 2 * 8  # after the core and SSE registers: fs_base, gs_base, cr0
 # Set when GDB_TEST_VMM stands in for a VMM that runs elsewhere (the SVM
@@ -209,7 +210,7 @@ def test_packets_while_the_guest_runs_get_answers():
         time.sleep(0.2)
         for _ in range(20):
             regs = rsp.ask("g")
-            check(len(regs) == 2 * (0x218 + 12 * 8), "g while running: %r" % regs[:40])
+            check(len(regs) == 2 * (0x218 + 12 * 8 + 8), "g while running: %r" % regs[:40])
             check(read_code(rsp, vmm) == vmm.code, "code read while running differs")
             text, reply = rsp.monitor("regs")
             check(reply == "OK" and "rip" in text, "monitor while running: %r %r" % (text, reply))
@@ -417,7 +418,7 @@ def any_packet(rng, vmm):
     addr = rng.choice([0, vmm.code_at, vmm["quit"], 0xffffffffffffffff, rng.getrandbits(64), 0xa0000])
     scratch = rng.choice([vmm["variable"] + 0x800, 0xffffffffffffff00, 0xa0000, 1 << 40])
     length = rng.choice([0, 1, 8, 4096, 0x10000, 0xffffffff, rng.getrandbits(32)])
-    register_bytes = 0x218 + 12 * 8
+    register_bytes = 0x218 + 12 * 8 + 8  # core and SSE, ours, orig_rax
     commands = [
         "m%x,%x" % (addr, length % 0x20000),
         "M%x,%x:%s" % (scratch, length % 64, os.urandom(rng.randrange(0, 8)).hex()),

@@ -23,6 +23,7 @@ pub mod test_hooks;
 mod vm;
 mod registers;
 mod memory;
+mod core;
 mod debug;
 mod gdb;
 
@@ -36,6 +37,7 @@ use crate::vcpu::Vcpu;
 pub use vm::*;
 pub use registers::*;
 pub use memory::*;
+pub use core::*;
 pub use debug::*;
 pub use gdb::*;
 

@@ -67,6 +67,7 @@ pub struct Context {
     stopper: Stopper,
     pub(crate) gdb_server: Mutex<Option<GdbServer>>,
     coalesced_mmio: CoalescedMmio,
+    core_on_crash: crate::coredump::CoreOnCrash,
 }
 
 impl Drop for Context {
@@ -102,6 +103,7 @@ impl Context {
             stopper: Stopper::new()?,
             gdb_server: Mutex::new(None),
             coalesced_mmio,
+            core_on_crash: crate::coredump::CoreOnCrash::from_environment(),
         })
     }
 
@@ -118,6 +120,11 @@ impl Context {
     /// The VM fd; `ENODEV` before `kvm_create_vm`.
     pub fn vm(&self) -> Result<&VmFd> {
         self.vm.get().ok_or(Errno::NODEV)
+    }
+
+    /// Where `LIBKVM_CORE` puts automatic guest cores.
+    pub(crate) fn core_on_crash(&self) -> &crate::coredump::CoreOnCrash {
+        &self.core_on_crash
     }
 
     /// The all-stop machinery the GDB stub uses.

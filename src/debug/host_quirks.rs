@@ -41,11 +41,7 @@ pub fn real_mode_int3_exits(kvm: &Kvm) -> bool {
     code[0x10] = 0xf4;
     code[0x20..].copy_from_slice(&[INT3, 0xf4]);
     let breakpoints = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP, ..Default::default() };
-    first_exit(kvm, &code, 0x20, &breakpoints, |exit| match exit {
-        VcpuExit::Debug(_) => true,
-        VcpuExit::InternalError => true,
-        _ => false,
-    })
+    first_exit(kvm, &code, 0x20, &breakpoints, |exit| matches!(exit, VcpuExit::Debug(_) | VcpuExit::InternalError))
     .unwrap_or(false)
 }
 

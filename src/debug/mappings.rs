@@ -2,6 +2,7 @@
 //! the addresses its symbols use.
 
 use super::pagewalk::{PagingMode, PagingRegisters, PhysicalMemory, ADDRESS_MASK, PAGE_SIZE_BIT, PRESENT};
+use crate::memory::GuestMemory;
 
 /// One page the guest's page tables map: linear `gva` to physical `gpa`,
 /// `size` bytes (4 KiB, 2 MiB, 4 MiB or 1 GiB).
@@ -120,6 +121,47 @@ fn walk_table(
         }
     }
     true
+}
+
+/// A run of guest-virtual addresses mapped to contiguous guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRun {
+    /// First linear address.
+    pub gva: u64,
+    /// The guest-physical address behind it.
+    pub gpa: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// The runs of guest-virtual addresses `regs`' page tables map to RAM,
+/// coalesced, each within one slot of `mem`, in linear address order; the
+/// parts of pages that map MMIO or nothing are left out. True as the
+/// second value when the walk ran out of `budget` entries.
+pub fn runs_in_ram(regs: &PagingRegisters, mem: &GuestMemory, budget: u64) -> (Vec<RamRun>, bool) {
+    let mut runs: Vec<RamRun> = Vec::new();
+    let complete = for_each_mapping(regs, mem, budget, |page| {
+        let mut gpa = page.gpa;
+        let end = page.gpa.saturating_add(page.size);
+        while gpa < end {
+            let Some(slot) = mem.slot_containing(gpa).copied() else {
+                gpa = mem.slots().iter().map(|s| s.gpa).filter(|&start| start > gpa).min().unwrap_or(end).min(end);
+                continue;
+            };
+            let part_end = slot.end().min(end);
+            let run = RamRun { gva: page.gva + (gpa - page.gpa), gpa, len: part_end - gpa };
+            match runs.last_mut() {
+                Some(last)
+                    if last.gva.wrapping_add(last.len) == run.gva && last.gpa + last.len == run.gpa && slot.contains(last.gpa) =>
+                {
+                    last.len += run.len
+                }
+                _ => runs.push(run),
+            }
+            gpa = part_end;
+        }
+    });
+    (runs, !complete)
 }
 
 #[cfg(test)]

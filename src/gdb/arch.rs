@@ -2,7 +2,9 @@
 //! SSE registers, then FS/GS base and the system registers that other stubs
 //! leave out (CR0, CR2, CR3, CR4, CR8, EFER, CS/SS/DS/ES base), described by
 //! a target description of our own. The layout is the same in every CPU
-//! mode, so the `g` reply never changes size.
+//! mode, so the `g` reply never changes size. The OS ABI is GNU/Linux: gdb
+//! then writes `gcore` files the way it does for a Linux target (threads as
+//! LWPs, memory from `/proc/<pid>/maps`, see [`super::host_files`]).
 
 use gdbstub::arch::{Arch, Registers};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
@@ -28,6 +30,14 @@ const CORE_BYTES: usize = 0x218;
 pub const EXTRA_REGISTERS: [&str; 12] =
     ["fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "cs_base", "ss_base", "ds_base", "es_base"];
 
+/// Bytes of the whole `g` block: core and SSE, ours, then `orig_rax`.
+const BLOCK_BYTES: usize = CORE_BYTES + 8 * EXTRA_REGISTERS.len() + 8;
+
+/// `orig_rax` as gdb's Linux OS ABI wants it (the feature is what makes gdb
+/// use that ABI, and with it `gcore`): always -1, "not in a system call";
+/// what gdb writes there is ignored.
+const ORIG_RAX: i64 = -1;
+
 /// Every register gdb sees for one vcpu.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VcpuRegisters {
@@ -49,14 +59,16 @@ impl Registers for VcpuRegisters {
         for value in self.extra {
             value.to_le_bytes().into_iter().for_each(|b| write_byte(Some(b)));
         }
+        ORIG_RAX.to_le_bytes().into_iter().for_each(|b| write_byte(Some(b)));
     }
 
     fn gdb_deserialize(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        if bytes.len() != CORE_BYTES + 8 * EXTRA_REGISTERS.len() {
+        if bytes.len() != BLOCK_BYTES {
             return Err(());
         }
         self.core.gdb_deserialize(&bytes[..CORE_BYTES])?;
-        for (value, chunk) in self.extra.iter_mut().zip(bytes[CORE_BYTES..].chunks_exact(8)) {
+        let extra = &bytes[CORE_BYTES..BLOCK_BYTES - 8];
+        for (value, chunk) in self.extra.iter_mut().zip(extra.chunks_exact(8)) {
             *value = u64::from_le_bytes(chunk.try_into().map_err(|_| ())?);
         }
         Ok(())
@@ -69,6 +81,7 @@ pub const TARGET_XML: &str = r#"<?xml version="1.0"?>
 <!DOCTYPE target SYSTEM "gdb-target.dtd">
 <target version="1.0">
   <architecture>i386:x86-64</architecture>
+  <osabi>GNU/Linux</osabi>
   <feature name="org.gnu.gdb.i386.core">
     <flags id="i386_eflags" size="4">
       <field name="CF" start="0" end="0"/>
@@ -196,6 +209,9 @@ pub const TARGET_XML: &str = r#"<?xml version="1.0"?>
     <reg name="ds_base" bitsize="64" type="uint64" group="system"/>
     <reg name="es_base" bitsize="64" type="uint64" group="system"/>
   </feature>
+  <feature name="org.gnu.gdb.i386.linux">
+    <reg name="orig_rax" bitsize="64" type="int" regnum="71"/>
+  </feature>
 </target>
 "#;
 
@@ -211,7 +227,8 @@ mod tests {
         regs.extra = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
         let mut bytes = Vec::new();
         regs.gdb_serialize(|b| bytes.push(b.unwrap_or(0)));
-        assert_eq!(bytes.len(), CORE_BYTES + 96);
+        assert_eq!(bytes.len(), CORE_BYTES + 96 + 8);
+        assert_eq!(bytes[CORE_BYTES + 96..], [0xff; 8], "orig_rax is -1");
         let mut back = VcpuRegisters::default();
         back.gdb_deserialize(&bytes).unwrap();
         assert_eq!(back, regs);
@@ -227,6 +244,7 @@ mod tests {
             assert!(TARGET_XML.contains(&format!(r#"<reg name="{name}""#)), "{name} described");
         }
         let registers = TARGET_XML.matches("<reg ").count();
-        assert_eq!(registers, 57 + EXTRA_REGISTERS.len());
+        assert_eq!(registers, 57 + EXTRA_REGISTERS.len() + 1);
+        assert!(TARGET_XML.contains(r#"<reg name="orig_rax" bitsize="64" type="int" regnum="71"/>"#));
     }
 }

@@ -5,10 +5,12 @@
 //! - [`arch`]: the registers and target description gdb sees;
 //! - [`registers`]: conversions from and to KVM's register structures;
 //! - [`target`]: the VM as a `gdbstub` target (threads are vcpus);
+//! - [`host_files`]: the guest's RAM as `/proc/<pid>/maps`, for `gcore`;
 //! - [`stopper`]: all-stop: parking and kicking vcpu threads;
 //! - [`server`]: the stub thread and its poll loop.
 
 pub mod arch;
+pub mod host_files;
 pub mod listen;
 pub mod registers;
 pub mod server;

@@ -54,6 +54,8 @@ pub struct VmTarget<'a> {
     /// What gdb inserted, to remove at the end of the session (kept by the
     /// caller, so that it survives a panic of the session).
     inserted: &'a mut Vec<(BreakType, u64, u64)>,
+    /// Host I/O files open (see [`super::host_files`]), by fd.
+    open_files: Vec<Option<Vec<u8>>>,
 }
 
 fn errno_error<E>(e: Errno) -> TargetError<E> {
@@ -65,7 +67,27 @@ impl<'a> VmTarget<'a> {
     /// are recorded in `inserted`.
     pub fn new(ctx: &'a Context, inserted: &'a mut Vec<(BreakType, u64, u64)>) -> VmTarget<'a> {
         let current = ctx.vcpus().next().map_or(0, Vcpu::index);
-        VmTarget { ctx, actions: Vec::new(), scheduler_locked: false, current, physical: false, inserted }
+        VmTarget { ctx, actions: Vec::new(), scheduler_locked: false, current, physical: false, inserted, open_files: Vec::new() }
+    }
+
+    /// The VM.
+    pub fn context(&self) -> &'a Context {
+        self.ctx
+    }
+
+    /// True when gdb's addresses are guest-physical (`monitor phys`).
+    pub fn physical(&self) -> bool {
+        self.physical
+    }
+
+    /// The paging registers of the current vcpu, if it can tell.
+    pub fn current_paging_registers(&self) -> Option<crate::debug::pagewalk::PagingRegisters> {
+        self.current_vcpu().ok()?.paging_registers().ok()
+    }
+
+    /// The Host I/O files open.
+    pub fn open_files(&mut self) -> &mut Vec<Option<Vec<u8>>> {
+        &mut self.open_files
     }
 
     /// The vcpu gdb calls thread `tid` (vcpu + 1); `EINVAL` for a thread
@@ -152,6 +174,10 @@ impl Target for VmTarget<'_> {
     }
 
     fn support_extended_mode(&mut self) -> Option<ExtendedModeOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {
         Some(self)
     }
 }
@@ -375,7 +401,8 @@ libkvm monitor commands:
   dump [VCPU]       regs, plus pending events and debug registers
   phys              memory accesses use guest-physical addresses
   virt              memory accesses use guest-virtual addresses (default)
-  breakpoints       the breakpoints and watchpoints libkvm manages";
+  breakpoints       the breakpoints and watchpoints libkvm manages
+  core PATH         writes a core of the guest to PATH (open it with gdb)";
 
 impl MonitorCmd for VmTarget<'_> {
     fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> std::result::Result<(), Errno> {
@@ -403,6 +430,17 @@ impl MonitorCmd for VmTarget<'_> {
             "breakpoints" => {
                 let table = self.ctx.debugger().table();
                 outputln!(out, "{}", table.describe().trim_end());
+            }
+            "core" => {
+                let rest = cmd.trim_start().strip_prefix("core").unwrap_or("").trim();
+                if rest.is_empty() {
+                    outputln!(out, "usage: monitor core PATH");
+                } else {
+                    match self.ctx.dump_guest_core(std::path::Path::new(rest), true) {
+                        Ok(()) => outputln!(out, "guest core written to {}", rest),
+                        Err(e) => outputln!(out, "cannot write a core to {}: {}", rest, e),
+                    }
+                }
             }
             other => outputln!(out, "unknown command '{}'\n{}", other, MONITOR_HELP),
         }
