@@ -164,7 +164,9 @@ pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
             })
         }
         KVM_EXIT_INTR => Exit::Interrupted,
-        KVM_EXIT_FAIL_ENTRY => Exit::FailEntry(unsafe { run.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason }),
+        KVM_EXIT_FAIL_ENTRY => {
+            Exit::FailEntry(unsafe { run.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason })
+        }
         other => Exit::Other(other),
     }
 }
@@ -172,7 +174,9 @@ pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
 fn io_payload(size: u8, count: u32, data_offset: u64, mapping_len: usize) -> Option<IoPayload> {
     let len = usize::from(size).checked_mul(count as usize)?;
     let offset = usize::try_from(data_offset).ok()?;
-    let fits = matches!(size, 1 | 2 | 4) && len <= IO_DATA_MAX && offset.checked_add(len).is_some_and(|end| end <= mapping_len);
+    let fits = matches!(size, 1 | 2 | 4)
+        && len <= IO_DATA_MAX
+        && offset.checked_add(len).is_some_and(|end| end <= mapping_len);
     fits.then_some(IoPayload { offset, len })
 }
 
@@ -209,14 +213,18 @@ mod tests {
         run.__bindgen_anon_1.io =
             kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 0, size: 1, port: 0x3f8, count: 5, data_offset: 4096 };
         let payload = IoPayload { offset: 4096, len: 5 };
-        assert_eq!(decode(&run, 8192), Exit::Io { direction: IoDirection::In, port: 0x3f8, size: 1, count: 5, payload });
+        assert_eq!(
+            decode(&run, 8192),
+            Exit::Io { direction: IoDirection::In, port: 0x3f8, size: 1, count: 5, payload }
+        );
     }
 
     #[test]
     fn io_with_a_bad_size_or_data_outside_the_mapping_is_not_port_io() {
         let io = |size, count, data_offset| {
             let mut run = run_with(KVM_EXIT_IO);
-            run.__bindgen_anon_1.io = kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 1, size, port: 0x80, count, data_offset };
+            run.__bindgen_anon_1.io =
+                kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 1, size, port: 0x80, count, data_offset };
             decode(&run, 8192)
         };
         assert!(matches!(io(4, 1024, 4096), Exit::Io { .. }));
@@ -229,8 +237,12 @@ mod tests {
     #[test]
     fn mmio_store_keeps_its_bytes_and_clamps_the_length() {
         let mut run = run_with(KVM_EXIT_MMIO);
-        run.__bindgen_anon_1.mmio =
-            kvm_run__bindgen_ty_1__bindgen_ty_6 { phys_addr: 0xd000_0000, data: [1, 2, 3, 4, 0, 0, 0, 0], len: 99, is_write: 1 };
+        run.__bindgen_anon_1.mmio = kvm_run__bindgen_ty_1__bindgen_ty_6 {
+            phys_addr: 0xd000_0000,
+            data: [1, 2, 3, 4, 0, 0, 0, 0],
+            len: 99,
+            is_write: 1,
+        };
         let Exit::Mmio { addr, len, is_write, data } = decode(&run, 8192) else { panic!("not mmio") };
         assert_eq!((addr, len, is_write, data[..4].to_vec()), (0xd000_0000, 8, true, vec![1, 2, 3, 4]));
     }

@@ -102,7 +102,10 @@ impl Vm {
             let mut phys_ram_base = ram.cast::<c_void>();
             assert_eq!(kvm_create(kvm, RAM as _, &mut phys_ram_base), 0);
             assert_eq!(kvm_register_userspace_phys_mem(kvm, 0, ram.cast(), 0xa0000, 0), 0);
-            assert_eq!(kvm_register_userspace_phys_mem(kvm, 0xc0000, ram.add(0xc0000).cast(), RAM as c_ulong - 0xc0000, 0), 0);
+            assert_eq!(
+                kvm_register_userspace_phys_mem(kvm, 0xc0000, ram.add(0xc0000).cast(), RAM as c_ulong - 0xc0000, 0),
+                0
+            );
             assert_eq!(kvm_create_vcpu(kvm, 0), 0);
             let put = |gpa: u64, value: u64| std::ptr::write_unaligned(ram.add(gpa as usize).cast::<u64>(), value);
             put(0x1000, 0x2000 | 3);
@@ -118,13 +121,38 @@ impl Vm {
                 .as_slice()
                 .iter()
                 .filter(|e| e.index == 0)
-                .map(|e| kvm_cpuid_entry { function: e.function, eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx, padding: 0 })
+                .map(|e| kvm_cpuid_entry {
+                    function: e.function,
+                    eax: e.eax,
+                    ebx: e.ebx,
+                    ecx: e.ecx,
+                    edx: e.edx,
+                    padding: 0,
+                })
                 .collect();
             assert_eq!(kvm_setup_cpuid(kvm, 0, entries.len() as c_int, entries.as_mut_ptr()), 0);
             let mut sregs = kvm_sregs::default();
             assert_eq!(kvm_get_sregs(kvm, 0, &mut sregs), 0);
-            sregs.cs = kvm_bindings::kvm_segment { selector: 8, limit: 0xffff_ffff, type_: 11, present: 1, s: 1, l: 1, g: 1, ..Default::default() };
-            let data = kvm_bindings::kvm_segment { selector: 16, limit: 0xffff_ffff, type_: 3, present: 1, s: 1, db: 1, g: 1, ..Default::default() };
+            sregs.cs = kvm_bindings::kvm_segment {
+                selector: 8,
+                limit: 0xffff_ffff,
+                type_: 11,
+                present: 1,
+                s: 1,
+                l: 1,
+                g: 1,
+                ..Default::default()
+            };
+            let data = kvm_bindings::kvm_segment {
+                selector: 16,
+                limit: 0xffff_ffff,
+                type_: 3,
+                present: 1,
+                s: 1,
+                db: 1,
+                g: 1,
+                ..Default::default()
+            };
             (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
             sregs.gdt.base = 0x500;
             sregs.gdt.limit = 23;
@@ -179,7 +207,7 @@ fn mmio_exits_allocate_nothing() {
 #[test]
 fn single_steps_allocate_nothing() {
     let vm = Vm::new(&[0x90, 0x90, 0xeb, 0xfc]); // 1: nop; nop; jmp 1b
-    // SAFETY: a live context.
+                                                 // SAFETY: a live context.
     assert_eq!(unsafe { kvm_set_singlestep(vm.kvm, 0, 1) }, 0);
     vm.allocations_over(1000);
     assert_eq!(vm.allocations_over(20_000), 0);

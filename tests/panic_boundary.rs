@@ -3,7 +3,6 @@
 //! the context keeps working, even when the panic struck with a vcpu's
 //! lock held. Needs `--features test-hooks`.
 
-
 use kvm::callbacks::kvm_callbacks;
 use kvm::capi::test_hooks::{panic_at, HookPoint};
 use kvm::capi::*;

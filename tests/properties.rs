@@ -194,18 +194,38 @@ proptest! {
 #[derive(Clone, Debug)]
 enum Op {
     /// `int3_unseen`: the vcpu would not report an int3 there (real mode on some hosts).
-    InsertSoftware { gva: u8, int3_unseen: bool },
-    RemoveSoftware { gva: u8 },
-    InsertHardware { kind: u8, addr: u8, len: u8 },
-    RemoveHardware { kind: u8, addr: u8, len: u8 },
+    InsertSoftware {
+        gva: u8,
+        int3_unseen: bool,
+    },
+    RemoveSoftware {
+        gva: u8,
+    },
+    InsertHardware {
+        kind: u8,
+        addr: u8,
+        len: u8,
+    },
+    RemoveHardware {
+        kind: u8,
+        addr: u8,
+        len: u8,
+    },
     /// The guest's page tables map `gva` from now on.
-    Map { gva: u8 },
+    Map {
+        gva: u8,
+    },
     /// The guest stores a byte (loading code over a breakpoint, say).
-    GuestWrite { gpa: u8, byte: u8 },
+    GuestWrite {
+        gpa: u8,
+        byte: u8,
+    },
     Rearm,
     RemoveAll,
     /// A vcpu starts stepping over the breakpoint at `gva`.
-    Lift { gva: u8 },
+    Lift {
+        gva: u8,
+    },
     /// The oldest step over in progress is done.
     Land,
 }

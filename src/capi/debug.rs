@@ -104,7 +104,11 @@ pub unsafe extern "C" fn kvm_set_guest_debug(kvm: kvm_context_t, vcpu: c_int, db
 ///
 /// Never waits for a running vcpu.
 #[no_mangle]
-pub unsafe extern "C" fn kvm_get_debug_exit_info(kvm: kvm_context_t, vcpu: c_int, info: *mut kvm_debug_exit_info) -> c_int {
+pub unsafe extern "C" fn kvm_get_debug_exit_info(
+    kvm: kvm_context_t,
+    vcpu: c_int,
+    info: *mut kvm_debug_exit_info,
+) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init and a writable struct.
         let ((_, vcpu), out) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_mut(info)?) };
@@ -156,7 +160,13 @@ pub unsafe extern "C" fn kvm_get_debug_exit_info(kvm: kvm_context_t, vcpu: c_int
 /// Every vcpu in the guest is kicked out, given its new debug state and let go
 /// on, so the change is in effect for all of them when this returns.
 #[no_mangle]
-pub unsafe extern "C" fn kvm_insert_breakpoint(kvm: kvm_context_t, vcpu: c_int, r#type: c_int, addr: u64, len: u64) -> c_int {
+pub unsafe extern "C" fn kvm_insert_breakpoint(
+    kvm: kvm_context_t,
+    vcpu: c_int,
+    r#type: c_int,
+    addr: u64,
+    len: u64,
+) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init or NULL.
         let (ctx, vcpu) = unsafe { checked_vcpu(kvm, vcpu) }?;
@@ -183,7 +193,13 @@ pub unsafe extern "C" fn kvm_set_watchpoint_method(kvm: kvm_context_t, method: c
 /// Every vcpu in the guest is kicked out, given its new debug state and let go
 /// on, so the change is in effect for all of them when this returns.
 #[no_mangle]
-pub unsafe extern "C" fn kvm_remove_breakpoint(kvm: kvm_context_t, vcpu: c_int, r#type: c_int, addr: u64, len: u64) -> c_int {
+pub unsafe extern "C" fn kvm_remove_breakpoint(
+    kvm: kvm_context_t,
+    vcpu: c_int,
+    r#type: c_int,
+    addr: u64,
+    len: u64,
+) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init or NULL.
         let (ctx, _) = unsafe { checked_vcpu(kvm, vcpu) }?;
@@ -223,7 +239,13 @@ pub unsafe extern "C" fn kvm_set_singlestep(kvm: kvm_context_t, vcpu: c_int, ena
 /// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
 /// is kicked out of the guest for the moment it takes to read them.
 #[no_mangle]
-pub unsafe extern "C" fn kvm_read_guest_virt(kvm: kvm_context_t, vcpu: c_int, gva: u64, buf: *mut c_void, len: usize) -> c_int {
+pub unsafe extern "C" fn kvm_read_guest_virt(
+    kvm: kvm_context_t,
+    vcpu: c_int,
+    gva: u64,
+    buf: *mut c_void,
+    len: usize,
+) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init and `len` writable bytes.
         let ((ctx, vcpu), buf) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_bytes_mut(buf, len)?) };
@@ -238,7 +260,13 @@ pub unsafe extern "C" fn kvm_read_guest_virt(kvm: kvm_context_t, vcpu: c_int, gv
 /// Uses `vcpu`'s page tables as they are now: a vcpu running in another thread
 /// is kicked out of the guest for the moment it takes to read them.
 #[no_mangle]
-pub unsafe extern "C" fn kvm_write_guest_virt(kvm: kvm_context_t, vcpu: c_int, gva: u64, buf: *const c_void, len: usize) -> c_int {
+pub unsafe extern "C" fn kvm_write_guest_virt(
+    kvm: kvm_context_t,
+    vcpu: c_int,
+    gva: u64,
+    buf: *const c_void,
+    len: usize,
+) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init and `len` readable bytes.
         let ((ctx, vcpu), buf) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_bytes(buf, len)?) };

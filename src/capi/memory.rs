@@ -223,7 +223,11 @@ pub unsafe extern "C" fn kvm_get_mem_map_range(
     cb: kvm_slot_bitmap_cb,
 ) -> c_int {
     // SAFETY: as in kvm_get_dirty_pages_range.
-    unsafe { for_each_slot_bitmap(kvm, phys_addr, end_addr, bitmap, opaque, cb, |_, slot| Ok(Some(backed_pages_bitmap(slot)))) }
+    unsafe {
+        for_each_slot_bitmap(kvm, phys_addr, end_addr, bitmap, opaque, cb, |_, slot| {
+            Ok(Some(backed_pages_bitmap(slot)))
+        })
+    }
 }
 
 /// Turns dirty-page logging on for every slot.

@@ -18,6 +18,7 @@
 //! section each, which cbindgen would copy into every header comment.
 #![allow(clippy::missing_safety_doc)]
 
+// In the order cbindgen writes them into the header.
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 mod vm;
@@ -34,12 +35,12 @@ use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::vcpu::Vcpu;
 
-pub use vm::*;
-pub use registers::*;
-pub use memory::*;
 pub use core::*;
 pub use debug::*;
 pub use gdb::*;
+pub use memory::*;
+pub use registers::*;
+pub use vm::*;
 
 /// `#BP`/`int3` software breakpoint (`debug` callback `break_type`).
 pub const KVM_GDB_BREAKPOINT_SW: c_int = 0;

@@ -207,7 +207,8 @@ pub unsafe extern "C" fn kvm_setup_cpuid(
 ) -> c_int {
     status_result(|| {
         // SAFETY: C passes a context from kvm_init and `nent` entries.
-        let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(entries, checked_count(nent)?)?) };
+        let ((_, vcpu), entries) =
+            unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(entries, checked_count(nent)?)?) };
         let converted: Vec<kvm_cpuid_entry2> = entries
             .iter()
             .map(|e| kvm_cpuid_entry2 {

@@ -87,7 +87,8 @@ impl Context {
         let max_vcpus = kvm.get_max_vcpus();
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
         let debugger = Debugger::new(|cap| kvm.check_extension_raw(libc::c_ulong::from(cap)));
-        let coalesced_mmio = CoalescedMmio::new(kvm.check_extension_raw(libc::c_ulong::from(KVM_CAP_COALESCED_MMIO)) > 0);
+        let coalesced_mmio =
+            CoalescedMmio::new(kvm.check_extension_raw(libc::c_ulong::from(KVM_CAP_COALESCED_MMIO)) > 0);
         Ok(Context {
             kvm,
             callbacks: Callbacks::new(callbacks, opaque),
@@ -234,7 +235,8 @@ impl Context {
         if self.coalesced_mmio.supported() {
             fd.map_coalesced_mmio_ring().map_err(Errno::from)?;
         }
-        let can_sync = self.check_extension(kvm_bindings::KVM_CAP_SYNC_REGS) as u32 & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+        let can_sync = self.check_extension(kvm_bindings::KVM_CAP_SYNC_REGS) as u32
+            & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
             == (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
         let vcpu = Vcpu::new(index, fd, vm.run_size(), can_sync);
         // A debugger that is waiting for the VM, or attached, gets the new

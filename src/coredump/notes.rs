@@ -76,7 +76,8 @@ impl VcpuState {
             let sregs = fd.get_sregs().map_err(Errno::from)?;
             let fpu = fd.get_fpu().map_err(Errno::from)?;
             let mut flags = 0;
-            let lapic = fd.get_lapic().inspect(|_| flags |= KVM_CORE_HAS_LAPIC).unwrap_or(kvm_lapic_state { regs: [0; 1024] });
+            let lapic =
+                fd.get_lapic().inspect(|_| flags |= KVM_CORE_HAS_LAPIC).unwrap_or(kvm_lapic_state { regs: [0; 1024] });
             let mp_state = fd.get_mp_state().inspect(|_| flags |= KVM_CORE_HAS_MP_STATE).unwrap_or_default();
             let mut xsave = [0u8; 4096];
             if let Ok(area) = fd.get_xsave() {
@@ -130,7 +131,21 @@ impl VcpuState {
         let mut out = [0u8; PRSTATUS_SIZE];
         out[PR_PID..PR_PID + 4].copy_from_slice(&(self.0.vcpu + 1).to_le_bytes());
         let registers = [
-            r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi,
+            r.r15,
+            r.r14,
+            r.r13,
+            r.r12,
+            r.rbp,
+            r.rbx,
+            r.r11,
+            r.r10,
+            r.r9,
+            r.r8,
+            r.rax,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
             u64::MAX, // orig_rax: no system call
             x86::linear_pc(r, s),
             s.cs.selector.into(),

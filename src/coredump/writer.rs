@@ -70,7 +70,9 @@ fn write_nonzero_pages(file: &File, run: &DataRun) -> Result<()> {
         if page > first {
             let len = ((page - first) * PAGE_SIZE) as usize;
             // SAFETY: as above, `len` bytes from the first page are mapped.
-            unsafe { pwrite_all(file, (run.host + first * PAGE_SIZE) as *const u8, len, run.offset + first * PAGE_SIZE) }?;
+            unsafe {
+                pwrite_all(file, (run.host + first * PAGE_SIZE) as *const u8, len, run.offset + first * PAGE_SIZE)
+            }?;
         }
     }
     Ok(())

@@ -268,7 +268,8 @@ impl BreakpointTable {
     /// Debug register `n` as the execution breakpoint behind software
     /// breakpoint `gva`.
     fn register_backed(&mut self, gva: u64, n: usize) -> Location {
-        self.registers[n] = Some(HardwareBreakpoint { kind: BreakType::SoftwareBreakpoint, addr: gva, len: 1, refs: 1 });
+        self.registers[n] =
+            Some(HardwareBreakpoint { kind: BreakType::SoftwareBreakpoint, addr: gva, len: 1, refs: 1 });
         Location::Register(n as u8)
     }
 

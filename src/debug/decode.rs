@@ -97,7 +97,16 @@ pub fn decode_debug_exit(arch: &kvm_debug_exit_arch, programmed: &ProgrammedRegi
             Condition::ReadWrite | Condition::Io => (BreakType::WatchAccess, addresses[n as usize], dr7.len(n)),
         },
     };
-    DebugEvent { cause, break_type, pc: arch.pc, watch_addr, watch_len, exception: arch.exception, dr6: arch.dr6, dr7: arch.dr7 }
+    DebugEvent {
+        cause,
+        break_type,
+        pc: arch.pc,
+        watch_addr,
+        watch_len,
+        exception: arch.exception,
+        dr6: arch.dr6,
+        dr7: arch.dr7,
+    }
 }
 
 #[cfg(test)]
@@ -120,8 +129,14 @@ mod tests {
 
     #[test]
     fn int3_is_a_software_breakpoint_at_pc() {
-        let e = decode_debug_exit(&kvm_debug_exit_arch { exception: 3, pad: 0, pc: 0x10_0004, dr6: 0, dr7: 0 }, &NOTHING_PROGRAMMED);
-        assert_eq!((e.cause, e.break_type, e.pc, e.watch_addr), (DebugCause::Int3, BreakType::SoftwareBreakpoint, 0x10_0004, 0));
+        let e = decode_debug_exit(
+            &kvm_debug_exit_arch { exception: 3, pad: 0, pc: 0x10_0004, dr6: 0, dr7: 0 },
+            &NOTHING_PROGRAMMED,
+        );
+        assert_eq!(
+            (e.cause, e.break_type, e.pc, e.watch_addr),
+            (DebugCause::Int3, BreakType::SoftwareBreakpoint, 0x10_0004, 0)
+        );
     }
 
     #[test]
@@ -207,7 +222,10 @@ mod tests {
         let programmed = ProgrammedRegisters { addresses: ADDRS, dr7: dr7_slot(0, 0b01, 0b11) };
         let arch = kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x10005, dr6: 0xffff_0ff1, dr7: 0 };
         let e = decode_debug_exit(&arch, &programmed);
-        assert_eq!((e.cause, e.break_type, e.watch_addr, e.watch_len), (DebugCause::Register(0), BreakType::WatchWrite, 0x1000, 4));
+        assert_eq!(
+            (e.cause, e.break_type, e.watch_addr, e.watch_len),
+            (DebugCause::Register(0), BreakType::WatchWrite, 0x1000, 4)
+        );
         assert_eq!(e.dr7, 0, "the raw DR7 is kept as reported");
         // A reported DR7 wins over the programmed one.
         let arch = kvm_debug_exit_arch { dr7: dr7_slot(0, 0b00, 0), ..arch };
@@ -216,7 +234,10 @@ mod tests {
 
     #[test]
     fn unknown_exceptions_are_other() {
-        let e = decode_debug_exit(&kvm_debug_exit_arch { exception: 6, pad: 0, pc: 0, dr6: DR6_BS, dr7: 0 }, &NOTHING_PROGRAMMED);
+        let e = decode_debug_exit(
+            &kvm_debug_exit_arch { exception: 6, pad: 0, pc: 0, dr6: DR6_BS, dr7: 0 },
+            &NOTHING_PROGRAMMED,
+        );
         assert_eq!(e.cause, DebugCause::Other);
     }
 }

@@ -84,11 +84,7 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
         start_step_over(ctx, vcpu, &mut state, resume)?;
     }
     let stepping = state.stepping() || state.step_over.is_some();
-    if stepping
-        && !ctx.irqchip_in_kernel()
-        && ctx.debugger().single_step_skips_halts(ctx.kvm())
-        && at_hlt(ctx, vcpu)?
-    {
+    if stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm()) && at_hlt(ctx, vcpu)? {
         // Single-stepping hlt loses the halt on emulating hosts (the step
         // is reported past it); VMX reports the halt. Do what VMX does.
         step_past_one_byte_instruction(vcpu)?;
@@ -98,8 +94,7 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
         program(ctx, vcpu, &mut state)?;
         return Ok(Entry::Halted);
     }
-    program(ctx, vcpu, &mut state)
-        .map(|()| Entry::Enter)
+    program(ctx, vcpu, &mut state).map(|()| Entry::Enter)
 }
 
 /// Moves RIP past the one-byte instruction (`hlt`, `int3`) it points at.
@@ -442,9 +437,15 @@ mod tests {
     fn a_step_kvm_did_not_make_goes_back_to_the_guest() {
         let state = VcpuDebug::default();
         let mut event = db_event(DR6_BS, 0x10);
-        assert_eq!(judge_debug_exception(&state, &entered_stepping(false), &mut event, |_| None, || false), Verdict::ReinjectDebug);
+        assert_eq!(
+            judge_debug_exception(&state, &entered_stepping(false), &mut event, |_| None, || false),
+            Verdict::ReinjectDebug
+        );
         let stepping = VcpuDebug { singlestep: true, ..state };
-        assert_eq!(judge_debug_exception(&stepping, &entered_stepping(true), &mut event, |_| None, || false), Verdict::Report(None));
+        assert_eq!(
+            judge_debug_exception(&stepping, &entered_stepping(true), &mut event, |_| None, || false),
+            Verdict::Report(None)
+        );
     }
 
     #[test]
@@ -464,17 +465,31 @@ mod tests {
         // Another thread turned stepping off between the exit and its handling.
         let state = VcpuDebug::default();
         let mut event = db_event(DR6_BS, 0x10);
-        assert_eq!(judge_debug_exception(&state, &entered_stepping(true), &mut event, |_| None, || false), Verdict::Resume);
+        assert_eq!(
+            judge_debug_exception(&state, &entered_stepping(true), &mut event, |_| None, || false),
+            Verdict::Resume
+        );
     }
 
     #[test]
     fn a_register_hit_is_ours_only_if_we_programmed_the_register() {
         let state = programmed_state(&[(0, 0x1000)]);
         let entered = state.programming();
-        let decode = |dr6| decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1000, dr6, dr7: 0 }, &entered.registers());
+        let decode = |dr6| {
+            decode_debug_exit(
+                &kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1000, dr6, dr7: 0 },
+                &entered.registers(),
+            )
+        };
         let mut hit0 = decode(0b0001);
         assert_eq!(
-            judge_debug_exception(&state, &entered, &mut hit0, |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000)), || false),
+            judge_debug_exception(
+                &state,
+                &entered,
+                &mut hit0,
+                |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000)),
+                || false
+            ),
             Verdict::Report(Some(ResumePoint { pc: 0x1000, register: Some(0) }))
         );
         // DR2 was never programmed: the guest's own #DB.
@@ -486,9 +501,12 @@ mod tests {
     fn a_watchpoint_reports_the_type_the_vmm_inserted() {
         let state = programmed_state(&[(0, 0x2000)]);
         let entered = state.programming();
-        let mut event =
-            decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1004, dr6: 1, dr7: 0 }, &entered.registers());
-        let verdict = judge_debug_exception(&state, &entered, &mut event, |_| Some(hw(BreakType::WatchRead, 0x2000)), || false);
+        let mut event = decode_debug_exit(
+            &kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x1004, dr6: 1, dr7: 0 },
+            &entered.registers(),
+        );
+        let verdict =
+            judge_debug_exception(&state, &entered, &mut event, |_| Some(hw(BreakType::WatchRead, 0x2000)), || false);
         assert_eq!((verdict, event.break_type), (Verdict::Report(None), BreakType::WatchRead));
     }
 
@@ -496,8 +514,10 @@ mod tests {
     fn a_breakpoint_removed_since_it_was_programmed_is_ignored() {
         let state = programmed_state(&[(1, 0x3000)]);
         let entered = state.programming();
-        let mut event =
-            decode_debug_exit(&kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x3000, dr6: 0b10, dr7: 0 }, &entered.registers());
+        let mut event = decode_debug_exit(
+            &kvm_debug_exit_arch { exception: 1, pad: 0, pc: 0x3000, dr6: 0b10, dr7: 0 },
+            &entered.registers(),
+        );
         assert_eq!(judge_debug_exception(&state, &entered, &mut event, |_| None, || false), Verdict::Resume);
         // ... unless the VMM's own request still uses that register.
         let mut requested = state;

@@ -42,7 +42,7 @@ pub fn real_mode_int3_exits(kvm: &Kvm) -> bool {
     code[0x20..].copy_from_slice(&[INT3, 0xf4]);
     let breakpoints = kvm_guest_debug { control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP, ..Default::default() };
     first_exit(kvm, &code, 0x20, &breakpoints, |exit| matches!(exit, VcpuExit::Debug(_) | VcpuExit::InternalError))
-    .unwrap_or(false)
+        .unwrap_or(false)
 }
 
 /// Runs `code` once in real mode at 0:0 in a scratch VM with `debug` set,
@@ -65,7 +65,14 @@ fn first_exit(
     let vm = kvm.create_vm().ok()?;
     // SAFETY: a fresh private anonymous page, unmapped below.
     let page = unsafe {
-        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     if page == libc::MAP_FAILED {
         return None;
@@ -73,8 +80,13 @@ fn first_exit(
     // SAFETY: the page is ours, writable, and larger than any probe's code.
     unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page.cast::<u8>(), code.len()) };
     let answer = (|| {
-        let region =
-            kvm_userspace_memory_region { slot: 0, flags: 0, guest_phys_addr: 0, memory_size: 4096, userspace_addr: page as u64 };
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: 4096,
+            userspace_addr: page as u64,
+        };
         // SAFETY: the page outlives the VM (dropped at the end of this closure).
         unsafe { vm.set_user_memory_region(region) }.ok()?;
         let mut vcpu: VcpuFd = vm.create_vcpu(0).ok()?;

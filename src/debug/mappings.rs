@@ -34,7 +34,9 @@ pub fn for_each_mapping(
         PagingMode::Pae => {
             for i in 0..4u64 {
                 let Some(pdpte) = mem.read_u64((regs.cr3 & 0xffff_ffe0) + i * 8) else { continue };
-                if pdpte & PRESENT != 0 && !walk_table(mem, pdpte & ADDRESS_MASK, 2, i << 30, false, &mut left, &mut visit) {
+                if pdpte & PRESENT != 0
+                    && !walk_table(mem, pdpte & ADDRESS_MASK, 2, i << 30, false, &mut left, &mut visit)
+                {
                     return false;
                 }
             }
@@ -152,7 +154,9 @@ pub fn runs_in_ram(regs: &PagingRegisters, mem: &GuestMemory, budget: u64) -> (V
             let run = RamRun { gva: page.gva + (gpa - page.gpa), gpa, len: part_end - gpa };
             match runs.last_mut() {
                 Some(last)
-                    if last.gva.wrapping_add(last.len) == run.gva && last.gpa + last.len == run.gpa && slot.contains(last.gpa) =>
+                    if last.gva.wrapping_add(last.len) == run.gva
+                        && last.gpa + last.len == run.gpa
+                        && slot.contains(last.gpa) =>
                 {
                     last.len += run.len
                 }
@@ -218,7 +222,10 @@ mod tests {
         for_each_mapping(&regs, &t, 1 << 20, |m| seen.push(m));
         assert_eq!(
             seen,
-            vec![Mapping { gva: 0x5000, gpa: 0x7000, size: 4096 }, Mapping { gva: 0x40_0000, gpa: 0x40_0000, size: 4 << 20 }]
+            vec![
+                Mapping { gva: 0x5000, gpa: 0x7000, size: 4096 },
+                Mapping { gva: 0x40_0000, gpa: 0x40_0000, size: 4 << 20 }
+            ]
         );
         let mut p = Tables::default();
         p.set64(0x3000 + 3 * 8, 0x4000 | PRESENT); // PDPTE 3

@@ -150,7 +150,12 @@ pub fn translate(regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) ->
     }
 }
 
-fn walk_32bit(regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64, pse: bool) -> Result<Translation, WalkError> {
+fn walk_32bit(
+    regs: &PagingRegisters,
+    mem: &impl PhysicalMemory,
+    gva: u64,
+    pse: bool,
+) -> Result<Translation, WalkError> {
     let mut perms = Permissions { nx_enabled: false, ..Permissions::new(regs) };
     let pde_addr = (regs.cr3 & 0xffff_f000) + ((gva >> 22) & 0x3ff) * 4;
     let pde = u64::from(mem.read_u32(pde_addr).ok_or(WalkError::TableNotInMemory)?);
@@ -182,7 +187,12 @@ fn walk_pae(regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Resu
     walk_levels(mem, gva, pdpte & ADDRESS_MASK, 2, Permissions::new(regs))
 }
 
-fn walk_long(regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64, levels: u8) -> Result<Translation, WalkError> {
+fn walk_long(
+    regs: &PagingRegisters,
+    mem: &impl PhysicalMemory,
+    gva: u64,
+    levels: u8,
+) -> Result<Translation, WalkError> {
     let top_bit = if levels == 5 { 56 } else { 47 };
     let sign = (gva as i64) >> top_bit;
     if sign != 0 && sign != -1 {
@@ -317,7 +327,10 @@ pub(super) mod tests {
         assert_eq!(translate(&regs, &Tables::default(), 0x0000_8000_0000_0000), Err(WalkError::NonCanonical));
         assert_eq!(translate(&regs, &Tables::default(), 0xffff_7fff_ffff_ffff), Err(WalkError::NonCanonical));
         // The canonical upper half walks (and here finds nothing).
-        assert_eq!(translate(&regs, &Tables::default(), 0xffff_8000_0000_0000), Err(WalkError::NotPresent { level: 4 }));
+        assert_eq!(
+            translate(&regs, &Tables::default(), 0xffff_8000_0000_0000),
+            Err(WalkError::NotPresent { level: 4 })
+        );
     }
 
     #[test]

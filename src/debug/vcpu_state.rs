@@ -232,7 +232,10 @@ mod tests {
     #[test]
     fn patches_turn_on_software_breakpoints() {
         let lib = LibraryDebug { patches: true, ..Default::default() };
-        assert_eq!(effective_debug(&VcpuDebug::default(), &lib, true).control, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP);
+        assert_eq!(
+            effective_debug(&VcpuDebug::default(), &lib, true).control,
+            KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP
+        );
     }
 
     #[test]
@@ -240,11 +243,18 @@ mod tests {
         let state = VcpuDebug { step_over: Some(StepOver::Patch { gpa: 0x10 }), ..Default::default() };
         let lib = LibraryDebug { patches: true, ..Default::default() };
         let with = effective_debug(&state, &lib, true).control;
-        assert_eq!(with & (KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ), KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ);
+        assert_eq!(
+            with & (KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ),
+            KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_BLOCKIRQ
+        );
         let without = effective_debug(&state, &lib, false).control;
         assert_eq!(without & KVM_GUESTDBG_BLOCKIRQ, 0);
         let user = VcpuDebug { singlestep: true, ..Default::default() };
-        assert_eq!(effective_debug(&user, &lib, true).control & KVM_GUESTDBG_BLOCKIRQ, 0, "only our own step blocks interrupts");
+        assert_eq!(
+            effective_debug(&user, &lib, true).control & KVM_GUESTDBG_BLOCKIRQ,
+            0,
+            "only our own step blocks interrupts"
+        );
     }
 
     #[test]

@@ -265,7 +265,12 @@ pub struct WatchHit {
 /// in memory (a load fills `data`) and returns the watchpoint it fires, if
 /// any. `None` when the access is the VMM's MMIO (outside RAM, or a store
 /// to the VMM's read-only memory).
-pub fn complete_protected_access(ctx: &Context, gpa: u64, data: &mut [u8], is_write: bool) -> Option<Result<Option<WatchHit>>> {
+pub fn complete_protected_access(
+    ctx: &Context,
+    gpa: u64,
+    data: &mut [u8],
+    is_write: bool,
+) -> Option<Result<Option<WatchHit>>> {
     if !ctx.debugger().pages_were_protected() {
         return None;
     }

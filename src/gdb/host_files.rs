@@ -118,7 +118,14 @@ mod tests {
     fn only_a_processs_maps_are_served() {
         assert!(is_maps_path(b"/proc/1/maps"));
         assert!(is_maps_path(b"/proc/42/maps"));
-        for other in [&b"/proc/1/smaps"[..], b"/proc/self/maps", b"/proc//maps", b"/etc/passwd", b"/proc/1/maps/x", b"/proc/1/../../etc/shadow"] {
+        for other in [
+            &b"/proc/1/smaps"[..],
+            b"/proc/self/maps",
+            b"/proc//maps",
+            b"/etc/passwd",
+            b"/proc/1/maps/x",
+            b"/proc/1/../../etc/shadow",
+        ] {
             assert!(!is_maps_path(other), "{}", String::from_utf8_lossy(other));
         }
     }

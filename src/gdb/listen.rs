@@ -175,9 +175,8 @@ fn bind_private_unix(path: &Path) -> Result<Listener> {
     let from = CString::new(staged.as_os_str().as_bytes()).map_err(|_| Errno::INVAL)?;
     let to = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::INVAL)?;
     // SAFETY: two NUL-terminated paths; renameat2 only reads them.
-    let renamed = unsafe {
-        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
-    };
+    let renamed =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
     if renamed != 0 {
         let e = Errno::last();
         let _ = std::fs::remove_file(&staged);

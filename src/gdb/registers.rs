@@ -206,7 +206,10 @@ mod tests {
     #[test]
     fn outside_long_mode_rip_is_shown_as_the_linear_address() {
         let regs = kvm_regs { rip: 0xfff0, ..Default::default() };
-        let sregs = kvm_sregs { cs: kvm_segment { selector: 0xf000, base: 0xf_0000, ..Default::default() }, ..Default::default() };
+        let sregs = kvm_sregs {
+            cs: kvm_segment { selector: 0xf000, base: 0xf_0000, ..Default::default() },
+            ..Default::default()
+        };
         let fpu = kvm_fpu::default();
         let mut g = from_kvm(&regs, &sregs, &fpu);
         assert_eq!(g.core.rip, 0xf_fff0);

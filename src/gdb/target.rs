@@ -3,6 +3,7 @@
 //! watchpoints are the library-managed ones, and resuming releases parked
 //! vcpus with per-thread actions.
 
+use gdbstub::common::Pid;
 use gdbstub::common::{Signal, Tid};
 use gdbstub::outputln;
 use gdbstub::target::ext::base::multithread::{
@@ -14,7 +15,6 @@ use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,
     SwBreakpointOps, WatchKind,
 };
-use gdbstub::common::Pid;
 use gdbstub::target::ext::extended_mode::{Args, AttachKind, ExtendedMode, ExtendedModeOps, ShouldTerminate};
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
@@ -67,7 +67,15 @@ impl<'a> VmTarget<'a> {
     /// are recorded in `inserted`.
     pub fn new(ctx: &'a Context, inserted: &'a mut Vec<(BreakType, u64, u64)>) -> VmTarget<'a> {
         let current = ctx.vcpus().next().map_or(0, Vcpu::index);
-        VmTarget { ctx, actions: Vec::new(), scheduler_locked: false, current, physical: false, inserted, open_files: Vec::new() }
+        VmTarget {
+            ctx,
+            actions: Vec::new(),
+            scheduler_locked: false,
+            current,
+            physical: false,
+            inserted,
+            open_files: Vec::new(),
+        }
     }
 
     /// The VM.
@@ -209,9 +217,8 @@ impl ExtendedMode for VmTarget<'_> {
 impl MultiThreadBase for VmTarget<'_> {
     fn read_registers(&mut self, regs: &mut VcpuRegisters, tid: Tid) -> TargetResult<(), Self> {
         let vcpu = self.vcpu(tid).map_err(errno_error)?;
-        let (kvm_regs, sregs, fpu) = vcpu
-            .with_fd(|fd| Ok::<_, Errno>((fd.get_regs()?, fd.get_sregs()?, fd.get_fpu()?)))
-            .map_err(errno_error)?;
+        let (kvm_regs, sregs, fpu) =
+            vcpu.with_fd(|fd| Ok::<_, Errno>((fd.get_regs()?, fd.get_sregs()?, fd.get_fpu()?))).map_err(errno_error)?;
         *regs = registers::from_kvm(&kvm_regs, &sregs, &fpu);
         Ok(())
     }
@@ -425,7 +432,11 @@ impl MonitorCmd for VmTarget<'_> {
             },
             "phys" | "virt" => {
                 self.physical = verb == "phys";
-                outputln!(out, "memory accesses use guest-{} addresses", if self.physical { "physical" } else { "virtual" });
+                outputln!(
+                    out,
+                    "memory accesses use guest-{} addresses",
+                    if self.physical { "physical" } else { "virtual" }
+                );
             }
             "breakpoints" => {
                 let table = self.ctx.debugger().table();

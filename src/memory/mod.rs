@@ -15,8 +15,8 @@ use std::ptr::NonNull;
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 
-pub use self::kvm_slots::{Piece, SlotRegistry};
 use self::kvm_slots::{logged_dirty_pages, relayout, KvmSlotNumbers};
+pub use self::kvm_slots::{Piece, SlotRegistry};
 use crate::error::{Errno, Result};
 
 /// The guest page size that slots, dirty bitmaps and memory maps use.
@@ -389,8 +389,12 @@ impl GuestMemory {
         let end = page_range(start, len)?;
         let hit: Vec<Slot> = self.slots.iter().copied().filter(|s| s.overlaps(start, end)).collect();
         for slot in hit {
-            let (gone, kept): (Vec<Piece>, Vec<Piece>) =
-                self.pieces.remove(&slot.id).unwrap_or_default().into_iter().partition(|p| p.gpa < end && start < p.gpa + p.len);
+            let (gone, kept): (Vec<Piece>, Vec<Piece>) = self
+                .pieces
+                .remove(&slot.id)
+                .unwrap_or_default()
+                .into_iter()
+                .partition(|p| p.gpa < end && start < p.gpa + p.len);
             let mut cut = gone;
             let mut dirty = Vec::new();
             let removed = relayout(kvm, &mut self.kvm_slots, &mut cut, &[], |gpa| slot.host_of(gpa), &mut dirty);

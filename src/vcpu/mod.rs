@@ -14,12 +14,12 @@ use std::sync::{Mutex, MutexGuard};
 use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
 
+use self::pause::{PauseGate, PauseGuard};
 use crate::debug::pagewalk::PagingRegisters;
 use crate::debug::vcpu_state::VcpuDebug;
 use crate::error::{Errno, Result};
 use crate::exit::{self, Exit, IoDirection, IoPayload, IO_DATA_MAX};
 use crate::lock;
-use self::pause::{PauseGate, PauseGuard};
 
 /// A vcpu of a [`Context`](crate::context::Context).
 ///
@@ -306,7 +306,12 @@ impl Vcpu {
 
     /// Enters the guest once and returns the exit. Port output data is
     /// copied into `io_data` (elements back to back).
-    pub fn enter(&self, _runner: &RunnerGuard<'_>, request_interrupt_window: bool, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Exit> {
+    pub fn enter(
+        &self,
+        _runner: &RunnerGuard<'_>,
+        request_interrupt_window: bool,
+        io_data: &mut [u8; IO_DATA_MAX],
+    ) -> Result<Exit> {
         let mut fd = self.lock_for_entry();
         let run = fd.get_kvm_run();
         run.request_interrupt_window = u8::from(request_interrupt_window);
@@ -330,7 +335,9 @@ impl Vcpu {
         if let Exit::Io { direction: IoDirection::Out, payload, .. } = &exit {
             // SAFETY: decode checked that the payload lies inside the vcpu
             // mapping, which the caller's locked fd keeps alive.
-            let src = unsafe { std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.bytes()) };
+            let src = unsafe {
+                std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.bytes())
+            };
             io_data[..payload.bytes()].copy_from_slice(src);
         }
         exit
@@ -390,7 +397,11 @@ impl Vcpu {
     /// finishing it caused (a single step, on hosts that trap there), or
     /// `None` when it just completed. Port output data of that exit goes
     /// into `io_data`, as in [`Vcpu::enter`].
-    pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
+    pub fn complete_instruction(
+        &self,
+        _runner: &RunnerGuard<'_>,
+        io_data: &mut [u8; IO_DATA_MAX],
+    ) -> Result<Option<Exit>> {
         let mut fd = self.lock_for_entry();
         let sync = self.sync_registers.load(Ordering::Relaxed);
         fd.set_kvm_immediate_exit(1);
@@ -413,7 +424,9 @@ impl Vcpu {
         // SAFETY: decode checked that the payload lies inside this vcpu's
         // mapping; the kernel does not touch the page while the vcpu is not
         // in KVM_RUN, and we hold its fd.
-        let dst = unsafe { std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(payload.offset()), payload.bytes()) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(payload.offset()), payload.bytes())
+        };
         dst.copy_from_slice(&data[..payload.bytes()]);
     }
 

@@ -133,7 +133,8 @@ impl PauseGate {
             && self.entries.load(SeqCst) == entries
             && start.elapsed() < TURN_PATIENCE
         {
-            waits = self.changed.wait_timeout(waits, KICK_INTERVAL).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+            waits =
+                self.changed.wait_timeout(waits, KICK_INTERVAL).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
         drop(waits);
         self.turn_waiters.fetch_sub(1, SeqCst);

@@ -154,7 +154,6 @@ mod tests {
         assert_eq!(linear_pc(&regs, &sregs), 0xffff_8000_0000_1000);
     }
 
-
     #[test]
     fn register_dump_names_every_register_with_its_value() {
         let regs = kvm_regs { rax: 0x1234, r15: 0xdead_beef, rip: 0x10000, rflags: 0x202, ..Default::default() };
@@ -166,7 +165,8 @@ mod tests {
 
     #[test]
     fn segment_dump_shows_selector_base_and_attributes() {
-        let cs = kvm_segment { selector: 8, base: 0, limit: 0xffff_ffff, type_: 11, present: 1, l: 1, ..Default::default() };
+        let cs =
+            kvm_segment { selector: 8, base: 0, limit: 0xffff_ffff, type_: 11, present: 1, l: 1, ..Default::default() };
         let sregs = kvm_sregs { cs, efer: 0x501, ..Default::default() };
         let text = format_sregs(&sregs);
         assert!(text.contains("cs 0008 (00000000/ffffffff p 1 dpl 0 db 0 s 0 type b l 1 g 0 avl 0)"));
