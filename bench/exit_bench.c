@@ -354,6 +354,46 @@ static void contexts(struct test_vm *vm, long n)
     }
 }
 
+/* 1000 page-protection watchpoints on 1000 pages, inserted one by one and
+ * removed one by one: the totals, and the cost of the last 100 inserts
+ * (removes) over the first 100, which is 1 when the cost does not grow
+ * with the count. */
+enum { SCALE_WATCHES = 1000, SCALE_EDGE = 100 };
+
+static void page_watch_scale(void)
+{
+    static double insert_at[SCALE_WATCHES + 1], remove_at[SCALE_WATCHES + 1];
+    struct kvm_callbacks cb;
+    struct test_vm vm;
+    int i;
+
+    memset(&cb, 0, sizeof(cb));
+    if (test_vm_create(&vm, &cb, NULL, 16 << 20, 0) < 0 || test_vcpu_long_mode(&vm, 0, GUEST_CODE) < 0)
+        die("vm");
+    kvm_set_watchpoint_method(vm.kvm, KVM_WATCH_PAGE_PROTECTION);
+    insert_at[0] = now();
+    for (i = 0; i < SCALE_WATCHES; i++) {
+        /* Every other page, so that each watch is its own piece. */
+        if (kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x400000 + (uint64_t)i * 8192, 8) < 0)
+            die("scale insert");
+        insert_at[i + 1] = now();
+    }
+    remove_at[0] = now();
+    for (i = 0; i < SCALE_WATCHES; i++) {
+        if (kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_WRITE, 0x400000 + (uint64_t)i * 8192, 8) < 0)
+            die("scale remove");
+        remove_at[i + 1] = now();
+    }
+    printf("bench page_watchpoint_1000_inserts %.0f ms last100/first100=%.2f\n",
+           (insert_at[SCALE_WATCHES] - insert_at[0]) * 1e3,
+           (insert_at[SCALE_WATCHES] - insert_at[SCALE_WATCHES - SCALE_EDGE]) / (insert_at[SCALE_EDGE] - insert_at[0]));
+    printf("bench page_watchpoint_1000_removes %.0f ms last100/first100=%.2f\n",
+           (remove_at[SCALE_WATCHES] - remove_at[0]) * 1e3,
+           (remove_at[SCALE_WATCHES] - remove_at[SCALE_WATCHES - SCALE_EDGE]) / (remove_at[SCALE_EDGE] - remove_at[0]));
+    fflush(stdout);
+    test_vm_destroy(&vm);
+}
+
 /* Core dumps of a 1 GiB guest to a file in $TMPDIR (or /tmp). The
  * baseline is a hand-written pwrite of `baseline_len` bytes of the RAM: all
  * of it for the mostly-zero guest (what a VMM dumping by itself writes),
@@ -423,10 +463,20 @@ static void core_dumps(void)
     test_vm_destroy(&vm);
 }
 
-int main(void)
+/* `exit_bench scale` or `exit_bench core` runs only that part. */
+int main(int argc, char **argv)
 {
     struct kvm_callbacks cb;
     struct test_vm vm;
+
+    if (argc > 1 && strcmp(argv[1], "scale") == 0) {
+        page_watch_scale();
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "core") == 0) {
+        core_dumps();
+        return 0;
+    }
 
     /* Many short alternating rounds: the median shrugs off the machine's drift. */
     compare("pio_exit", PIO, pio_forever_start, pio_forever_end, 5000);
@@ -459,6 +509,7 @@ int main(void)
     rate("watchpoint_hits", "per_s", watch_hits, &vm, 20000);
     test_vm_destroy(&vm);
 
+    page_watch_scale();
     core_dumps();
     return 0;
 }

@@ -167,6 +167,65 @@ int test_vcpu_long_mode(struct test_vm *vm, int vcpu, uint64_t rip)
     return kvm_set_regs(vm->kvm, vcpu, &regs);
 }
 
+int test_vcpu_protected_mode(struct test_vm *vm, int vcpu, uint64_t eip, int paging)
+{
+    struct kvm_sregs sregs;
+    struct kvm_regs regs;
+    int i, r;
+
+    write_u64(vm, GUEST_GDT, 0);
+    write_u64(vm, GUEST_GDT + 8, 0x00cf9b000000ffffULL);  /* 32-bit code */
+    write_u64(vm, GUEST_GDT + 16, 0x00cf93000000ffffULL); /* data */
+    /* With paging: an identity map of the low 4 GiB with 4 MiB pages. */
+    for (i = 0; paging && i < 1024; i++) {
+        uint32_t pde = ((uint32_t)i << 22) | 0x83;
+        memcpy(vm->mem + GUEST_PML4 + 4 * i, &pde, sizeof(pde));
+    }
+    r = set_supported_cpuid(vm, vcpu);
+    if (r < 0)
+        return r;
+    r = kvm_get_sregs(vm->kvm, vcpu, &sregs);
+    if (r < 0)
+        return r;
+    flat_segment(&sregs.cs, 0x08, 11, 0);
+    flat_segment(&sregs.ds, 0x10, 3, 0);
+    sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
+    sregs.tr.base = 0;
+    sregs.tr.limit = 0x67;
+    sregs.tr.type = 11;
+    sregs.tr.present = 1;
+    sregs.gdt.base = GUEST_GDT;
+    sregs.gdt.limit = 3 * 8 - 1;
+    sregs.idt.base = GUEST_IDT;
+    sregs.idt.limit = 256 * 8 - 1;
+    sregs.cr0 = paging ? 0x80000011 : 0x11;
+    sregs.cr3 = paging ? GUEST_PML4 : 0;
+    sregs.cr4 = paging ? 0x10 : 0; /* PSE */
+    sregs.efer = 0;
+    r = kvm_set_sregs(vm->kvm, vcpu, &sregs);
+    if (r < 0)
+        return r;
+    memset(&regs, 0, sizeof(regs));
+    regs.rip = eip;
+    regs.rsp = GUEST_STACK_TOP - (uint64_t)vcpu * GUEST_STACK_SIZE;
+    regs.rflags = 2;
+    return kvm_set_regs(vm->kvm, vcpu, &regs);
+}
+
+void test_vm_set_idt_gate32(struct test_vm *vm, int vector, uint32_t handler)
+{
+    uint8_t *gate = vm->mem + GUEST_IDT + 8 * vector;
+    uint16_t selector = 0x08;
+
+    memset(gate, 0, 8);
+    gate[0] = handler & 0xff;
+    gate[1] = (handler >> 8) & 0xff;
+    memcpy(gate + 2, &selector, 2);
+    gate[5] = 0x8e; /* present, DPL 0, 32-bit interrupt gate */
+    gate[6] = (handler >> 16) & 0xff;
+    gate[7] = (handler >> 24) & 0xff;
+}
+
 void test_vm_set_idt_gate(struct test_vm *vm, int vector, uint64_t handler)
 {
     uint8_t *gate = vm->mem + GUEST_IDT + 16 * vector;

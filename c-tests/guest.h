@@ -63,6 +63,14 @@ void test_vm_load(struct test_vm *vm, uint64_t gpa, const void *start, const voi
  * and an empty IDT, and setting the host's supported CPUID. */
 int test_vcpu_long_mode(struct test_vm *vm, int vcpu, uint64_t rip);
 
+/* Puts `vcpu` in 32-bit protected mode at `eip` with flat segments, the
+ * GDT at GUEST_GDT and a 256-entry IDT at GUEST_IDT; with `paging`, 4 MiB
+ * pages (PSE) identity-map the low 4 GiB from a directory at GUEST_PML4. */
+int test_vcpu_protected_mode(struct test_vm *vm, int vcpu, uint64_t eip, int paging);
+
+/* Points IDT vector `vector` at `handler` (32-bit interrupt gate). */
+void test_vm_set_idt_gate32(struct test_vm *vm, int vector, uint32_t handler);
+
 /* Points IDT vector `vector` at `handler` (64-bit interrupt gate). */
 void test_vm_set_idt_gate(struct test_vm *vm, int vector, uint64_t handler);
 

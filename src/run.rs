@@ -55,7 +55,9 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
         Ok(exit) => handle_exit(ctx, vcpu, runner, exit, io_data),
         // A kick from the library is not the VMM's business: go round again
         // (and park there if a debugger holds the vcpu).
-        Err(Errno(libc::EINTR | libc::EAGAIN)) if vcpu.take_kick() || vcpu.is_held() => 0,
+        Err(Errno(libc::EINTR | libc::EAGAIN)) if vcpu.take_kick() || vcpu.is_held() => {
+            result_code(debug::progress::after_kick(ctx, vcpu))
+        }
         Err(Errno(libc::EINTR | libc::EAGAIN)) => callbacks.io_window(),
         Err(e) => {
             eprintln!("kvm_run: vcpu {index}: KVM_RUN failed: {e}");
@@ -86,10 +88,15 @@ fn handle_exit(
         Exit::Mmio { addr, len, is_write, mut data } => {
             let data = &mut data[..len as usize];
             match debug::watch::complete_protected_access(ctx, addr, data, is_write) {
-                Some(watched) => match on_watched_access(ctx, vcpu, runner, watched, data, is_write, io_data) {
-                    Some(r) => return r,
-                    None => 0,
-                },
+                Some(watched) => {
+                    let watched = watched.and_then(|hit| {
+                        debug::progress::note_protected_access(ctx, vcpu, addr, is_write).map(|()| hit)
+                    });
+                    match on_watched_access(ctx, vcpu, runner, watched, data, is_write, io_data) {
+                        Some(r) => return r,
+                        None => 0,
+                    }
+                }
                 None if is_write => callbacks.mmio_write(addr, data),
                 None => {
                     let r = callbacks.mmio_read(addr, data);

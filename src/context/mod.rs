@@ -72,8 +72,33 @@ pub struct Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
-        // The stub thread uses the context: it must end first.
+        // The stub and watchdog threads use the context: they end first.
         let _ = self.stop_gdbstub();
+        self.stop_watching_progress();
+    }
+}
+
+/// A `&Context` for a library thread (the gdb stub, the progress
+/// watchdog), which the context joins before it is dropped.
+pub(crate) struct ContextRef(*const Context);
+
+// SAFETY: Context is Sync; whoever dereferences the pointer promises (see
+// `get`) that the context outlives the thread.
+unsafe impl Send for ContextRef {}
+
+impl ContextRef {
+    pub(crate) fn new(ctx: &Context) -> ContextRef {
+        ContextRef(ctx)
+    }
+
+    /// The context.
+    ///
+    /// # Safety
+    /// The context must still be alive: its `Drop` joins the thread that
+    /// holds this before it goes.
+    pub(crate) unsafe fn get<'a>(&self) -> &'a Context {
+        // SAFETY: by the caller's promise.
+        unsafe { &*self.0 }
     }
 }
 

@@ -233,11 +233,19 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
     let Some(entered) = state.programming_at(vcpu.entered_generation()) else { return Ok(0) };
     let mut event = decode_debug_exit(arch, &entered.registers());
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
-        if let Some(step) = state.step_over.take() {
-            finish_step_over(ctx, vcpu, step)?;
-            if event.cause == DebugCause::SingleStep && !state.stepping() {
-                return Ok(0);
+        let stepped_over = state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step)).transpose()?;
+        let stepped_through = state.stepping_through;
+        if stepped_through {
+            drop(state);
+            let stored = super::progress::finish_step_through(ctx, vcpu)?;
+            if let Some(hit) = stored {
+                return super::watch::report_hit(ctx, vcpu, hit);
             }
+            state = lock(&vcpu.debug);
+        }
+        let libraries_step = stepped_over.is_some() || stepped_through;
+        if libraries_step && event.cause == DebugCause::SingleStep && !state.stepping() {
+            return Ok(0);
         }
     }
     let verdict = match event.cause {
@@ -257,7 +265,8 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
 /// could not run; `None` when it is something else.
 pub fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -> Option<Result<c_int>> {
     if !emulated_int3(error) {
-        return super::watch::on_fetch_from_watched_page(ctx, vcpu);
+        return super::watch::on_fetch_from_watched_page(ctx, vcpu)
+            .or_else(|| super::progress::after_emulation_failure(ctx, vcpu));
     }
     Some((|| {
         let pc = current_pc(vcpu)?;

@@ -125,6 +125,74 @@ fn walk_table(
     true
 }
 
+/// Calls `visit` with the guest-physical page of every page table of
+/// `regs`' hierarchy, the top one included (without reading the last
+/// level's entries, so a table costs one visit, its entries are not
+/// walked), looking at most at `budget` entries. False when the budget ran
+/// out. Nothing with paging off.
+pub fn for_each_table(
+    regs: &PagingRegisters,
+    mem: &impl PhysicalMemory,
+    budget: u64,
+    mut visit: impl FnMut(u64),
+) -> bool {
+    let mut left = budget;
+    match regs.mode() {
+        PagingMode::Off => true,
+        PagingMode::Bits32 { pse } => {
+            let directory = regs.cr3 & 0xffff_f000;
+            visit(directory);
+            for i in 0..1024u64 {
+                let Some(pde) = mem.read_u32(directory + i * 4).map(u64::from) else { break };
+                if !spend(&mut left) {
+                    return false;
+                }
+                if pde & PRESENT != 0 && !(pse && pde & PAGE_SIZE_BIT != 0) {
+                    visit(pde & 0xffff_f000);
+                }
+            }
+            true
+        }
+        PagingMode::Pae => {
+            visit(regs.cr3 & !0xfff);
+            for i in 0..4u64 {
+                let Some(pdpte) = mem.read_u64((regs.cr3 & 0xffff_ffe0) + i * 8) else { continue };
+                if pdpte & PRESENT != 0 && !tables_below(mem, pdpte & ADDRESS_MASK, 2, &mut left, &mut visit) {
+                    return false;
+                }
+            }
+            true
+        }
+        PagingMode::Level4 => tables_below(mem, regs.cr3 & ADDRESS_MASK, 4, &mut left, &mut visit),
+        PagingMode::Level5 => tables_below(mem, regs.cr3 & ADDRESS_MASK, 5, &mut left, &mut visit),
+    }
+}
+
+/// Visits the 64-bit table `table` of level `level` and the tables below it.
+fn tables_below(mem: &impl PhysicalMemory, table: u64, level: u8, left: &mut u64, visit: &mut impl FnMut(u64)) -> bool {
+    visit(table);
+    if level == 1 {
+        return true;
+    }
+    for i in 0..512u64 {
+        let Some(entry) = mem.read_u64(table + i * 8) else { return true };
+        if !spend(left) {
+            return false;
+        }
+        let large = matches!(level, 2 | 3) && entry & PAGE_SIZE_BIT != 0;
+        if entry & PRESENT == 0 || large {
+            continue;
+        }
+        let child = entry & ADDRESS_MASK;
+        if level == 2 {
+            visit(child); // a page table: its entries map pages, not tables
+        } else if !tables_below(mem, child, level - 1, left, visit) {
+            return false;
+        }
+    }
+    true
+}
+
 /// A run of guest-virtual addresses mapped to contiguous guest RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamRun {
@@ -198,6 +266,28 @@ mod tests {
         for m in &seen {
             assert_eq!(translate(&long_mode(0x1000, false), &t, m.gva).unwrap().gpa, m.gpa);
         }
+    }
+
+    #[test]
+    fn every_table_of_a_hierarchy_is_visited_once_and_mapped_pages_are_not() {
+        let mut t = Tables::default();
+        t.set64(0x1000, 0x2000 | RW); // PML4[0]
+        t.set64(0x1000 + 511 * 8, 0x5000 | RW); // PML4[511]
+        t.set64(0x2000, 0x3000 | RW); // PDPT[0] -> PD
+        t.set64(0x3000, 0x20_0000 | RW | PAGE_SIZE_BIT); // 2 MiB page: not a table
+        t.set64(0x3000 + 8, 0x4000 | RW); // PD[1] -> PT
+        t.set64(0x4000 + 3 * 8, 0x9000 | RW); // 4 KiB page: not a table
+        t.set64(0x5000 + 510 * 8, 0x4000_0000 | RW | PAGE_SIZE_BIT); // 1 GiB page
+        let mut tables = Vec::new();
+        assert!(for_each_table(&long_mode(0x1000, false), &t, 1 << 20, |gpa| tables.push(gpa)));
+        tables.sort();
+        assert_eq!(tables, vec![0x1000, 0x2000, 0x3000, 0x4000, 0x5000]);
+        let mut none = 0;
+        let mut self_mapping = Tables::default();
+        for i in 0..512 {
+            self_mapping.set64(0x1000 + i * 8, 0x1000 | RW);
+        }
+        assert!(!for_each_table(&long_mode(0x1000, false), &self_mapping, 10_000, |_| none += 1));
     }
 
     #[test]

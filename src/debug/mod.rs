@@ -19,8 +19,10 @@ pub mod decode;
 pub mod exits;
 pub mod guest_memory;
 pub mod host_quirks;
+pub mod implicit;
 pub mod mappings;
 pub mod pagewalk;
+pub mod progress;
 pub mod request;
 pub mod vcpu_state;
 pub mod watch;
@@ -88,6 +90,8 @@ pub struct Debugger {
     blockirq: bool,
     single_step_skips_halts: OnceLock<bool>,
     real_mode_int3_exits: OnceLock<bool>,
+    /// Kicks vcpus stuck on protected pages (see `progress`).
+    pub(crate) progress_watchdog: Mutex<Option<progress::ProgressWatchdog>>,
 }
 
 impl Debugger {
@@ -104,6 +108,7 @@ impl Debugger {
             blockirq: flags & KVM_GUESTDBG_BLOCKIRQ != 0,
             single_step_skips_halts: OnceLock::new(),
             real_mode_int3_exits: OnceLock::new(),
+            progress_watchdog: Mutex::new(None),
         }
     }
 
@@ -233,6 +238,14 @@ impl Context {
         }
     }
 
+    /// True when a debug register can hold a watchpoint on `[addr, addr +
+    /// len)` and the host fires them: one is free, and the range fits.
+    pub(crate) fn register_can_hold(&self, addr: u64, len: u64) -> bool {
+        debugregs::watch_fits(addr, len)
+            && self.debugger().host_fires_data_breakpoints(self.kvm())
+            && (0..debugregs::DEBUG_REGISTERS).any(|n| self.debugger().table().register(n).is_none())
+    }
+
     /// Whether a new watchpoint goes into a debug register (or is kept by
     /// page protection), by the method setting. `Auto` keeps read
     /// watchpoints by page protection, which tells reads from writes (a
@@ -241,12 +254,7 @@ impl Context {
         match self.debugger().watch_method.get() {
             watch::WatchMethod::DebugRegisters => true,
             watch::WatchMethod::PageProtection => false,
-            watch::WatchMethod::Auto => {
-                kind != BreakType::WatchRead
-                    && debugregs::watch_fits(addr, len)
-                    && self.debugger().host_fires_data_breakpoints(self.kvm())
-                    && (0..debugregs::DEBUG_REGISTERS).any(|n| self.debugger().table().register(n).is_none())
-            }
+            watch::WatchMethod::Auto => kind != BreakType::WatchRead && self.register_can_hold(addr, len),
         }
     }
 

@@ -82,6 +82,9 @@ pub struct VcpuDebug {
     pub resume: Option<ResumePoint>,
     /// Set while stepping over a breakpoint.
     pub step_over: Option<StepOver>,
+    /// Set while stepping through an instruction that made no progress on
+    /// a protected page (see [`super::progress`]).
+    pub stepping_through: bool,
     /// The last debug event reported to the VMM.
     pub last_event: Option<DebugEvent>,
 }
@@ -162,9 +165,10 @@ pub fn effective_debug(state: &VcpuDebug, library: &LibraryDebug, blockirq: bool
     if library.patches {
         control |= KVM_GUESTDBG_USE_SW_BP;
     }
-    if state.stepping() || state.step_over.is_some() {
+    let library_step = state.step_over.is_some() || state.stepping_through;
+    if state.stepping() || library_step {
         control |= KVM_GUESTDBG_SINGLESTEP;
-        if state.step_over.is_some() && blockirq {
+        if library_step && blockirq {
             control |= KVM_GUESTDBG_BLOCKIRQ;
         }
     }

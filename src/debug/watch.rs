@@ -12,10 +12,12 @@
 //! refused on a page a vcpu is executing, and a vcpu that later jumps into
 //! one has that page's read watching suspended rather than hang.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::decode::{DebugCause, DebugEvent, DEBUG_EXCEPTION};
+use super::implicit::ImplicitUse;
 use super::BreakType;
 use crate::context::{Context, LiveSlots};
 use crate::error::{Errno, Result};
@@ -87,10 +89,6 @@ impl PageWatch {
         self.ranges.iter().any(|&(start, n)| start < gpa + len && gpa < start + n)
     }
 
-    fn on_page(&self, page: u64) -> bool {
-        self.ranges.iter().any(|&(start, _)| page_of(start) == page)
-    }
-
     fn fires_on(&self, is_write: bool) -> bool {
         match self.kind {
             BreakType::WatchWrite => is_write,
@@ -100,12 +98,26 @@ impl PageWatch {
     }
 }
 
-/// The page-protection watchpoints of a VM.
+/// What names a watchpoint: its kind, address and length, as
+/// `kvm_remove_breakpoint` gives them.
+type WatchKey = (i32, u64, u64);
+
+fn key_of(kind: BreakType, gva: u64, len: u64) -> WatchKey {
+    (kind as i32, gva, len)
+}
+
+/// The page-protection watchpoints of a VM, indexed by name and by page so
+/// that inserts, removes and hits cost the same however many there are.
 #[derive(Debug, Default)]
 pub struct PageWatchTable {
-    watches: Vec<PageWatch>,
+    watches: BTreeMap<WatchKey, PageWatch>,
+    /// The watchpoints on each guest-physical page.
+    by_page: BTreeMap<u64, Vec<WatchKey>>,
     /// Pages whose read watching was suspended (a vcpu executes there).
-    suspended: Vec<u64>,
+    suspended: BTreeSet<u64>,
+    /// Pages left unprotected, their watching suspended: the CPU uses them
+    /// in a way protection would break (see [`super::implicit`]).
+    stepped_aside: BTreeSet<u64>,
 }
 
 impl PageWatchTable {
@@ -114,12 +126,16 @@ impl PageWatchTable {
         self.watches.is_empty()
     }
 
+    /// The watchpoints on `page`.
+    fn on_page(&self, page: u64) -> impl Iterator<Item = &PageWatch> {
+        self.by_page.get(&page).into_iter().flatten().filter_map(|key| self.watches.get(key))
+    }
+
     /// How `page` must be protected for the watchpoints on it.
     pub fn protection_for(&self, page: u64) -> Option<Protection> {
-        let on_page = || self.watches.iter().filter(|w| w.on_page(page));
-        if on_page().next().is_none() {
+        if !self.by_page.contains_key(&page) || self.stepped_aside.contains(&page) {
             None
-        } else if !self.suspended.contains(&page) && on_page().any(|w| w.kind != BreakType::WatchWrite) {
+        } else if !self.suspended.contains(&page) && self.on_page(page).any(|w| w.kind != BreakType::WatchWrite) {
             Some(Protection::Unbacked)
         } else {
             Some(Protection::ReadOnly)
@@ -133,43 +149,86 @@ impl PageWatchTable {
 
     /// The first watchpoint a guest access of `len` bytes at `gpa` fires.
     pub fn hit(&self, gpa: u64, len: u64, is_write: bool) -> Option<&PageWatch> {
-        self.watches.iter().find(|w| w.fires_on(is_write) && w.touches(gpa, len))
+        let last = page_of(gpa.saturating_add(len.max(1) - 1));
+        self.by_page
+            .range(page_of(gpa)..=last)
+            .flat_map(|(_, keys)| keys)
+            .filter_map(|key| self.watches.get(key))
+            .find(|w| w.fires_on(is_write) && w.touches(gpa, len))
     }
 
-    /// Adds a watchpoint (or a reference to the same one); returns the
-    /// pages whose protection may have changed.
-    pub fn insert(&mut self, kind: BreakType, gva: u64, len: u64, ranges: Vec<(u64, u64)>) -> Vec<u64> {
-        if let Some(w) = self.watches.iter_mut().find(|w| w.kind == kind && w.gva == gva && w.len == len) {
+    /// Adds a watchpoint (or a reference to the same one), with watching
+    /// suspended on the pages in `aside`; returns the pages whose
+    /// protection may have changed.
+    pub fn insert(&mut self, kind: BreakType, gva: u64, len: u64, ranges: Vec<(u64, u64)>, aside: &[u64]) -> Vec<u64> {
+        self.stepped_aside.extend(aside);
+        let key = key_of(kind, gva, len);
+        if let Some(w) = self.watches.get_mut(&key) {
             w.refs += 1;
             return Vec::new();
         }
         let watch = PageWatch { kind, gva, len, ranges, refs: 1 };
         let pages = Self::pages_of(&watch);
-        self.watches.push(watch);
+        for &page in &pages {
+            self.by_page.entry(page).or_default().push(key);
+        }
+        self.watches.insert(key, watch);
         pages
     }
 
     /// Drops a reference; returns the pages whose protection may have
     /// changed, or `ENOENT`.
     pub fn remove(&mut self, kind: BreakType, gva: u64, len: u64) -> Result<Vec<u64>> {
-        let index =
-            self.watches.iter().position(|w| w.kind == kind && w.gva == gva && w.len == len).ok_or(Errno::NOENT)?;
-        let watch = &mut self.watches[index];
+        let key = key_of(kind, gva, len);
+        let watch = self.watches.get_mut(&key).ok_or(Errno::NOENT)?;
         watch.refs -= 1;
         if watch.refs > 0 {
             return Ok(Vec::new());
         }
-        let pages = Self::pages_of(&self.watches.swap_remove(index));
-        self.suspended.retain(|p| !pages.contains(p) || self.watches.iter().any(|w| w.on_page(*p)));
+        let pages = self.watches.remove(&key).map(|w| Self::pages_of(&w)).unwrap_or_default();
+        for page in &pages {
+            if let Some(keys) = self.by_page.get_mut(page) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.by_page.remove(page);
+                    self.suspended.remove(page);
+                    self.stepped_aside.remove(page);
+                }
+            }
+        }
         Ok(pages)
     }
 
     /// Removes everything; returns the pages that were protected.
     pub fn clear(&mut self) -> Vec<u64> {
-        let pages = self.watches.iter().flat_map(Self::pages_of).collect();
+        let pages = self.by_page.keys().copied().collect();
         self.watches.clear();
+        self.by_page.clear();
         self.suspended.clear();
+        self.stepped_aside.clear();
         pages
+    }
+
+    /// Leaves `page` unprotected for good (while watchpoints are on it);
+    /// returns true when that changes anything.
+    pub fn step_aside(&mut self, page: u64) -> bool {
+        self.by_page.contains_key(&page) && self.stepped_aside.insert(page)
+    }
+
+    /// The bytes every write or access watchpoint covers now, to tell
+    /// afterwards whether an instruction the library could not watch
+    /// stored into them.
+    pub fn watched_bytes(&self, mem: &crate::memory::GuestMemory) -> Vec<WatchedBytes> {
+        let mut out = Vec::new();
+        for w in self.watches.values().filter(|w| w.kind != BreakType::WatchRead) {
+            for &(gpa, len) in &w.ranges {
+                let mut bytes = vec![0; len as usize];
+                if mem.read(gpa, &mut bytes).is_ok() {
+                    out.push(WatchedBytes { hit: WatchHit { kind: w.kind, gva: w.gva, len: w.len }, gpa, bytes });
+                }
+            }
+        }
+        out
     }
 
     /// Stops unbacking `page` (a vcpu executes from it); returns true when
@@ -178,7 +237,7 @@ impl PageWatchTable {
         if self.protection_for(page) != Some(Protection::Unbacked) {
             return false;
         }
-        self.suspended.push(page);
+        self.suspended.insert(page);
         true
     }
 }
@@ -194,7 +253,7 @@ fn checked_len(len: u64) -> Result<u64> {
 
 impl Context {
     /// Gives each page in `pages` the protection its watchpoints need.
-    fn apply_protections(&self, pages: &[u64]) -> Result<()> {
+    pub(crate) fn apply_protections(&self, pages: &[u64]) -> Result<()> {
         let watches = lock(&self.debugger().page_watches);
         let slots = LiveSlots::of(self)?;
         let mut mem = self.memory();
@@ -206,6 +265,8 @@ impl Context {
         }
         if !watches.is_empty() {
             self.debugger().note_pages_protected();
+            drop((watches, mem));
+            self.watch_progress();
         }
         Ok(())
     }
@@ -234,7 +295,27 @@ impl Context {
                 }
             }
         }
-        let pages = lock(&self.debugger().page_watches).insert(kind, gva, len, ranges);
+        let implicit = super::implicit::implicit_pages(self)?;
+        let clashes: Vec<(u64, ImplicitUse)> = ranges
+            .iter()
+            .filter_map(|&(gpa, _)| {
+                let uses = implicit.get(&page_of(gpa))?;
+                super::implicit::breaking_use(uses, kind).map(|what| (page_of(gpa), what))
+            })
+            .collect();
+        if let Some(&(page, what)) = clashes.first() {
+            let why = format!(
+                "libkvm: watchpoint at {gva:#x}: page {page:#x} holds the guest's {}, which its CPU uses by itself",
+                what.name()
+            );
+            if self.register_can_hold(gva, len) {
+                eprintln!("{why}: watched by a debug register instead of page protection");
+                return self.change_breakpoints(|| self.debugger().table().insert_hardware(kind, gva, len));
+            }
+            eprintln!("{why}; protecting it would stop the guest, so the watchpoint is suspended on that page");
+        }
+        let aside: Vec<u64> = clashes.iter().map(|&(page, _)| page).collect();
+        let pages = lock(&self.debugger().page_watches).insert(kind, gva, len, ranges, &aside);
         self.apply_protections(&pages)
     }
 
@@ -249,6 +330,25 @@ impl Context {
         let pages = lock(&self.debugger().page_watches).clear();
         self.apply_protections(&pages)
     }
+}
+
+/// The bytes under one page's part of a watchpoint, at some moment.
+#[derive(Clone, Debug)]
+pub struct WatchedBytes {
+    hit: WatchHit,
+    gpa: u64,
+    bytes: Vec<u8>,
+}
+
+/// The first watchpoint whose bytes differ now from `before`: a store the
+/// library did not see (an instruction stepped through with the pages
+/// backed).
+pub fn first_changed(before: &[WatchedBytes], mem: &crate::memory::GuestMemory) -> Option<WatchHit> {
+    let mut now = Vec::new();
+    before.iter().find_map(|b| {
+        now.resize(b.bytes.len(), 0);
+        (mem.read(b.gpa, &mut now).is_ok() && now != b.bytes).then_some(b.hit)
+    })
 }
 
 /// A watchpoint a guest access fired.
@@ -338,7 +438,7 @@ mod tests {
     fn table_with(watches: &[(BreakType, u64, u64)]) -> PageWatchTable {
         let mut t = PageWatchTable::default();
         for &(kind, gpa, len) in watches {
-            t.insert(kind, gpa, len, vec![(gpa, len)]);
+            t.insert(kind, gpa, len, vec![(gpa, len)], &[]);
         }
         t
     }
@@ -370,6 +470,20 @@ mod tests {
         t.remove(BreakType::WatchWrite, 0x1000, 4).unwrap();
         assert_eq!(t.protection_for(0x1000), None);
         assert_eq!(t.remove(BreakType::WatchWrite, 0x1000, 4), Err(Errno::NOENT));
+    }
+
+    #[test]
+    fn a_page_stepped_aside_stays_unprotected_until_its_last_watch_goes() {
+        let mut t = PageWatchTable::default();
+        t.insert(BreakType::WatchWrite, 0x1000, 8, vec![(0x1000, 8)], &[0x1000]);
+        t.insert(BreakType::WatchRead, 0x1010, 8, vec![(0x1010, 8)], &[]);
+        assert_eq!(t.protection_for(0x1000), None);
+        assert!(t.hit(0x1000, 8, true).is_some(), "the watch itself stays");
+        t.remove(BreakType::WatchWrite, 0x1000, 8).unwrap();
+        assert_eq!(t.protection_for(0x1000), None, "still aside while a watch is on the page");
+        t.remove(BreakType::WatchRead, 0x1010, 8).unwrap();
+        t.insert(BreakType::WatchWrite, 0x1000, 8, vec![(0x1000, 8)], &[]);
+        assert_eq!(t.protection_for(0x1000), Some(Protection::ReadOnly));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::listen::{parse_listen_address, ListenAddress, Listener};
-use crate::context::Context;
+use crate::context::{Context, ContextRef};
 use crate::error::{Errno, Result};
 
 /// A running stub.
@@ -31,26 +31,19 @@ pub struct GdbServer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// A `&Context` the stub thread may hold.
-struct ContextRef(*const Context);
-
-// SAFETY: Context is Sync; the pointer stays valid because the context stops
-// (and joins) its stub before it is dropped (Context::stop_gdbstub in Drop).
-unsafe impl Send for ContextRef {}
-
 impl GdbServer {
     /// Binds `address` and starts the stub thread for `ctx`.
     fn start(ctx: &Context, address: &ListenAddress) -> Result<GdbServer> {
         let listener = Listener::bind(address)?;
         let shutdown = std::sync::Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_errno)?);
         let thread_shutdown = shutdown.clone();
-        let ctx_ref = ContextRef(ctx);
+        let ctx_ref = ContextRef::new(ctx);
         let thread = std::thread::Builder::new()
             .name("libkvm-gdbstub".into())
             .spawn(move || {
-                let ctx_ref = ctx_ref;
-                // SAFETY: see ContextRef.
-                let ctx = unsafe { &*ctx_ref.0 };
+                // SAFETY: the context stops (and joins) its stub before it is
+                // dropped (Context::stop_gdbstub in Drop).
+                let ctx = unsafe { ctx_ref.get() };
                 server::serve(ctx, listener, &thread_shutdown);
             })
             .map_err(io_errno)?;

@@ -184,6 +184,9 @@ pub struct GuestMemory {
     next_slot: u32,
     log_all: bool,
     kvm_slots: KvmSlotNumbers,
+    /// Vcpus stepping through an instruction with every protection lifted
+    /// (see [`GuestMemory::lift_protections`]).
+    lifts: u32,
 }
 
 /// Checks that `[start, start + len)` is a non-empty, page-aligned range
@@ -208,6 +211,7 @@ impl GuestMemory {
             next_slot: 0,
             log_all: false,
             kvm_slots: KvmSlotNumbers::new(max_slots),
+            lifts: 0,
         }
     }
 
@@ -252,13 +256,15 @@ impl GuestMemory {
         flags
     }
 
-    /// The KVM slots `slot` needs: the slot minus its protected pages, each
+    /// The KVM slots `slot` needs in `[lo, hi)` (edges of pieces or of
+    /// protected pages): the range minus its protected pages, each
     /// read-only page a piece of its own.
-    fn layout(&self, slot: &Slot) -> Vec<(u64, u64, u32)> {
+    fn layout_between(&self, slot: &Slot, lo: u64, hi: u64) -> Vec<(u64, u64, u32)> {
         let flags = self.flags(slot);
         let mut layout = Vec::new();
-        let mut cursor = slot.gpa;
-        for (&page, &protection) in self.protected.range(slot.gpa..slot.end()) {
+        let mut cursor = lo;
+        let protected = if self.lifts > 0 { None } else { Some(self.protected.range(lo..hi)) };
+        for (&page, &protection) in protected.into_iter().flatten() {
             if page > cursor {
                 layout.push((cursor, page - cursor, flags));
             }
@@ -267,8 +273,8 @@ impl GuestMemory {
             }
             cursor = page + PAGE_SIZE;
         }
-        if cursor < slot.end() {
-            layout.push((cursor, slot.end() - cursor, flags));
+        if cursor < hi {
+            layout.push((cursor, hi - cursor, flags));
         }
         layout
     }
@@ -277,18 +283,40 @@ impl GuestMemory {
     /// differ (see [`kvm_slots::relayout`]). Pages logged dirty in pieces
     /// that go are kept for the next bitmap while the slot logs.
     fn register_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
-        let wanted = self.layout(slot);
-        self.set_pieces(kvm, slot, &wanted)
+        self.register_pieces_between(kvm, slot, slot.gpa, slot.end())
     }
 
     fn unregister_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
-        self.set_pieces(kvm, slot, &[])
+        self.set_pieces(kvm, slot, 0..u64::MAX, |_, _, _| Vec::new())
     }
 
-    fn set_pieces(&mut self, kvm: &dyn SlotRegistry, slot: &Slot, wanted: &[(u64, u64, u32)]) -> Result<()> {
+    /// [`Self::register_pieces`] for the part of `slot` in `[lo, hi)`: only
+    /// the pieces there are looked at, so the cost does not grow with the
+    /// number of pieces elsewhere.
+    fn register_pieces_between(&mut self, kvm: &dyn SlotRegistry, slot: &Slot, lo: u64, hi: u64) -> Result<()> {
+        let layout = |mem: &Self, lo, hi| mem.layout_between(slot, lo, hi);
+        self.set_pieces(kvm, slot, lo..hi, layout)
+    }
+
+    /// Changes the pieces of `slot` overlapping `window` (widened to whole
+    /// pieces) into what `wanted(self, lo, hi)` says for the widened range.
+    fn set_pieces(
+        &mut self,
+        kvm: &dyn SlotRegistry,
+        slot: &Slot,
+        window: std::ops::Range<u64>,
+        wanted: impl Fn(&Self, u64, u64) -> Vec<(u64, u64, u32)>,
+    ) -> Result<()> {
         let mut pieces = self.pieces.remove(&slot.id).unwrap_or_default();
+        let first = pieces.partition_point(|p| p.gpa + p.len <= window.start);
+        let end = pieces.partition_point(|p| p.gpa < window.end);
+        let lo = pieces.get(first).filter(|_| first < end).map_or(window.start, |p| p.gpa.min(window.start));
+        let hi = pieces[first..end].last().map_or(window.end, |p| (p.gpa + p.len).max(window.end));
+        let wanted = wanted(self, lo.max(slot.gpa), hi.min(slot.end()));
+        let mut in_window: Vec<Piece> = pieces.drain(first..end).collect();
         let mut dirty = Vec::new();
-        let changed = relayout(kvm, &mut self.kvm_slots, &mut pieces, wanted, |gpa| slot.host_of(gpa), &mut dirty);
+        let changed = relayout(kvm, &mut self.kvm_slots, &mut in_window, &wanted, |gpa| slot.host_of(gpa), &mut dirty);
+        pieces.splice(first..first, in_window);
         if !pieces.is_empty() {
             self.pieces.insert(slot.id, pieces);
         }
@@ -337,15 +365,48 @@ impl GuestMemory {
             Some(p) => self.protected.insert(page, p),
             None => self.protected.remove(&page),
         };
-        match self.slot_containing(page).copied() {
-            Some(slot) => self.register_pieces(kvm, &slot),
-            None => Ok(()),
+        let Some(slot) = self.slot_containing(page).copied() else { return Ok(()) };
+        // Only the pieces between the protected pages around this one change.
+        let lo = self.protected.range(slot.gpa..page).next_back().map_or(slot.gpa, |(&p, _)| p + PAGE_SIZE);
+        let hi = self.protected.range(page + PAGE_SIZE..slot.end()).next().map_or(slot.end(), |(&p, _)| p);
+        self.register_pieces_between(kvm, &slot, lo, hi)
+    }
+
+    /// Backs every protected page as plain RAM until the matching
+    /// [`GuestMemory::land_protections`] (nested: the last landing
+    /// protects again). The protections stay recorded meanwhile.
+    pub fn lift_protections(&mut self, kvm: &dyn SlotRegistry) -> Result<()> {
+        self.lifts += 1;
+        if self.lifts == 1 {
+            self.relayout_protected_slots(kvm)?;
         }
+        Ok(())
+    }
+
+    /// Ends one [`GuestMemory::lift_protections`].
+    pub fn land_protections(&mut self, kvm: &dyn SlotRegistry) -> Result<()> {
+        self.lifts = self.lifts.saturating_sub(1);
+        if self.lifts == 0 {
+            self.relayout_protected_slots(kvm)?;
+        }
+        Ok(())
+    }
+
+    fn relayout_protected_slots(&mut self, kvm: &dyn SlotRegistry) -> Result<()> {
+        let slots: Vec<Slot> =
+            self.slots.iter().filter(|s| self.protected.range(s.gpa..s.end()).next().is_some()).copied().collect();
+        slots.iter().try_for_each(|slot| self.register_pieces(kvm, slot))
     }
 
     /// How page `page` is protected.
     pub fn protection(&self, page: u64) -> Option<Protection> {
         self.protected.get(&page_of(page)).copied()
+    }
+
+    /// True when some page is protected and no vcpu has the protections
+    /// lifted.
+    pub fn protections_in_force(&self) -> bool {
+        !self.protected.is_empty() && self.lifts == 0
     }
 
     /// True when some page is protected.
@@ -686,6 +747,53 @@ mod tests {
         }
         assert_eq!((kvm.deleted.get(), kvm.created.get()), (deleted, created), "no slot went away");
         assert_eq!(kvm.changed.get(), 100 * 2 * 4, "four KVM slots, each switched twice a round");
+    }
+
+    #[test]
+    fn lifted_protections_back_every_page_until_the_last_landing() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(64);
+        mem.add_slot(&kvm, ram(0, 0x10_0000, 0x4000_0000)).unwrap();
+        mem.set_protection(&kvm, 0x3000, Some(Protection::ReadOnly)).unwrap();
+        mem.set_protection(&kvm, 0x8000, Some(Protection::Unbacked)).unwrap();
+        let cut = kvm.layout();
+        mem.lift_protections(&kvm).unwrap();
+        mem.lift_protections(&kvm).unwrap();
+        assert_eq!(kvm.layout(), vec![(0, 0x10_0000, 0x4000_0000)]);
+        // A protection changed meanwhile is recorded, not applied.
+        mem.set_protection(&kvm, 0x5000, Some(Protection::ReadOnly)).unwrap();
+        assert_eq!(kvm.layout(), vec![(0, 0x10_0000, 0x4000_0000)]);
+        mem.land_protections(&kvm).unwrap();
+        assert_eq!(kvm.layout(), vec![(0, 0x10_0000, 0x4000_0000)], "one lift is still on");
+        mem.land_protections(&kvm).unwrap();
+        mem.set_protection(&kvm, 0x5000, None).unwrap();
+        assert_eq!(kvm.layout(), cut);
+    }
+
+    #[test]
+    fn re_cutting_around_one_page_always_leaves_the_whole_slots_layout() {
+        // Random protections on 64 pages of a slot, some at its edges: after
+        // each change KVM holds exactly the layout computed from scratch.
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(4096);
+        let slot = mem.add_slot(&kvm, ram(0x10_0000, 64 * PAGE_SIZE, 0x4000_0000)).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let page = slot.gpa + (seed % 64) * PAGE_SIZE;
+            let protection = [None, Some(Protection::ReadOnly), Some(Protection::Unbacked)][(seed >> 8) as usize % 3];
+            mem.set_protection(&kvm, page, protection).unwrap();
+            let whole: Vec<_> = mem
+                .layout_between(&slot, slot.gpa, slot.end())
+                .into_iter()
+                .map(|(gpa, len, _)| (gpa, len, slot.host_of(gpa)))
+                .collect();
+            assert_eq!(kvm.layout(), whole);
+            let pieces: Vec<_> = mem.pieces().map(|p| (p.gpa, p.len, p.host)).collect();
+            assert_eq!(pieces, whole, "the table says what KVM has, in address order");
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Vcpu {
     paging: Mutex<Option<(u64, PagingRegisters)>>,
     /// Debugging state; see [`crate::debug`].
     pub(crate) debug: Mutex<VcpuDebug>,
+    /// Whether the vcpu makes progress on protected pages; see
+    /// [`crate::debug::progress`].
+    pub(crate) progress: Mutex<crate::debug::progress::Progress>,
     /// Set when the debug state must be looked at before the next entry.
     debug_attention: AtomicBool,
     /// Set while the vcpu single-steps (see [`Vcpu::set_stepping`]).
@@ -68,6 +71,9 @@ pub struct Vcpu {
     /// Set when the library kicked the vcpu: the interrupted `KVM_RUN` is
     /// not the VMM's signal, and does not reach its `io_window`.
     kicked: AtomicBool,
+    /// Set when the kick was the progress watchdog's (see
+    /// [`crate::debug::progress`]).
+    progress_kick: AtomicBool,
     /// The generation of the debug state KVM has (see `VcpuDebug::generation`).
     debug_generation: AtomicU64,
     /// The generation the vcpu last entered the guest with: its exits are
@@ -106,6 +112,7 @@ impl Vcpu {
             state_epoch: AtomicU64::new(0),
             paging: Mutex::new(None),
             debug: Mutex::new(VcpuDebug::default()),
+            progress: Mutex::new(Default::default()),
             debug_attention: AtomicBool::new(false),
             stepping: AtomicBool::new(false),
             can_sync_registers,
@@ -116,6 +123,7 @@ impl Vcpu {
             runner_thread: Mutex::new(None),
             gate: PauseGate::default(),
             kicked: AtomicBool::new(false),
+            progress_kick: AtomicBool::new(false),
             debug_generation: AtomicU64::new(0),
             entered_generation: AtomicU64::new(0),
         }
@@ -247,6 +255,22 @@ impl Vcpu {
             // under this lock, before leaving), so the pthread_t is live.
             unsafe { libc::pthread_kill(thread, kick::kick_signal()) };
         }
+    }
+
+    /// Kicks the vcpu to see whether it makes progress.
+    pub fn kick_for_progress(&self) {
+        self.progress_kick.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    /// True (once) when the last kick was [`Vcpu::kick_for_progress`].
+    pub fn take_progress_kick(&self) -> bool {
+        self.progress_kick.load(Ordering::Acquire) && self.progress_kick.swap(false, Ordering::AcqRel)
+    }
+
+    /// The number of the `KVM_RUN` the vcpu is in now, if it is in the guest.
+    pub fn guest_entry(&self) -> Option<u64> {
+        self.gate.entry_in_guest()
     }
 
     /// True (once) when the library kicked the vcpu since the last call.

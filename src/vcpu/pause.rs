@@ -87,6 +87,13 @@ impl PauseGate {
         false
     }
 
+    /// The number of the entry the runner is in now, if it is in the guest:
+    /// the same number twice, some time apart, means one `KVM_RUN` lasted
+    /// all that time.
+    pub fn entry_in_guest(&self) -> Option<u64> {
+        self.in_guest.load(SeqCst).then(|| self.entries.load(SeqCst))
+    }
+
     /// Runner: `KVM_RUN` returned.
     pub fn left_guest(&self) {
         self.in_guest.store(false, SeqCst);
