@@ -217,6 +217,17 @@ static void calls_on_vcpus_in_the_guest_never_wait_for_an_exit(void)
         args[i].vcpu = i;
         REQUIRE(pthread_create(&vcpus[i], NULL, run_vcpu, &args[i]) == 0);
     }
+    /* kvm_get_apic_base reads the vcpu's last exit: the meddling starts
+     * once every vcpu has been in the guest (its count has started). */
+    for (i = 0; i < VCPUS; i++) {
+        int tries;
+        for (tries = 0; tries < 10000; tries++) {
+            REQUIRE(kvm_get_regs(r.vm.kvm, i, &regs) == 0);
+            if (regs.rax > 0)
+                break;
+            usleep(1000);
+        }
+    }
     r.meddling = 1;
     for (i = 0; i < MEDDLERS; i++)
         REQUIRE(pthread_create(&meddlers[i], NULL, meddle, &r) == 0);
