@@ -303,6 +303,9 @@ static void a_triple_fault_with_libkvm_core_leaves_a_core_gdb_reads(void)
     pthread_t threads[VCPUS];
     struct prstatus_find f;
     struct core c;
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    int reset_by_host;
     FILE *kernel;
     char *gdb;
     int i;
@@ -321,6 +324,14 @@ static void a_triple_fault_with_libkvm_core_leaves_a_core_gdb_reads(void)
     }
     pthread_join(threads[0], NULL);
     CHECK_EQ(args[0].result, 2); /* the shutdown callback's */
+    /* kvm_amd INITs a vcpu at a triple fault (its VMCB is undefined after
+     * the shutdown intercept): the crash's registers are gone before the
+     * library sees the exit. Memory and the other vcpu are still checked. */
+    REQUIRE(kvm_get_regs(k.vm.kvm, 0, &regs) == 0 && kvm_get_sregs(k.vm.kvm, 0, &sregs) == 0);
+    reset_by_host = regs.rip == 0xfff0 && sregs.cs.base == 0xffff0000;
+    if (reset_by_host)
+        printf("  skipped: this host's KVM resets a vcpu at a triple fault (kvm_amd does): "
+               "the crashed vcpu's registers and frames are not in the core\n");
     CHECK_EQ(*kernel_global(&k, k.counter), 0x1234abcd5678ef00ULL);
     *kernel_global(&k, k.release) = 1;
     for (i = 1; i < VCPUS; i++)
@@ -337,7 +348,8 @@ static void a_triple_fault_with_libkvm_core_leaves_a_core_gdb_reads(void)
     CHECK_EQ(f.vcpu_states, VCPUS);
     CHECK(f.found);
     CHECK_EQ(f.state.version, KVM_CORE_VCPU_STATE_VERSION);
-    CHECK(f.reg[R_RIP] >= kernel_symbol("crash_here") && f.reg[R_RIP] < kernel_symbol("level2"));
+    if (!reset_by_host)
+        CHECK(f.reg[R_RIP] >= kernel_symbol("crash_here") && f.reg[R_RIP] < kernel_symbol("level2"));
     CHECK(core_at(&c, k.counter, 8) != NULL);
     if (core_at(&c, k.counter, 8))
         CHECK_EQ(*(const uint64_t *)core_at(&c, k.counter, 8), 0x1234abcd5678ef00ULL);
@@ -361,7 +373,8 @@ static void a_triple_fault_with_libkvm_core_leaves_a_core_gdb_reads(void)
     gdb = output_of(command);
     REQUIRE(gdb != NULL);
     CHECK(strstr(gdb, "LWP 1") != NULL && strstr(gdb, "LWP 2") != NULL && strstr(gdb, "LWP 3") == NULL);
-    CHECK(strstr(gdb, "crash_here") && strstr(gdb, "level2") && strstr(gdb, "level1") && strstr(gdb, "kmain"));
+    if (!reset_by_host)
+        CHECK(strstr(gdb, "crash_here") && strstr(gdb, "level2") && strstr(gdb, "level1") && strstr(gdb, "kmain"));
     CHECK(strstr(gdb, "wait_forever") && strstr(gdb, "waiter"));
     CHECK(strstr(gdb, "= 0x1234abcd5678ef00") != NULL);
     snprintf(command, sizeof(command), "%#llx", (unsigned long long)f.reg[R_RIP]);

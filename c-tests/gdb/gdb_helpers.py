@@ -10,6 +10,9 @@ from contextlib import contextmanager
 import gdb
 
 VMM = os.environ["GDB_TEST_VMM"]
+# Set when GDB_TEST_VMM stands in for a VMM that runs elsewhere (the SVM
+# test host): files it writes are in that host's file system.
+REMOTE_VMM = os.environ.get("GDB_TEST_REMOTE_VMM") == "1"
 # Below the ephemeral range (32768 up), where connections of earlier tests
 # could hold a port.
 PORT_BASE = 20000 + (os.getpid() % 5000)

@@ -18,6 +18,7 @@ import gdb
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gdb_helpers import (  # noqa: E402
+    REMOTE_VMM,
     Vmm,
     check,
     debugged_vmm,
@@ -310,9 +311,14 @@ def test_gcore_and_monitor_core_write_cores_that_gdb_opens():
             run("break *%#x" % vmm["regs_set"])
             stop_event_after("continue")
             live_code = run("x/2xg %#x" % vmm["main"]).split(":")[-1].split()
-            ours = os.path.join(directory, "monitor.core")
-            check("written" in run("monitor core " + ours), "monitor core")
-            check_core(ours, vmm, live_code)
+            if REMOTE_VMM:
+                # The VMM writes in its own host's file system, out of reach.
+                check("written" in run("monitor core /tmp/libkvm-monitor.core"), "monitor core")
+                print("  skipped: the VMM runs in the SVM test host: the core monitor core wrote is not opened here")
+            else:
+                ours = os.path.join(directory, "monitor.core")
+                check("written" in run("monitor core " + ours), "monitor core")
+                check_core(ours, vmm, live_code)
             theirs = os.path.join(directory, "gcore.core")
             check("Saved corefile" in run("gcore " + theirs), "gcore")
             check_core(theirs, vmm, live_code)

@@ -117,3 +117,44 @@ LABEL(real_straight, target)
     out %al, $0x10
     hlt
 GUEST_END(real_straight)
+
+/* test_matrix.c: one pass through port I/O, a store and a load of
+ * GUEST_DATA, an MMIO store, the guest's own int3 and its own trap flag,
+ * each instruction labelled m0.. in order. The handlers say on ports 0x33
+ * (#BP) and 0x31 (#DB, clearing TF in the frame). */
+    .code64
+GUEST_BEGIN(matrix)
+LABEL(matrix, m0)
+    mov $1, %eax
+LABEL(matrix, m1)
+    out %al, $0x10
+LABEL(matrix, m2)
+    mov %rax, GUEST_DATA
+LABEL(matrix, m3)
+    mov GUEST_DATA, %rcx
+LABEL(matrix, m4)
+    mov %ecx, 0xa0000
+LABEL(matrix, m5)
+    int3
+LABEL(matrix, m6)
+    pushfq
+LABEL(matrix, m7)
+    orq $0x100, (%rsp)
+LABEL(matrix, m8)
+    popfq
+LABEL(matrix, m9)
+    nop
+LABEL(matrix, m10)
+    add $5, %eax
+LABEL(matrix, m11)
+    out %al, $0x11
+LABEL(matrix, m12)
+    hlt
+LABEL(matrix, bp_handler)
+    out %al, $0x33
+    iretq
+LABEL(matrix, db_handler)
+    out %al, $0x31
+    andq $~0x100, 16(%rsp)
+    iretq
+GUEST_END(matrix)

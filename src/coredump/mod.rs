@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use self::notes::VcpuState;
 use crate::context::Context;
+use crate::debug::pagewalk::PagingMode;
 use crate::error::{Errno, Result};
 use crate::vcpu::Vcpu;
 
@@ -50,19 +51,27 @@ impl CoreOnCrash {
 
 impl Context {
     /// `kvm_dump_guest_core`: writes a core of the guest to `path` (with
-    /// `paging`, also segments by the guest-virtual addresses of vcpu 0's
-    /// page tables). `ENOENT` without vcpus. Nothing is left at `path` when
-    /// it fails.
+    /// `paging`, also segments by the guest-virtual addresses of the page
+    /// tables of vcpu 0, or of the first vcpu with paging on when vcpu 0 has
+    /// none: after a triple fault on SVM, KVM has reset it). `ENOENT`
+    /// without vcpus. Nothing is left at `path` when it fails.
     pub fn dump_guest_core(&self, path: &Path, paging: bool) -> Result<()> {
         let _paused = self.pause_vcpus();
         let vcpus: Vec<&Vcpu> = self.vcpus().collect();
-        let first = vcpus.first().ok_or(Errno::NOENT)?;
+        if vcpus.is_empty() {
+            return Err(Errno::NOENT);
+        }
         let states = vcpus.iter().map(|vcpu| VcpuState::read(vcpu)).collect::<Result<Vec<_>>>()?;
         let mut notes = Vec::new();
         for state in &states {
             state.push_notes(&mut notes);
         }
-        let paging_registers = if paging { Some(first.paging_registers()?) } else { None };
+        let paging_registers = if paging {
+            let all = vcpus.iter().map(|vcpu| vcpu.paging_registers()).collect::<Result<Vec<_>>>()?;
+            all.iter().copied().find(|regs| regs.mode() != PagingMode::Off).or(all.first().copied())
+        } else {
+            None
+        };
         let mem = self.memory();
         let layout = segments::Layout::plan(&mem, paging_registers.as_ref(), notes.len());
         if layout.virtual_truncated {
@@ -80,11 +89,28 @@ impl Context {
         let path = directory.join(format!("libkvm-core.{}.{n}", std::process::id()));
         match self.dump_guest_core(&path, true) {
             Ok(()) => eprintln!(
-                "libkvm: vcpu {} {what}: the guest's core is in {p} (open it with: gdb <guest kernel ELF> {p})",
+                "libkvm: vcpu {} {what}: the guest's core is in {p} (open it with: gdb <guest kernel ELF> {p}){}",
                 vcpu.index(),
+                if in_reset_state(vcpu) { RESET_BY_KVM } else { "" },
                 p = path.display()
             ),
             Err(e) => eprintln!("libkvm: vcpu {} {what}: cannot write a core to {}: {e}", vcpu.index(), path.display()),
         }
     }
+}
+
+/// What the crash message adds when KVM reset the vcpu before the library saw it.
+const RESET_BY_KVM: &str = "; KVM reset this vcpu at the shutdown (kvm_amd does): its registers in the core are the \
+                            reset state, its memory and the other vcpus are as they were";
+
+/// Whether `vcpu` is in the state INIT gives (CS:IP f000:fff0, CS based at
+/// 0xffff0000, no protected mode): kvm_amd resets a vcpu at a triple fault,
+/// as its VMCB is undefined after the shutdown intercept.
+fn in_reset_state(vcpu: &Vcpu) -> bool {
+    vcpu.with_fd(|fd| {
+        let regs = fd.get_regs().ok()?;
+        let sregs = fd.get_sregs().ok()?;
+        Some(regs.rip == 0xfff0 && sregs.cs.base == 0xffff_0000 && sregs.cr0 & 1 == 0)
+    })
+    .unwrap_or(false)
 }
