@@ -34,6 +34,9 @@ DECLARE_GUEST_LABEL(patched_by_frontend, int3);
 DECLARE_GUEST(map_and_jump);
 DECLARE_GUEST(remote_code);
 DECLARE_GUEST_LABEL(remote_code, target);
+DECLARE_GUEST(count_until_told);
+DECLARE_GUEST_LABEL(count_until_told, next);
+DECLARE_GUEST_LABEL(count_until_told, say);
 DECLARE_GUEST(real_straight);
 DECLARE_GUEST_LABEL(real_straight, target);
 
@@ -100,10 +103,15 @@ static int debug_vm(struct test_vm *vm, struct debug_log *log, struct kvm_callba
 
 #define DEBUG_VM(vm, log, cb, name) debug_vm((vm), (log), (cb), name##_start, name##_end)
 
-static uint64_t rip_of(struct test_vm *vm, int vcpu)
+static uint64_t rip_of_kvm(kvm_context_t kvm, int vcpu)
 {
     struct kvm_regs regs;
-    return kvm_get_regs(vm->kvm, vcpu, &regs) == 0 ? regs.rip : ~0ULL;
+    return kvm_get_regs(kvm, vcpu, &regs) == 0 ? regs.rip : ~0ULL;
+}
+
+static uint64_t rip_of(struct test_vm *vm, int vcpu)
+{
+    return rip_of_kvm(vm->kvm, vcpu);
 }
 
 static void software_breakpoint_reports_vcpu_type_and_pc(void)
@@ -642,6 +650,101 @@ static void breakpoint_on_the_second_vcpu_names_it(void)
     test_vm_destroy(&vm);
 }
 
+/* What the churn test's vcpu saw. */
+struct churn_run {
+    kvm_context_t kvm;
+    uint64_t outs, wrong_outs, reports, wrong_reports, bp;
+    volatile int done;
+    int result;
+};
+
+static int churn_outb(void *opaque, uint16_t port, uint8_t value)
+{
+    struct churn_run *c = opaque;
+    c->outs++;
+    if (port != 0x10 || value != (uint8_t)c->outs)
+        c->wrong_outs++;
+    return 0;
+}
+
+static int churn_debug(void *opaque, int vcpu, int type, uint64_t watch)
+{
+    struct churn_run *c = opaque;
+    (void)watch;
+    c->reports++;
+    if (type != KVM_GDB_BREAKPOINT_SW || rip_of_kvm(c->kvm, vcpu) != c->bp)
+        c->wrong_reports++;
+    return 0; /* run on: the library steps over the breakpoint */
+}
+
+static void *churn_vcpu(void *arg)
+{
+    struct churn_run *c = arg;
+    c->result = kvm_run(c->kvm, 0);
+    c->done = 1;
+    return NULL;
+}
+
+static void breakpoint_churn_from_another_thread_never_leaves_an_int3(void)
+{
+    enum { OPERATIONS = 20000 };
+    struct kvm_callbacks cb;
+    struct churn_run c;
+    struct kvm_regs regs;
+    struct test_vm vm;
+    pthread_t thread;
+    int i, errors = 0;
+
+    memset(&cb, 0, sizeof(cb));
+    memset(&c, 0, sizeof(c));
+    cb.debug = churn_debug;
+    cb.outb = churn_outb;
+    cb.halt = test_stop_on_halt;
+    REQUIRE(test_vm_create(&vm, &cb, &c, RAM, 0) == 0);
+    c.kvm = vm.kvm;
+    TEST_VM_LOAD_GUEST(&vm, count_until_told);
+    REQUIRE(test_vcpu_long_mode(&vm, 0, GUEST_CODE) == 0);
+    /* The vcpu stops on `say` and steps over it, again and again, while
+     * this thread inserts, removes and removes all there. */
+    c.bp = GUEST_LABEL_ADDR(count_until_told, say);
+    REQUIRE(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, c.bp, 1) == 0);
+    REQUIRE(pthread_create(&thread, NULL, churn_vcpu, &c) == 0);
+    for (i = 0; i < OPERATIONS && !c.done; i++) {
+        int r;
+        switch (i % 5) {
+        case 0:
+        case 2:
+            r = kvm_remove_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, c.bp, 1);
+            break;
+        case 4:
+            kvm_remove_all_breakpoints(vm.kvm);
+            r = 0;
+            break;
+        default:
+            r = kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, c.bp, 1);
+            break;
+        }
+        if (r != 0 && r != -ENOENT && r != -EEXIST)
+            errors++;
+    }
+    printf("  %d breakpoint changes while the guest stepped over %llu hits and said %llu numbers\n", i,
+           (unsigned long long)c.reports, (unsigned long long)c.outs);
+    CHECK_EQ(i, OPERATIONS); /* the guest was still running throughout */
+    CHECK_EQ(errors, 0);
+    *(volatile uint64_t *)(vm.mem + GUEST_DATA) = 1;
+    pthread_join(thread, NULL);
+    CHECK_EQ(c.result, 1); /* the halt */
+    CHECK_EQ(c.wrong_outs, 0);
+    CHECK_EQ(c.wrong_reports, 0);
+    CHECK(c.reports > 0);
+    REQUIRE(kvm_get_regs(vm.kvm, 0, &regs) == 0);
+    CHECK_EQ(regs.rax, c.outs);
+    kvm_remove_all_breakpoints(vm.kvm);
+    CHECK(memcmp(vm.mem + GUEST_CODE, count_until_told_start,
+                 (size_t)(count_until_told_end - count_until_told_start)) == 0);
+    test_vm_destroy(&vm);
+}
+
 static void guest_memory_by_virtual_address(void)
 {
     struct kvm_gva_translation t;
@@ -736,6 +839,7 @@ int main(void)
     RUN(breakpoint_in_code_loaded_later_is_armed_again_at_the_next_stop);
     RUN(real_mode_software_breakpoint_stops_there_on_every_host);
     RUN(breakpoint_on_the_second_vcpu_names_it);
+    RUN(breakpoint_churn_from_another_thread_never_leaves_an_int3);
     RUN(guest_memory_by_virtual_address);
     RUN(writes_over_a_breakpoint_keep_it_and_change_the_original);
     return check_summary();

@@ -87,7 +87,7 @@ fn handle_exit(
         }
         Exit::Mmio { addr, len, is_write, mut data } => {
             let data = &mut data[..len as usize];
-            match debug::watch::complete_protected_access(ctx, addr, data, is_write) {
+            match debug::watch::complete_protected_access(ctx, vcpu, addr, data, is_write) {
                 Some(watched) => {
                     let watched = watched.and_then(|hit| {
                         debug::progress::note_protected_access(ctx, vcpu, addr, is_write).map(|()| hit)
@@ -154,19 +154,15 @@ fn on_watched_access(
         vcpu.complete_mmio_read(data);
     }
     let hit = hit?;
-    if !is_write {
-        match vcpu.complete_instruction(runner, io_data) {
-            Ok(None) => {}
-            // Finishing the load caused another exit (a single step, the
-            // rest of a split access, the `out` of a `rep outs`): that one first.
-            Ok(Some(next)) => {
-                let r = handle_exit(ctx, vcpu, runner, next, io_data);
-                if r != 0 {
-                    return Some(r);
-                }
+    match debug::exits::finish_watched_instruction(ctx, vcpu, runner, is_write, io_data) {
+        Ok(None) => {}
+        Ok(Some(next)) => {
+            let r = handle_exit(ctx, vcpu, runner, next, io_data);
+            if r != 0 {
+                return Some(r);
             }
-            Err(e) => return Some(e.negated()),
         }
+        Err(e) => return Some(e.negated()),
     }
     Some(result_code(debug::watch::report_hit(ctx, vcpu, hit)))
 }

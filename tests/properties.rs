@@ -30,23 +30,30 @@ proptest! {
     ) {
         let arch = kvm_debug_exit_arch { exception, pad: 0, pc: 0x1000, dr6, dr7: reported_dr7 };
         let event = decode_debug_exit(&arch, &ProgrammedRegisters { addresses, dr7: programmed_dr7 });
-        let dr7 = Dr7(if reported_dr7 != 0 { reported_dr7 } else { programmed_dr7 });
+        // The programmed DR7 decides; the reported one only when nothing was programmed.
+        let dr7 = Dr7(if programmed_dr7 != 0 || reported_dr7 == 0 { programmed_dr7 } else { reported_dr7 });
+        let hit = |n: u8| dr6 & (1 << n) != 0 && dr7.enabled(n);
+        let data = |n: u8| hit(n) && dr7.condition(n) != Condition::Execute;
         match event.cause {
             DebugCause::Int3 => prop_assert_eq!(exception, 3),
             DebugCause::Register(n) => {
                 prop_assert_eq!(exception, 1);
-                prop_assert!(dr6 & (1 << n) != 0 && dr7.enabled(n));
-                prop_assert!((0..n).all(|m| dr6 & (1 << m) == 0 || !dr7.enabled(m)), "the lowest hit wins");
+                prop_assert!(hit(n));
                 let watch = matches!(event.break_type, BreakType::WatchWrite | BreakType::WatchAccess);
                 prop_assert_eq!(watch, dr7.condition(n) != Condition::Execute);
                 if watch {
+                    prop_assert!((0..n).all(|m| !data(m)), "the lowest data hit wins");
                     prop_assert_eq!(event.watch_addr, addresses[n as usize]);
                     prop_assert!([1, 2, 4, 8].contains(&event.watch_len));
+                } else {
+                    prop_assert!((0..4).all(|m| !data(m)), "a data hit wins over an execution hit");
+                    prop_assert!((0..n).all(|m| !hit(m)), "the lowest execution hit wins");
+                    prop_assert!(dr6 & BS == 0, "a step onto an execution breakpoint is a step");
                 }
             }
             DebugCause::SingleStep => {
                 prop_assert!(exception == 1 && dr6 & BS != 0);
-                prop_assert!((0..4).all(|n| dr6 & (1 << n) == 0 || !dr7.enabled(n)));
+                prop_assert!((0..4).all(|n| !data(n)), "no data hit besides the step");
             }
             DebugCause::Other => prop_assert!(exception != 3),
             DebugCause::Page => prop_assert!(false, "the decoder never makes page watchpoint events"),

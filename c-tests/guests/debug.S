@@ -118,6 +118,21 @@ LABEL(real_straight, target)
     hlt
 GUEST_END(real_straight)
 
+/* Counts on port 0x10 (the low byte of 1, 2, 3, ...) until GUEST_DATA
+ * holds non-zero, then halts with the count in rax. */
+    .code64
+GUEST_BEGIN(count_until_told)
+    xor %eax, %eax
+LABEL(count_until_told, next)
+    inc %rax
+LABEL(count_until_told, say)
+    out %al, $0x10
+    mov GUEST_DATA, %rcx
+    test %rcx, %rcx
+    jz count_until_told_next
+    hlt
+GUEST_END(count_until_told)
+
 /* test_matrix.c: one pass through port I/O, a store and a load of
  * GUEST_DATA, an MMIO store, the guest's own int3 and its own trap flag,
  * each instruction labelled m0.. in order. The handlers say on ports 0x33

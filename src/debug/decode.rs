@@ -12,7 +12,7 @@ pub(crate) const DEBUG_EXCEPTION: u32 = 1;
 pub(crate) const BREAKPOINT_EXCEPTION: u32 = 3;
 
 /// DR6.B0-B3: which debug register's condition was met.
-const DR6_HIT_MASK: u64 = 0xf;
+pub(crate) const DR6_HIT_MASK: u64 = 0xf;
 /// DR6.BS: the exception is a single step.
 pub(crate) const DR6_BS: u64 = 1 << 14;
 
@@ -54,6 +54,22 @@ pub struct DebugEvent {
     pub dr7: u64,
 }
 
+impl DebugEvent {
+    /// A single step that ended at `pc`.
+    pub fn single_step(pc: u64) -> DebugEvent {
+        DebugEvent {
+            cause: DebugCause::SingleStep,
+            break_type: BreakType::SingleStep,
+            pc,
+            watch_addr: 0,
+            watch_len: 0,
+            exception: DEBUG_EXCEPTION,
+            dr6: DR6_BS,
+            dr7: 0,
+        }
+    }
+}
+
 /// The debug registers as the library last programmed them for a vcpu.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgrammedRegisters {
@@ -64,22 +80,33 @@ pub struct ProgrammedRegisters {
 }
 
 /// Decodes a debug exit against the debug registers last programmed for the
-/// vcpu. The exit's own DR7 is used when it has one; hosts that emulate the
-/// guest report DR7 as 0 (the kernel's emulator path leaves it unset), and
-/// then the programmed DR7 tells what each register was for.
+/// vcpu: the programmed DR7 tells what each register was for. The exit's
+/// own DR7 is used only when nothing was programmed: the kernel's
+/// instruction emulator does not set it, and it then holds whatever the
+/// previous exit left in `kvm_run` (instruction bytes, seen on PVM).
 ///
-/// An enabled register that hit takes precedence over DR6.BS: a data
+/// An enabled data breakpoint that hit takes precedence over DR6.BS: a data
 /// watchpoint can trigger on the very instruction being single-stepped,
-/// and the watchpoint is the news. Of several registers that hit, the lowest
-/// wins. Reserved DR6 bits are ignored.
+/// and the watchpoint is the news. A step onto an execution breakpoint is
+/// a step (the breakpoint faults when the vcpu resumes). Of several
+/// registers that hit, the lowest data breakpoint wins, then the lowest
+/// execution one. Reserved DR6 bits are ignored.
 pub fn decode_debug_exit(arch: &kvm_debug_exit_arch, programmed: &ProgrammedRegisters) -> DebugEvent {
-    let dr7 = Dr7(if arch.dr7 != 0 { arch.dr7 } else { programmed.dr7 });
+    let dr7 = Dr7(if programmed.dr7 != 0 || arch.dr7 == 0 { programmed.dr7 } else { arch.dr7 });
     let addresses = &programmed.addresses;
     let cause = match arch.exception {
         BREAKPOINT_EXCEPTION => DebugCause::Int3,
         DEBUG_EXCEPTION => {
             let hits = arch.dr6 & DR6_HIT_MASK;
-            match (0..4u8).find(|&n| hits & (1 << n) != 0 && dr7.enabled(n)) {
+            let stepped = arch.dr6 & DR6_BS != 0;
+            let hit = |n: u8| hits & (1 << n) != 0 && dr7.enabled(n);
+            // A data breakpoint (a trap after the access) first: an
+            // execution breakpoint at the next instruction faults again.
+            let data = (0..4u8).find(|&n| hit(n) && dr7.condition(n) != Condition::Execute);
+            match data.or_else(|| (0..4u8).find(|&n| hit(n))) {
+                // A step onto an execution breakpoint: the step is the event;
+                // the breakpoint faults when the vcpu resumes there.
+                Some(n) if stepped && dr7.condition(n) == Condition::Execute => DebugCause::SingleStep,
                 Some(n) => DebugCause::Register(n),
                 None if arch.dr6 & DR6_BS != 0 => DebugCause::SingleStep,
                 None => DebugCause::Other,
@@ -197,6 +224,22 @@ mod tests {
     }
 
     #[test]
+    fn a_step_onto_an_execution_breakpoint_is_a_step() {
+        // SVM under QEMU reports DR6 = BS | B0 after a step onto DR0's address.
+        let e = db(DR6_BS | 1, dr7_slot(0, 0b00, 0b00));
+        assert_eq!((e.cause, e.break_type), (DebugCause::SingleStep, BreakType::SingleStep));
+    }
+
+    #[test]
+    fn a_data_hit_wins_over_an_execution_hit_in_a_lower_register() {
+        // A store's trap and the next instruction's breakpoint in one #DB:
+        // the store first; the breakpoint faults again on resume.
+        let dr7 = dr7_slot(0, 0b00, 0b00) | dr7_slot(1, 0b01, 0b11);
+        let e = db(0b11, dr7);
+        assert_eq!((e.cause, e.break_type), (DebugCause::Register(1), BreakType::WatchWrite));
+    }
+
+    #[test]
     fn local_enable_counts_as_enabled() {
         let dr7 = 0x400 | (1 << 2) | (0b01 << 20); // L1, write, len 1
         assert_eq!(db(0b10, dr7).break_type, BreakType::WatchWrite);
@@ -227,9 +270,13 @@ mod tests {
             (DebugCause::Register(0), BreakType::WatchWrite, 0x1000, 4)
         );
         assert_eq!(e.dr7, 0, "the raw DR7 is kept as reported");
-        // A reported DR7 wins over the programmed one.
-        let arch = kvm_debug_exit_arch { dr7: dr7_slot(0, 0b00, 0), ..arch };
-        assert_eq!(decode_debug_exit(&arch, &programmed).break_type, BreakType::HardwareBreakpoint);
+        // Measured there too: after an emulation failure, the exit's DR7
+        // holds that exit's instruction bytes. The programmed DR7 wins.
+        let arch = kvm_debug_exit_arch { dr7: 0x0010_0000_2504_8948, ..arch };
+        assert_eq!(decode_debug_exit(&arch, &programmed).break_type, BreakType::WatchWrite);
+        // With nothing programmed, the reported DR7 is all there is.
+        let arch = kvm_debug_exit_arch { dr7: dr7_slot(0, 0b01, 0b11), ..arch };
+        assert_eq!(decode_debug_exit(&arch, &NOTHING_PROGRAMMED).cause, DebugCause::Register(0));
     }
 
     #[test]

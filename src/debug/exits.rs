@@ -13,10 +13,13 @@ use std::ffi::c_int;
 use kvm_bindings::kvm_debug_exit_arch;
 
 use super::breakpoints::{CodeMemory, HardwareBreakpoint, Location, INT3};
-use super::decode::{decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS};
+use super::debugregs::DEBUG_REGISTERS;
+use super::decode::{
+    decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS, DR6_HIT_MASK,
+};
 use super::pagewalk::translate;
 use super::vcpu_state::{Programming, ResumePoint, StepOver, VcpuDebug};
-use super::{program, BreakType};
+use super::{program, trap_flag, BreakType};
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, InternalError, IO_DATA_MAX};
@@ -49,6 +52,9 @@ enum Verdict {
     Resume,
     /// The guest's own `int3`: deliver `#BP` to it.
     ReinjectBreakpoint,
+    /// The step over a breakpoint ran into the guest's own `int3` under
+    /// it: the step is over, deliver `#BP`.
+    SteppedIntoGuestInt3,
     /// The guest's own `#DB`: deliver it with its DR6.
     ReinjectDebug,
 }
@@ -94,7 +100,11 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
         program(ctx, vcpu, &mut state)?;
         return Ok(Entry::Halted);
     }
-    program(ctx, vcpu, &mut state).map(|()| Entry::Enter)
+    program(ctx, vcpu, &mut state)?;
+    if std::mem::take(&mut state.restore_trap_flag) && !state.programming().single_steps() {
+        trap_flag::set(vcpu)?;
+    }
+    Ok(Entry::Enter)
 }
 
 /// Moves RIP past the one-byte instruction (`hlt`, `int3`) it points at.
@@ -123,9 +133,58 @@ pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; I
     if let Some(exit) = vcpu.complete_instruction(runner, io_data)? {
         return Ok(Some(exit));
     }
+    // KVM lost the step, and with it the trap flag it set (an MMIO store
+    // completes without the emulator's step): give it the step again.
+    lock(&vcpu.debug).single_step_lost = true;
+    vcpu.request_debug_attention();
     let pc = current_pc(vcpu)?;
     let arch = kvm_debug_exit_arch { exception: DEBUG_EXCEPTION, pad: 0, pc, dr6: DR6_BS, dr7: 0 };
     Ok(Some(Exit::Debug(arch)))
+}
+
+/// A watchpoint fired on an access the library completed, of an
+/// instruction that may have been single-stepped: finish the instruction
+/// (a load's data is in place; a store was done by the library). Its step,
+/// if KVM reports one, is not reported: the watchpoint's stop is the
+/// instruction's one stop. Any step over a breakpoint ends with it. Returns
+/// another exit finishing caused (the rest of a split access, the `out` of
+/// a `rep outs`), to handle first.
+pub fn finish_watched_instruction(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    runner: &RunnerGuard<'_>,
+    is_write: bool,
+    io_data: &mut [u8; IO_DATA_MAX],
+) -> Result<Option<Exit>> {
+    let stepping = vcpu.stepping();
+    if is_write && !stepping {
+        return Ok(None);
+    }
+    let next = vcpu.complete_instruction(runner, io_data)?;
+    if !stepping {
+        return Ok(next);
+    }
+    let mut state = lock(&vcpu.debug);
+    let plain_step = |arch: &kvm_debug_exit_arch| {
+        arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 && arch.dr6 & DR6_HIT_MASK == 0
+    };
+    let next = match next {
+        Some(Exit::Debug(arch)) if plain_step(&arch) => None,
+        Some(other) => return Ok(Some(other)),
+        // KVM lost the step (and its trap flag): give it the step again.
+        None => {
+            state.single_step_lost = true;
+            None
+        }
+    };
+    if !state.stepping_through {
+        if let Some(step) = state.step_over.take() {
+            finish_step_over(ctx, vcpu, step)?;
+            give_back_trap_flag(ctx, vcpu, &mut state, &DebugEvent::single_step(current_pc(vcpu)?))?;
+        }
+    }
+    vcpu.request_debug_attention();
+    Ok(next)
 }
 
 /// Resuming on a library breakpoint would trap on it again at once: put the
@@ -138,24 +197,61 @@ fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: Re
     }
     let gpa = ctx.translate_gva(vcpu, resume.pc).ok().map(|t| t.gpa);
     let mut table = ctx.debugger().table();
-    if let Some(gpa) = gpa {
+    // An execution breakpoint in a debug register at the same address.
+    // (It may be off for a step over it in progress: then this stop is
+    // the int3 the step ran into.)
+    let stepped_register = state.step_over.and_then(|step| step.register());
+    let register = (0..DEBUG_REGISTERS as u8).find(|&n| {
+        (state.programmed_register(n) || stepped_register == Some(n))
+            && table
+                .register(n as usize)
+                .is_some_and(|r| r.addr == resume.pc && r.kind == BreakType::HardwareBreakpoint)
+    });
+    let patched = gpa.is_some_and(|gpa| table.patch_at(gpa).is_some());
+    if resume.register.is_some() && (resume.patch_at_stop || !patched) {
+        // Stopped by the register: step with it off. A software breakpoint
+        // that was here then reports next, as the int3 the instruction is
+        // now; one inserted since is stepped over with the register.
+        state.step_over = register.map(|n| StepOver::Register { n });
+    } else if let Some(gpa) = gpa {
         if table.lift(gpa, &*ctx.memory())? {
-            state.step_over = Some(StepOver::Patch { gpa });
-            return Ok(());
+            state.step_over = Some(StepOver::Patch { gpa, register });
         }
     }
-    if let Some(n) = resume.register {
-        if state.programmed_register(n) && table.register(n as usize).is_some_and(|r| r.addr == resume.pc) {
-            state.step_over = Some(StepOver::Register { n });
-        }
+    drop(table);
+    // KVM hides the guest's TF while it single-steps: note it now, unless
+    // the VMM's own single step already hides it.
+    if state.step_over.is_some() && !state.programming().single_steps() {
+        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu)?);
     }
     Ok(())
+}
+
+/// The step over a breakpoint ended with `event`: the guest gets back its
+/// trap flag at the next entry (once KVM's single step is off, which clears
+/// it), and now the `#DB` the stepped instruction owed it, before any
+/// breakpoint at the next instruction (which faults again after the
+/// guest's handler returns). True when that `#DB` was delivered.
+fn give_back_trap_flag(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, event: &DebugEvent) -> Result<bool> {
+    let Some(flag) = state.trap_flag.take() else { return Ok(false) };
+    trap_flag::clear_leaked(ctx, vcpu, &flag.stack)?;
+    state.restore_trap_flag = flag.after;
+    let step_or_fetch = match event.cause {
+        DebugCause::SingleStep => true,
+        DebugCause::Register(_) => event.break_type == BreakType::HardwareBreakpoint,
+        _ => false,
+    };
+    if !(flag.owed_trap && step_or_fetch && !state.stepping()) {
+        return Ok(false);
+    }
+    inject_debug(vcpu, (event.dr6 & !DR6_HIT_MASK) | DR6_BS)?;
+    Ok(true)
 }
 
 /// The step over a breakpoint is done: its patch lands (armed again if it
 /// is still wanted), and the registers are reprogrammed.
 fn finish_step_over(ctx: &Context, vcpu: &Vcpu, step: StepOver) -> Result<()> {
-    if let StepOver::Patch { gpa } = step {
+    if let StepOver::Patch { gpa, .. } = step {
         ctx.debugger().table().land(gpa, &*ctx.memory())?;
     }
     vcpu.request_debug_attention();
@@ -169,8 +265,14 @@ fn judge_int3(ctx: &Context, vcpu: &Vcpu, state: &VcpuDebug, pc: u64) -> Result<
         Some(Location::Patched(gpa)) => Some(gpa),
         _ => ctx.translate_gva(vcpu, pc).ok().map(|t| t.gpa),
     };
+    if let (Some(StepOver::Patch { gpa: lifted, .. }), Some(gpa)) = (state.step_over, gpa) {
+        if lifted == gpa {
+            // The step over a breakpoint ran the guest's own int3 under it.
+            return Ok(Verdict::SteppedIntoGuestInt3);
+        }
+    }
     if gpa.is_some_and(|g| table.patch_at(g).is_some()) {
-        return Ok(Verdict::Report(Some(ResumePoint { pc, register: None })));
+        return Ok(Verdict::Report(Some(ResumePoint { pc, register: None, patch_at_stop: false })));
     }
     if state.passes_int3_through() {
         return Ok(Verdict::Report(None));
@@ -209,7 +311,7 @@ fn judge_debug_exception(
             event.break_type = hw.kind;
             match hw.kind {
                 BreakType::SoftwareBreakpoint | BreakType::HardwareBreakpoint => {
-                    Verdict::Report(Some(ResumePoint { pc: event.pc, register: Some(n) }))
+                    Verdict::Report(Some(ResumePoint { pc: event.pc, register: Some(n), patch_at_stop: false }))
                 }
                 _ => Verdict::Report(None),
             }
@@ -234,6 +336,9 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
     let mut event = decode_debug_exit(arch, &entered.registers());
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
         let stepped_over = state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step)).transpose()?;
+        if stepped_over.is_some() && give_back_trap_flag(ctx, vcpu, &mut state, &event)? {
+            return Ok(0);
+        }
         let stepped_through = state.stepping_through;
         if stepped_through {
             drop(state);
@@ -288,12 +393,29 @@ fn act(
     shape: Int3Exit,
 ) -> Result<c_int> {
     match verdict {
-        Verdict::Report(resume) => {
+        Verdict::Report(mut resume) => {
+            if let Some(point) = resume.as_mut().filter(|point| point.register.is_some()) {
+                let table = ctx.debugger().table();
+                point.patch_at_stop =
+                    table.software_at(point.pc).is_some_and(|b| matches!(b.location, Location::Patched(_)));
+            }
             state.resume = resume;
             report(ctx, vcpu, state, event)
         }
         Verdict::Resume => Ok(0),
         Verdict::ReinjectBreakpoint => {
+            drop(state);
+            inject_breakpoint(vcpu, shape)?;
+            Ok(0)
+        }
+        Verdict::SteppedIntoGuestInt3 => {
+            if let Some(step) = state.step_over.take() {
+                finish_step_over(ctx, vcpu, step)?;
+            }
+            // The #BP is delivered once KVM's step is off, which clears TF:
+            // a trap flag the guest had set itself is not in its frame.
+            state.restore_trap_flag = false;
+            state.trap_flag = None;
             drop(state);
             inject_breakpoint(vcpu, shape)?;
             Ok(0)
@@ -499,7 +621,7 @@ mod tests {
                 |_| Some(hw(BreakType::HardwareBreakpoint, 0x1000)),
                 || false
             ),
-            Verdict::Report(Some(ResumePoint { pc: 0x1000, register: Some(0) }))
+            Verdict::Report(Some(ResumePoint { pc: 0x1000, register: Some(0), patch_at_stop: false }))
         );
         // DR2 was never programmed: the guest's own #DB.
         let mut hit2 = db_event(0b0100, 0x1000);

@@ -6,7 +6,8 @@
 //! - [`vcpu_state`]: each vcpu's requests and the `KVM_SET_GUEST_DEBUG`
 //!   state that follows;
 //! - [`exits`]: what happens on `#BP`, `#DB` and the emulation failure
-//!   that is an `int3` on emulating hosts, and stepping over breakpoints;
+//!   that is an `int3` on emulating hosts, and stepping over breakpoints
+//!   ([`trap_flag`]: with the guest's own trap flag kept);
 //! - [`pagewalk`] and [`guest_memory`]: guest memory by virtual address;
 //! - [`mappings`]: every page the guest's page tables map.
 //!
@@ -24,6 +25,7 @@ pub mod mappings;
 pub mod pagewalk;
 pub mod progress;
 pub mod request;
+pub mod trap_flag;
 pub mod vcpu_state;
 pub mod watch;
 
@@ -162,10 +164,10 @@ fn desired_debug(ctx: &Context, state: &vcpu_state::VcpuDebug) -> kvm_guest_debu
 /// Gives KVM the debug state of `vcpu` if it changed. Blocks while the vcpu
 /// is inside `KVM_RUN`.
 fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug) -> Result<()> {
-    vcpu.set_stepping(state.stepping());
+    vcpu.set_stepping(state.stepping() || state.step_over.is_some() || state.stepping_through);
     let desired = desired_debug(ctx, state);
     vcpu.set_sync_registers(desired.control != 0);
-    if desired != state.programmed {
+    if desired != state.programmed || std::mem::take(&mut state.single_step_lost) {
         vcpu.ioctl(|fd| fd.set_guest_debug(&desired))?;
         vcpu.set_debug_generation(state.set_programmed(desired));
     }

@@ -28,6 +28,7 @@ use std::time::Duration;
 use kvm_bindings::{kvm_regs, KVM_MP_STATE_RUNNABLE};
 
 use super::exits::{current_pc, discard_queued_exception};
+use super::trap_flag::{self, StackBefore};
 use super::watch::{first_changed, WatchHit, WatchedBytes};
 use crate::context::{Context, ContextRef, LiveSlots};
 use crate::error::Result;
@@ -45,7 +46,6 @@ const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
 /// are compared with the last such check.
 const REPEAT_CHECK: u32 = 16;
 const INVALID_OPCODE: u8 = 6;
-const TRAP_FLAG: u64 = 1 << 8;
 
 /// One vcpu's progress on protected pages.
 #[derive(Debug, Default)]
@@ -60,12 +60,8 @@ pub struct Progress {
 
 #[derive(Debug)]
 struct StepThrough {
-    /// Linear stack pointer, RFLAGS and CS selector before the step.
-    sp: u64,
-    rflags: u64,
-    cs: u16,
-    /// Stack slot width: 8 in 64-bit mode, 4 in protected mode, 2 in real mode.
-    width: u64,
+    /// The stack before the step, to find a frame it pushed.
+    stack: StackBefore,
     /// The watched bytes before the step.
     before: Vec<WatchedBytes>,
 }
@@ -233,17 +229,10 @@ pub fn note_protected_access(ctx: &Context, vcpu: &Vcpu, gpa: u64, is_write: boo
 /// Lifts every protection and has the vcpu single-step its instruction.
 fn start_step_through(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
     static SAID: AtomicBool = AtomicBool::new(false);
-    let (regs, sregs) = vcpu.regs_and_sregs()?;
+    let stack = StackBefore::of(vcpu)?;
     let before = lock(&ctx.debugger().page_watches).watched_bytes(&ctx.memory());
     ctx.memory().lift_protections(&LiveSlots::of(ctx)?)?;
-    let width = match (sregs.cr0 & 1 != 0, sregs.cs.l != 0) {
-        (_, true) => 8,
-        (true, false) => 4,
-        (false, false) => 2,
-    };
-    let sp = sregs.ss.base.wrapping_add(regs.rsp);
-    lock(&vcpu.progress).step_through =
-        Some(StepThrough { sp, rflags: regs.rflags, cs: sregs.cs.selector, width, before });
+    lock(&vcpu.progress).step_through = Some(StepThrough { stack, before });
     lock(&vcpu.debug).stepping_through = true;
     vcpu.request_debug_attention();
     if !SAID.swap(true, Ordering::Relaxed) {
@@ -251,7 +240,7 @@ fn start_step_through(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
             "libkvm: vcpu {} made no progress at {:#x} on a page protected for a watchpoint (an access its CPU \
              makes by itself): such instructions are stepped through with the pages backed",
             vcpu.index(),
-            crate::x86::linear_pc(&regs, &sregs)
+            current_pc(vcpu)?
         );
     }
     Ok(())
@@ -265,35 +254,6 @@ pub fn finish_step_through(ctx: &Context, vcpu: &Vcpu) -> Result<Option<WatchHit
     lock(&vcpu.debug).stepping_through = false;
     vcpu.request_debug_attention();
     ctx.memory().land_protections(&LiveSlots::of(ctx)?)?;
-    clear_leaked_trap_flag(ctx, vcpu, &through)?;
+    trap_flag::clear_leaked(ctx, vcpu, &through.stack)?;
     Ok(first_changed(&through.before, &ctx.memory()))
-}
-
-/// When the stepped instruction delivered an interrupt or exception, the
-/// RFLAGS it pushed carry the trap flag of the library's step: clear it
-/// there, or the guest single-steps itself after its `iret`.
-fn clear_leaked_trap_flag(ctx: &Context, vcpu: &Vcpu, through: &StepThrough) -> Result<()> {
-    if through.rflags & TRAP_FLAG != 0 {
-        return Ok(());
-    }
-    let (regs, sregs) = vcpu.regs_and_sregs()?;
-    let sp = sregs.ss.base.wrapping_add(regs.rsp);
-    if sp >= through.sp || through.sp - sp > 8 * through.width {
-        return Ok(());
-    }
-    let w = through.width as usize;
-    let mut frame = [0u8; 64];
-    let frame = &mut frame[..4 * w];
-    ctx.read_guest_virt(vcpu, sp, frame)?;
-    let slot = |i: usize| frame[i * w..(i + 1) * w].iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
-    // The frame is IP, CS, FLAGS, with an error code below them for some
-    // exceptions.
-    for flags_slot in [2, 3] {
-        let flags = slot(flags_slot);
-        if slot(flags_slot - 1) as u16 == through.cs && flags & TRAP_FLAG != 0 && flags & 2 != 0 {
-            let cleared = (flags & !TRAP_FLAG).to_le_bytes();
-            return ctx.write_guest_virt(vcpu, sp + (flags_slot * w) as u64, &cleared[..w]);
-        }
-    }
-    Ok(())
 }

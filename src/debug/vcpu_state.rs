@@ -10,6 +10,7 @@ use kvm_bindings::{
 
 use super::debugregs::{encode, Condition, DebugRegisterSlot, Dr7, DEBUG_REGISTERS};
 use super::decode::{DebugEvent, ProgrammedRegisters};
+use super::trap_flag::TrapFlagAcrossStep;
 
 /// Where a vcpu stopped on a library breakpoint: when it resumes there, it
 /// first steps over it.
@@ -19,6 +20,9 @@ pub struct ResumePoint {
     pub pc: u64,
     /// The debug register that stopped it, for an execution breakpoint.
     pub register: Option<u8>,
+    /// For a stop by a debug register: a software breakpoint was at the
+    /// address then, and reports next (its `int3` has not run yet).
+    pub patch_at_stop: bool,
 }
 
 /// A single step the library takes on its own to get past a breakpoint.
@@ -28,12 +32,25 @@ pub enum StepOver {
     Patch {
         /// The guest-physical address of the breakpoint.
         gpa: u64,
+        /// An execution breakpoint at the same address, already reported
+        /// on this arrival, off for the step too.
+        register: Option<u8>,
     },
     /// Debug register `n` is off until the step completes.
     Register {
         /// The debug register.
         n: u8,
     },
+}
+
+impl StepOver {
+    /// The debug register that is off for the step.
+    pub fn register(&self) -> Option<u8> {
+        match *self {
+            StepOver::Patch { register, .. } => register,
+            StepOver::Register { n } => Some(n),
+        }
+    }
 }
 
 /// A `KVM_SET_GUEST_DEBUG` state as KVM was given it.
@@ -82,6 +99,14 @@ pub struct VcpuDebug {
     pub resume: Option<ResumePoint>,
     /// Set while stepping over a breakpoint.
     pub step_over: Option<StepOver>,
+    /// The guest's own trap flag across the step over a breakpoint (see
+    /// [`super::trap_flag`]).
+    pub trap_flag: Option<TrapFlagAcrossStep>,
+    /// The guest's TF is to be set again at the next entry.
+    pub restore_trap_flag: bool,
+    /// KVM dropped a single step it was given (and the trap flag it set):
+    /// the next entry gives it again.
+    pub single_step_lost: bool,
     /// Set while stepping through an instruction that made no progress on
     /// a protected page (see [`super::progress`]).
     pub stepping_through: bool,
@@ -174,13 +199,13 @@ pub fn effective_debug(state: &VcpuDebug, library: &LibraryDebug, blockirq: bool
     }
 
     let mut slots = library.slots;
-    if let Some(StepOver::Register { n }) = state.step_over {
+    let stepped_over = state.step_over.and_then(|step| step.register());
+    if let Some(n) = stepped_over {
         slots[n as usize] = None;
     }
     let requested = Dr7(request.arch.debugreg[7]);
     for (n, slot) in slots.iter_mut().enumerate() {
-        let stepped_over = state.step_over == Some(StepOver::Register { n: n as u8 });
-        if slot.is_none() && !stepped_over && state.requested_register(n as u8) {
+        if slot.is_none() && stepped_over != Some(n as u8) && state.requested_register(n as u8) {
             *slot = Some(DebugRegisterSlot {
                 addr: request.arch.debugreg[n],
                 condition: requested.condition(n as u8),
@@ -244,7 +269,7 @@ mod tests {
 
     #[test]
     fn step_over_single_steps_with_interrupts_blocked_where_offered() {
-        let state = VcpuDebug { step_over: Some(StepOver::Patch { gpa: 0x10 }), ..Default::default() };
+        let state = VcpuDebug { step_over: Some(StepOver::Patch { gpa: 0x10, register: None }), ..Default::default() };
         let lib = LibraryDebug { patches: true, ..Default::default() };
         let with = effective_debug(&state, &lib, true).control;
         assert_eq!(

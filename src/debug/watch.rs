@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::debugregs::DEBUG_REGISTERS;
 use super::decode::{DebugCause, DebugEvent, DEBUG_EXCEPTION};
 use super::implicit::ImplicitUse;
 use super::BreakType;
@@ -367,6 +368,7 @@ pub struct WatchHit {
 /// to the VMM's read-only memory).
 pub fn complete_protected_access(
     ctx: &Context,
+    vcpu: &Vcpu,
     gpa: u64,
     data: &mut [u8],
     is_write: bool,
@@ -391,7 +393,28 @@ pub fn complete_protected_access(
         }
     }
     let watches = lock(&ctx.debugger().page_watches);
-    Some(Ok(watches.hit(gpa, len, is_write).map(|w| WatchHit { kind: w.kind, gva: w.gva, len: w.len })))
+    let page_hit = watches.hit(gpa, len, is_write).map(|w| WatchHit { kind: w.kind, gva: w.gva, len: w.len });
+    drop(watches);
+    Some(Ok(page_hit.or_else(|| register_watch_hit(ctx, vcpu, gpa, len, is_write))))
+}
+
+/// A debug-register watchpoint the access the library completed would have
+/// fired (the CPU never made it, so its debug registers never saw it). The
+/// registers' RW=11 fires on stores too, as the CPU's would.
+fn register_watch_hit(ctx: &Context, vcpu: &Vcpu, gpa: u64, len: u64, is_write: bool) -> Option<WatchHit> {
+    let registers: Vec<_> = {
+        let table = ctx.debugger().table();
+        (0..DEBUG_REGISTERS).filter_map(|n| table.register(n).copied()).collect()
+    };
+    registers.into_iter().find_map(|r| {
+        let fires = match r.kind {
+            BreakType::WatchWrite => is_write,
+            BreakType::WatchRead | BreakType::WatchAccess => true,
+            _ => false,
+        };
+        let at = ctx.translate_gva(vcpu, r.addr).ok()?.gpa;
+        (fires && at < gpa + len && gpa < at + r.len).then_some(WatchHit { kind: r.kind, gva: r.addr, len: r.len })
+    })
 }
 
 /// Reports a watchpoint hit; the access's instruction has completed.

@@ -1,0 +1,191 @@
+//! The guest's own trap flag across a single step the library takes to get
+//! past a breakpoint.
+//!
+//! While KVM single-steps a vcpu it hides the guest's TF from userspace,
+//! takes the guest's single-step trap as its own, and clears TF when
+//! single-stepping is turned off again. So before the step the library
+//! notes the guest's flag and what the stepped instruction does to it
+//! (`popf` and `iret` load it from the stack), and afterwards gives the
+//! guest back its flag and the trap the instruction owed it.
+
+use super::exits::current_pc;
+use crate::context::Context;
+use crate::error::Result;
+use crate::vcpu::Vcpu;
+
+/// RFLAGS.TF.
+pub(crate) const TRAP_FLAG: u64 = 1 << 8;
+
+/// What the guest's trap flag does across one instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrapFlagAcrossStep {
+    /// TF was set as the instruction began: the guest is owed a `#DB` after it.
+    pub owed_trap: bool,
+    /// TF once the instruction is done.
+    pub after: bool,
+    /// The stack before it, to find a frame the instruction pushed.
+    pub stack: StackBefore,
+}
+
+/// The stack before a single-stepped instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackBefore {
+    /// Linear stack pointer.
+    sp: u64,
+    /// RFLAGS.
+    rflags: u64,
+    /// The CS selector.
+    cs: u16,
+    /// Stack slot width: 8 in 64-bit mode, 4 in protected mode, 2 in real mode.
+    width: u64,
+}
+
+impl StackBefore {
+    /// `vcpu`'s stack now.
+    pub fn of(vcpu: &Vcpu) -> Result<StackBefore> {
+        let (regs, sregs) = vcpu.regs_and_sregs()?;
+        let width = match (sregs.cr0 & 1 != 0, sregs.cs.l != 0) {
+            (_, true) => 8,
+            (true, false) => 4,
+            (false, false) => 2,
+        };
+        let sp = sregs.ss.base.wrapping_add(regs.rsp);
+        Ok(StackBefore { sp, rflags: regs.rflags, cs: sregs.cs.selector, width })
+    }
+}
+
+/// When a single-stepped instruction delivered an interrupt or exception
+/// (an `int3`, a fault), the RFLAGS it pushed carry the trap flag of the
+/// library's step: clear it there, or the guest single-steps itself after
+/// its `iret`. Nothing to do when the guest had TF set itself.
+pub fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore) -> Result<()> {
+    if before.rflags & TRAP_FLAG != 0 {
+        return Ok(());
+    }
+    let (regs, sregs) = vcpu.regs_and_sregs()?;
+    let sp = sregs.ss.base.wrapping_add(regs.rsp);
+    if sp >= before.sp || before.sp - sp > 8 * before.width {
+        return Ok(());
+    }
+    let w = before.width as usize;
+    let mut frame = [0u8; 64];
+    let frame = &mut frame[..4 * w];
+    ctx.read_guest_virt(vcpu, sp, frame)?;
+    let slot = |i: usize| frame[i * w..(i + 1) * w].iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
+    // The frame is IP, CS, FLAGS, with an error code below them for some
+    // exceptions.
+    for flags_slot in [2, 3] {
+        let flags = slot(flags_slot);
+        if slot(flags_slot - 1) as u16 == before.cs && flags & TRAP_FLAG != 0 && flags & 2 != 0 {
+            let cleared = (flags & !TRAP_FLAG).to_le_bytes();
+            return ctx.write_guest_virt(vcpu, sp + (flags_slot * w) as u64, &cleared[..w]);
+        }
+    }
+    Ok(())
+}
+
+/// How the instruction at a vcpu's RIP changes TF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    /// TF stays.
+    Keeps,
+    /// `popf`: TF from the word at the stack pointer.
+    Popf,
+    /// `iret`: TF from the flags slot of the frame, two operands up the stack.
+    Iret {
+        /// Bytes per frame slot.
+        operand: u64,
+    },
+}
+
+/// Decodes the few instructions that load TF, from their leading `bytes`,
+/// in a code segment of `default_operand` bytes (2, 4; 4 in 64-bit mode,
+/// where `long` is set).
+fn effect_of(bytes: &[u8], default_operand: u64, long: bool) -> Effect {
+    let mut operand = default_operand;
+    for &byte in bytes {
+        match byte {
+            0x66 => operand = if default_operand == 2 { 4 } else { 2 },
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3 => {}
+            0x40..=0x4f if long => {
+                if byte & 0x08 != 0 {
+                    operand = 8;
+                }
+            }
+            0x9d => return Effect::Popf,
+            0xcf => return Effect::Iret { operand },
+            _ => return Effect::Keeps,
+        }
+    }
+    Effect::Keeps
+}
+
+/// The guest's trap flag before the instruction at RIP, and after it. Only
+/// meaningful while KVM does not single-step the vcpu (it hides TF then).
+pub fn before_step(ctx: &Context, vcpu: &Vcpu) -> Result<TrapFlagAcrossStep> {
+    let (regs, sregs) = vcpu.regs_and_sregs()?;
+    let before = regs.rflags & TRAP_FLAG != 0;
+    let long = sregs.cs.l != 0;
+    let default_operand = if long || sregs.cs.db != 0 { 4 } else { 2 };
+    // The guest's bytes: originals under software breakpoints.
+    let byte_at = |linear: u64| -> Option<u8> {
+        let mut byte = [0u8];
+        ctx.read_guest_virt(vcpu, linear, &mut byte).ok().map(|()| byte[0])
+    };
+    let pc = current_pc(vcpu)?;
+    let mut bytes = [0u8; 15];
+    let mut len = 0;
+    while len < bytes.len() {
+        match byte_at(pc.wrapping_add(len as u64)) {
+            Some(b) => bytes[len] = b,
+            None => break,
+        }
+        len += 1;
+    }
+    let stack = if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) };
+    // TF is bit 8: bit 0 of the flags' second byte, whatever the operand size.
+    let flag_at = |offset: u64| byte_at(stack.wrapping_add(offset + 1)).map(|b| b & 1 != 0);
+    let after = match effect_of(&bytes[..len], default_operand, long) {
+        Effect::Keeps => Some(before),
+        Effect::Popf => flag_at(0),
+        Effect::Iret { operand } => flag_at(2 * operand),
+    };
+    Ok(TrapFlagAcrossStep { owed_trap: before, after: after.unwrap_or(before), stack: StackBefore::of(vcpu)? })
+}
+
+/// After the step: sets TF again, as the instruction left it (KVM cleared
+/// it when the single step was turned off).
+pub fn set(vcpu: &Vcpu) -> Result<()> {
+    let (mut regs, _) = vcpu.regs_and_sregs()?;
+    if regs.rflags & TRAP_FLAG != 0 {
+        return Ok(());
+    }
+    regs.rflags |= TRAP_FLAG;
+    vcpu.state_changed();
+    vcpu.ioctl(|fd| fd.set_regs(&regs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn popf_and_iret_load_the_flag_in_every_operand_size() {
+        assert_eq!(effect_of(&[0x9d], 4, true), Effect::Popf);
+        assert_eq!(effect_of(&[0x66, 0x9d], 2, false), Effect::Popf);
+        assert_eq!(effect_of(&[0x48, 0xcf], 4, true), Effect::Iret { operand: 8 });
+        assert_eq!(effect_of(&[0xcf], 4, true), Effect::Iret { operand: 4 });
+        assert_eq!(effect_of(&[0xcf], 2, false), Effect::Iret { operand: 2 });
+        assert_eq!(effect_of(&[0x66, 0xcf], 2, false), Effect::Iret { operand: 4 });
+        assert_eq!(effect_of(&[0x66, 0xcf], 4, false), Effect::Iret { operand: 2 });
+    }
+
+    #[test]
+    fn other_instructions_and_rex_outside_64_bit_mode_keep_it() {
+        assert_eq!(effect_of(&[0x90], 4, true), Effect::Keeps);
+        assert_eq!(effect_of(&[0x48, 0x89, 0xc0], 4, true), Effect::Keeps);
+        // In 32-bit mode 0x48 is `dec eax`, not a prefix.
+        assert_eq!(effect_of(&[0x48, 0x9d], 4, false), Effect::Keeps);
+        assert_eq!(effect_of(&[], 4, true), Effect::Keeps);
+    }
+}
