@@ -8,6 +8,7 @@
  * is refused.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,6 +25,8 @@ DECLARE_GUEST(code_page_store);
 DECLARE_GUEST(jump_to_data);
 DECLARE_GUEST_LABEL(code_page_store, code_var);
 DECLARE_GUEST(string_out); /* in debug.S */
+DECLARE_GUEST(poll_and_load);
+DECLARE_GUEST_LABEL(poll_and_load, poller);
 
 enum { RAM = 8 << 20, MAX_HITS = 200, MAX_OUT_BYTES = 8192 };
 
@@ -344,6 +347,47 @@ static void read_watchpoint_on_running_code_is_refused(void)
 /* A vcpu that jumps into a page unbacked for a read watchpoint would never
  * fetch its code: the library backs the page again (reads there are no
  * longer watched, writes are) and the guest runs on. */
+struct poller {
+    kvm_context_t kvm;
+    int result;
+};
+
+static void *run_poller(void *arg)
+{
+    struct poller *p = arg;
+    p->result = kvm_run(p->kvm, 1);
+    return NULL;
+}
+
+/* A vcpu polling a flag on a watched page repeats the same access with the
+ * same registers, as KVM retrying an instruction would: it must not be
+ * stepped through with the protections lifted, which would let the other
+ * vcpu's watched loads through unseen. */
+static void a_vcpu_polling_a_watched_page_hides_no_access_of_another(void)
+{
+    struct kvm_callbacks cb;
+    struct watch_log log;
+    struct poller poller;
+    struct test_vm vm;
+    pthread_t thread;
+    int i, wrong = 0;
+
+    REQUIRE(WATCH_VM(&vm, &log, &cb, poll_and_load) == 0);
+    REQUIRE(kvm_create_vcpu(vm.kvm, 1) == 0);
+    REQUIRE(test_vcpu_long_mode(&vm, 1, GUEST_LABEL_ADDR(poll_and_load, poller)) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_WATCHPOINT_READ, GUEST_DATA, 8), 0);
+    poller.kvm = vm.kvm;
+    REQUIRE(pthread_create(&thread, NULL, run_poller, &poller) == 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1); /* the halt, the callback returning 0 at each hit */
+    pthread_join(thread, NULL);
+    CHECK_EQ(poller.result, 1);
+    CHECK_EQ(log.hits, 2000);
+    for (i = 0; i < log.hits && i < MAX_HITS; i++)
+        wrong += log.type[i] != KVM_GDB_WATCHPOINT_READ || log.addr[i] != GUEST_DATA;
+    CHECK_EQ(wrong, 0);
+    test_vm_destroy(&vm);
+}
+
 static void jumping_into_a_read_watched_page_runs_on(void)
 {
     struct kvm_callbacks cb;
@@ -373,5 +417,6 @@ int main(void)
     RUN(code_runs_from_a_write_watched_page);
     RUN(read_watchpoint_on_running_code_is_refused);
     RUN(jumping_into_a_read_watched_page_runs_on);
+    RUN(a_vcpu_polling_a_watched_page_hides_no_access_of_another);
     return check_summary();
 }

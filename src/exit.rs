@@ -96,11 +96,16 @@ pub enum Exit {
 pub struct InternalError {
     /// `KVM_INTERNAL_ERROR_*`.
     pub suberror: u32,
-    /// Valid entries of `data`.
+    /// Valid entries of the kernel's `data`.
     pub ndata: u32,
-    /// Raw data; for an emulation failure, flags then the instruction.
-    pub data: [u64; 16],
+    /// The first entries of the kernel's `data`: for an emulation failure,
+    /// flags then the instruction (its length, then up to 15 bytes). The
+    /// rest is not kept, so that an exit stays small to move.
+    pub data: [u64; INTERNAL_ERROR_DATA],
 }
+
+/// How many entries of `KVM_EXIT_INTERNAL_ERROR`'s data an [`InternalError`] keeps.
+pub(crate) const INTERNAL_ERROR_DATA: usize = 3;
 
 impl InternalError {
     /// The bytes of the instruction the emulator failed on, when the kernel
@@ -135,7 +140,7 @@ pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
     // names the union member it filled; all members are plain integers.
     match run.exit_reason {
         KVM_EXIT_IO => {
-            let io = unsafe { run.__bindgen_anon_1.io };
+            let io = unsafe { &run.__bindgen_anon_1.io };
             let direction = if u32::from(io.direction) == KVM_EXIT_IO_IN { IoDirection::In } else { IoDirection::Out };
             match io_payload(io.size, io.count, io.data_offset, mapping_len) {
                 Some(payload) => Exit::Io { direction, port: io.port, size: io.size, count: io.count, payload },
@@ -143,7 +148,7 @@ pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
             }
         }
         KVM_EXIT_MMIO => {
-            let mmio = unsafe { run.__bindgen_anon_1.mmio };
+            let mmio = unsafe { &run.__bindgen_anon_1.mmio };
             Exit::Mmio { addr: mmio.phys_addr, len: mmio.len.min(8), is_write: mmio.is_write != 0, data: mmio.data }
         }
         KVM_EXIT_HLT => Exit::Hlt,
@@ -151,17 +156,15 @@ pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
         KVM_EXIT_IRQ_WINDOW_OPEN => Exit::IrqWindowOpen,
         KVM_EXIT_SET_TPR => Exit::SetTpr,
         KVM_EXIT_TPR_ACCESS => {
-            let tpr = unsafe { run.__bindgen_anon_1.tpr_access };
+            let tpr = unsafe { &run.__bindgen_anon_1.tpr_access };
             Exit::TprAccess { rip: tpr.rip, is_write: tpr.is_write != 0 }
         }
         KVM_EXIT_DEBUG => Exit::Debug(unsafe { run.__bindgen_anon_1.debug.arch }),
         KVM_EXIT_INTERNAL_ERROR => {
-            let internal = unsafe { run.__bindgen_anon_1.internal };
-            Exit::InternalError(InternalError {
-                suberror: internal.suberror,
-                ndata: internal.ndata,
-                data: internal.data,
-            })
+            let internal = unsafe { &run.__bindgen_anon_1.internal };
+            let mut data = [0; INTERNAL_ERROR_DATA];
+            data.copy_from_slice(&internal.data[..INTERNAL_ERROR_DATA]);
+            Exit::InternalError(InternalError { suberror: internal.suberror, ndata: internal.ndata, data })
         }
         KVM_EXIT_INTR => Exit::Interrupted,
         KVM_EXIT_FAIL_ENTRY => {
@@ -261,9 +264,9 @@ mod tests {
 
     #[test]
     fn other_internal_errors_have_no_instruction() {
-        let e = InternalError { suberror: 3, ndata: 4, data: [1; 16] };
+        let e = InternalError { suberror: 3, ndata: 4, data: [1; INTERNAL_ERROR_DATA] };
         assert!(e.instruction_bytes().is_none());
-        let e = InternalError { suberror: 1, ndata: 4, data: [0; 16] };
+        let e = InternalError { suberror: 1, ndata: 4, data: [0; INTERNAL_ERROR_DATA] };
         assert!(e.instruction_bytes().is_none(), "flag clear: bytes not valid");
     }
 }

@@ -171,6 +171,13 @@ fn on_watched_access(
 /// the first non-zero result.
 fn handle_port_io(ctx: &Context, direction: IoDirection, port: u16, size: u8, data: &mut [u8]) -> c_int {
     let callbacks = ctx.callbacks();
+    if data.len() == usize::from(size) {
+        // One element: `in`/`out` without `rep`, nearly every port exit.
+        return match direction {
+            IoDirection::In => callbacks.port_in(port, data),
+            IoDirection::Out => callbacks.port_out(port, data),
+        };
+    }
     for element in data.chunks_exact_mut(usize::from(size)) {
         let r = match direction {
             IoDirection::In => callbacks.port_in(port, element),

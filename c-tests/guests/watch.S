@@ -36,6 +36,23 @@ GUEST_BEGIN(two_on_a_page)
     hlt
 GUEST_END(two_on_a_page)
 
+/* vcpu 0 (`loader`) loads the qword at GUEST_DATA 2000 times, then sets
+ * the flag at GUEST_DATA+8 and halts; vcpu 1 (`poller`) polls that flag,
+ * on the same page, with the same registers every time, then halts. */
+GUEST_BEGIN(poll_and_load)
+LABEL(poll_and_load, loader)
+    mov $2000, %ecx
+1:  mov GUEST_DATA, %rax
+    dec %ecx
+    jnz 1b
+    movl $1, GUEST_DATA + 8
+    hlt
+LABEL(poll_and_load, poller)
+    cmpl $0, GUEST_DATA + 8
+    je poll_and_load_poller
+    hlt
+GUEST_END(poll_and_load)
+
 /* Loads the watched qword at data+0x40 into rax, then says rax on port 0x10. */
 GUEST_BEGIN(load_watched)
     mov $GUEST_DATA, %ebx

@@ -81,10 +81,17 @@ pub enum Entry {
 /// Before each entry: start a step over the breakpoint the vcpu stopped
 /// on, and give KVM the current debug state. Two atomic loads when nothing
 /// changed and nothing single-steps.
+#[inline]
 pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     if !vcpu.take_debug_attention() && !vcpu.stepping() {
         return Ok(Entry::Enter);
     }
+    prepare_debug_entry(ctx, vcpu)
+}
+
+/// [`before_entry`] when something changed or the vcpu single-steps.
+#[inline(never)]
+fn prepare_debug_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let mut state = lock(&vcpu.debug);
     if let Some(resume) = state.resume.take() {
         start_step_over(ctx, vcpu, &mut state, resume)?;
@@ -126,10 +133,17 @@ fn at_hlt(ctx: &Context, vcpu: &Vcpu) -> Result<bool> {
 /// instruction, and report the step it completed. VMX reports that step
 /// while finishing; emulating hosts finish without a trap, and the step
 /// would be lost (the next one reported after two instructions).
+#[inline]
 pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
     if !vcpu.stepping() {
         return Ok(None);
     }
+    finish_stepped_io(vcpu, runner, io_data)
+}
+
+/// [`after_io_exit`] for a single-stepping vcpu.
+#[inline(never)]
+fn finish_stepped_io(vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
     if let Some(exit) = vcpu.complete_instruction(runner, io_data)? {
         return Ok(Some(exit));
     }
@@ -518,7 +532,7 @@ mod tests {
         let mut raw = [0u8; 16];
         raw[0] = first_bytes.len() as u8;
         raw[1..1 + first_bytes.len()].copy_from_slice(first_bytes);
-        let mut data = [0u64; 16];
+        let mut data = [0u64; crate::exit::INTERNAL_ERROR_DATA];
         data[0] = 1; // KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
         data[1] = u64::from_ne_bytes(raw[..8].try_into().unwrap());
         data[2] = u64::from_ne_bytes(raw[8..].try_into().unwrap());
@@ -529,7 +543,7 @@ mod tests {
     fn int3_as_an_emulation_failure_is_recognised_by_its_opcode() {
         assert!(emulated_int3(&emulation_failure(&[0xcc])));
         assert!(!emulated_int3(&emulation_failure(&[0x0f, 0x0b])), "ud2 is not int3");
-        let without_bytes = InternalError { suberror: 1, ndata: 0, data: [0; 16] };
+        let without_bytes = InternalError { suberror: 1, ndata: 0, data: [0; crate::exit::INTERNAL_ERROR_DATA] };
         assert!(!emulated_int3(&without_bytes));
     }
 

@@ -85,6 +85,14 @@ pub fn implicit_pages(ctx: &Context) -> Result<BTreeMap<u64, Vec<ImplicitUse>>> 
     Ok(pages)
 }
 
+/// The guest-physical pages `vcpu`'s CPU uses by itself now. The vcpu is
+/// out of the guest.
+pub fn vcpu_implicit_pages(ctx: &Context, vcpu: &Vcpu) -> Result<BTreeMap<u64, Vec<ImplicitUse>>> {
+    let mut pages = BTreeMap::new();
+    add_vcpu_pages(ctx, vcpu, &mut pages)?;
+    Ok(pages)
+}
+
 /// The use of a page that breaks under the protection a watchpoint of
 /// `kind` needs, if any.
 pub fn breaking_use(uses: &[ImplicitUse], kind: BreakType) -> Option<ImplicitUse> {

@@ -169,11 +169,32 @@ pub fn after_kick(ctx: &Context, vcpu: &Vcpu) -> Result<c_int> {
         progress.stuck_at = if same { None } else { Some(pc) };
         same
     };
+    if !stuck || !ctx.memory().protections_in_force() {
+        return Ok(0);
+    }
     let runnable = vcpu.ioctl(|fd| fd.get_mp_state()).map_or(true, |s| s.mp_state == KVM_MP_STATE_RUNNABLE);
-    if stuck && runnable && ctx.memory().protections_in_force() {
+    if runnable && uses_a_protected_page(ctx, vcpu, pc)? {
         start_step_through(ctx, vcpu)?;
     }
     Ok(0)
+}
+
+/// Whether a page `vcpu` fetches from at `pc` or uses by itself (descriptor
+/// tables, stacks, page tables) is protected now: only then can KVM be
+/// looping on it. A guest spinning in `jmp .` is stuck too, but lifting
+/// every protection for its step would let another vcpu's watched access
+/// through unseen.
+fn uses_a_protected_page(ctx: &Context, vcpu: &Vcpu, pc: u64) -> Result<bool> {
+    if is_system_instruction(ctx, vcpu, pc) {
+        // Its operand (`sgdt`'s store, `lgdt`'s load) may be on one.
+        return Ok(true);
+    }
+    let mut pages: Vec<u64> = super::implicit::vcpu_implicit_pages(ctx, vcpu)?.into_keys().collect();
+    if let Ok(t) = ctx.translate_gva(vcpu, pc) {
+        pages.push(page_of(t.gpa));
+    }
+    let watches = lock(&ctx.debugger().page_watches);
+    Ok(pages.iter().any(|&page| watches.protection_for(page).is_some()))
 }
 
 /// An emulation failure other than `int3`: while pages are protected, the
@@ -211,6 +232,11 @@ pub fn note_protected_access(ctx: &Context, vcpu: &Vcpu, gpa: u64, is_write: boo
         }
         *repeat = Repeat::default();
     }
+    // A guest polling a flag on a watched page repeats its load with the
+    // same registers too; KVM retries only descriptor-table instructions.
+    if !is_system_instruction(ctx, vcpu, current_pc(vcpu)?) {
+        return Ok(());
+    }
     if ctx.memory().protections_in_force() {
         return start_step_through(ctx, vcpu);
     }
@@ -224,6 +250,30 @@ pub fn note_protected_access(ctx: &Context, vcpu: &Vcpu, gpa: u64, is_write: boo
         ctx.apply_protections(&[page])?;
     }
     Ok(())
+}
+
+/// Whether the instruction at `pc` is one of the system instructions
+/// (`0f 00`: `sldt`, `str`, `lldt`, `ltr`, `verr`, `verw`; `0f 01`: `sgdt`,
+/// `sidt`, `lgdt`, `lidt`, `smsw`, `lmsw`, `invlpg`) that the instruction
+/// emulator can retry without end on a protected operand.
+fn is_system_instruction(ctx: &Context, vcpu: &Vcpu, pc: u64) -> bool {
+    let mut bytes = [0u8; 15];
+    let Ok(sregs_long) = vcpu.regs_and_sregs().map(|(_, sregs)| sregs.cs.l != 0) else { return false };
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        let mut one = [0u8];
+        if ctx.read_guest_virt(vcpu, pc.wrapping_add(i as u64), &mut one).is_err() {
+            break;
+        }
+        *byte = one[0];
+    }
+    let prefixes = bytes
+        .iter()
+        .take_while(|&&b| {
+            matches!(b, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3)
+                || (sregs_long && (0x40..=0x4f).contains(&b))
+        })
+        .count();
+    matches!(bytes.get(prefixes..prefixes + 2), Some([0x0f, 0x00 | 0x01]))
 }
 
 /// Lifts every protection and has the vcpu single-step its instruction.

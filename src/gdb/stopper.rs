@@ -91,10 +91,17 @@ impl Stopper {
 
     /// Called by the thread running `vcpu` before each entry: parks it while
     /// it is held. One atomic load when it is not.
+    #[inline]
     pub fn checkpoint(&self, vcpu: &Vcpu) -> Checkpoint {
         if !vcpu.is_held() {
             return Checkpoint::Run;
         }
+        self.park(vcpu)
+    }
+
+    /// [`Stopper::checkpoint`] for a held vcpu: parks until released.
+    #[inline(never)]
+    fn park(&self, vcpu: &Vcpu) -> Checkpoint {
         let mut events = lock(&self.events);
         vcpu.set_parked(true);
         self.changed.notify_all();

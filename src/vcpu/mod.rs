@@ -362,7 +362,13 @@ impl Vcpu {
             let src = unsafe {
                 std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.bytes())
             };
-            io_data[..payload.bytes()].copy_from_slice(src);
+            // Most exits carry one element: no memcpy call for those.
+            match *src {
+                [b] => io_data[0] = b,
+                [a, b] => io_data[..2].copy_from_slice(&[a, b]),
+                [a, b, c, d] => io_data[..4].copy_from_slice(&[a, b, c, d]),
+                _ => io_data[..src.len()].copy_from_slice(src),
+            }
         }
         exit
     }
