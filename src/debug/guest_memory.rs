@@ -69,6 +69,19 @@ impl Context {
         Ok(())
     }
 
+    /// The guest's bytes of the instruction at linear `pc` (originals under
+    /// software breakpoints): up to 15, fewer where the mapping ends.
+    pub fn read_instruction(&self, vcpu: &Vcpu, pc: u64) -> ([u8; 15], usize) {
+        let mut bytes = [0u8; 15];
+        let mut len = 0;
+        while len < bytes.len()
+            && self.read_guest_virt(vcpu, pc.wrapping_add(len as u64), &mut bytes[len..=len]).is_ok()
+        {
+            len += 1;
+        }
+        (bytes, len)
+    }
+
     /// Reads guest-physical memory, showing original bytes under software
     /// breakpoints.
     pub fn read_guest_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {

@@ -257,20 +257,14 @@ pub fn note_protected_access(ctx: &Context, vcpu: &Vcpu, gpa: u64, is_write: boo
 /// `sidt`, `lgdt`, `lidt`, `smsw`, `lmsw`, `invlpg`) that the instruction
 /// emulator can retry without end on a protected operand.
 fn is_system_instruction(ctx: &Context, vcpu: &Vcpu, pc: u64) -> bool {
-    let mut bytes = [0u8; 15];
-    let Ok(sregs_long) = vcpu.regs_and_sregs().map(|(_, sregs)| sregs.cs.l != 0) else { return false };
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        let mut one = [0u8];
-        if ctx.read_guest_virt(vcpu, pc.wrapping_add(i as u64), &mut one).is_err() {
-            break;
-        }
-        *byte = one[0];
-    }
+    let Ok(long) = vcpu.regs_and_sregs().map(|(_, sregs)| sregs.cs.l != 0) else { return false };
+    let (bytes, len) = ctx.read_instruction(vcpu, pc);
+    let bytes = &bytes[..len];
     let prefixes = bytes
         .iter()
         .take_while(|&&b| {
             matches!(b, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3)
-                || (sregs_long && (0x40..=0x4f).contains(&b))
+                || (long && (0x40..=0x4f).contains(&b))
         })
         .count();
     matches!(bytes.get(prefixes..prefixes + 2), Some([0x0f, 0x00 | 0x01]))

@@ -132,16 +132,7 @@ pub fn before_step(ctx: &Context, vcpu: &Vcpu) -> Result<TrapFlagAcrossStep> {
         let mut byte = [0u8];
         ctx.read_guest_virt(vcpu, linear, &mut byte).ok().map(|()| byte[0])
     };
-    let pc = current_pc(vcpu)?;
-    let mut bytes = [0u8; 15];
-    let mut len = 0;
-    while len < bytes.len() {
-        match byte_at(pc.wrapping_add(len as u64)) {
-            Some(b) => bytes[len] = b,
-            None => break,
-        }
-        len += 1;
-    }
+    let (bytes, len) = ctx.read_instruction(vcpu, current_pc(vcpu)?);
     let stack = if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) };
     // TF is bit 8: bit 0 of the flags' second byte, whatever the operand size.
     let flag_at = |offset: u64| byte_at(stack.wrapping_add(offset + 1)).map(|b| b & 1 != 0);

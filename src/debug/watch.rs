@@ -402,11 +402,11 @@ pub fn complete_protected_access(
 /// fired (the CPU never made it, so its debug registers never saw it). The
 /// registers' RW=11 fires on stores too, as the CPU's would.
 fn register_watch_hit(ctx: &Context, vcpu: &Vcpu, gpa: u64, len: u64, is_write: bool) -> Option<WatchHit> {
-    let registers: Vec<_> = {
+    let registers: [_; DEBUG_REGISTERS] = {
         let table = ctx.debugger().table();
-        (0..DEBUG_REGISTERS).filter_map(|n| table.register(n).copied()).collect()
+        std::array::from_fn(|n| table.register(n).copied())
     };
-    registers.into_iter().find_map(|r| {
+    registers.into_iter().flatten().find_map(|r| {
         let fires = match r.kind {
             BreakType::WatchWrite => is_write,
             BreakType::WatchRead | BreakType::WatchAccess => true,
