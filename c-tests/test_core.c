@@ -247,12 +247,14 @@ static volatile uint64_t *kernel_global(struct kernel_vm *k, uint64_t symbol)
 struct vcpu_arg {
     kvm_context_t kvm;
     int vcpu, result;
+    volatile int done;
 };
 
 static void *run_vcpu(void *arg)
 {
     struct vcpu_arg *a = arg;
     a->result = kvm_run(a->kvm, a->vcpu);
+    a->done = 1;
     return NULL;
 }
 
@@ -320,6 +322,7 @@ static void a_triple_fault_with_libkvm_core_leaves_a_core_gdb_reads(void)
     for (i = 0; i < VCPUS; i++) {
         args[i].kvm = k.vm.kvm;
         args[i].vcpu = i;
+        args[i].done = 0;
         REQUIRE(pthread_create(&threads[i], NULL, run_vcpu, &args[i]) == 0);
     }
     pthread_join(threads[0], NULL);
@@ -498,6 +501,7 @@ static void a_core_of_running_vcpus_has_their_registers(void)
         }
         args[i].kvm = vm.kvm;
         args[i].vcpu = i;
+        args[i].done = 0;
     }
     stop_halted = 0;
     for (i = 0; i < VCPUS; i++)
@@ -526,7 +530,12 @@ static void a_core_of_running_vcpus_has_their_registers(void)
     core_close(&c);
     stop_halted = 1;
     for (i = 0; i < VCPUS; i++) {
-        pthread_kill(threads[i], SIGUSR1);
+        /* A signal that lands between two KVM_RUNs (the dump's kicks send
+         * the vcpus round again) wakes nothing: send until it ends. */
+        while (!args[i].done) {
+            pthread_kill(threads[i], SIGUSR1);
+            usleep(10 * 1000);
+        }
         pthread_join(threads[i], NULL);
         CHECK_EQ(args[i].result, 1);
     }
@@ -557,6 +566,7 @@ static void a_core_of_spinning_vcpus_is_a_consistent_snapshot(void)
         REQUIRE(test_vcpu_long_mode(&vm, i, GUEST_CODE) == 0);
         args[i].kvm = vm.kvm;
         args[i].vcpu = i;
+        args[i].done = 0;
         REQUIRE(pthread_create(&threads[i], NULL, run_vcpu, &args[i]) == 0);
     }
     snprintf(path, sizeof(path), "%s/spinning.core", dir);

@@ -355,6 +355,32 @@ def test_g_that_the_vcpu_refuses_changes_no_register():
         vmm.kill()
 
 
+def test_a_stop_reply_carries_rbp_rsp_and_rip():
+    """gdb need not ask for the registers (g) to place a stop."""
+    vmm = Vmm()
+    try:
+        rsp = Rsp(vmm.address)
+        check(rsp.ask("?").startswith("T"), "no stop reply")
+        reply = rsp.ask("vCont;s:1")
+        check(reply.startswith("T05"), "step reply %r" % reply)
+        carried = {}
+        for field in reply[3:].split(";"):
+            name, _, value = field.partition(":")
+            if value and all(c in "0123456789abcdef" for c in name):
+                carried[int(name, 16)] = value
+        check(rsp.ask("Hg1") == "OK", "Hg1")
+        g = bytes.fromhex(rsp.ask("g"))
+        # In the g block: rbp and rsp are the 7th and 8th qwords, rip follows the 16 general registers.
+        for number, offset in ((6, 48), (7, 56), (16, 128)):
+            check(carried.get(number) == g[offset : offset + 8].hex(), "register %d: %r, g has %s" %
+                  (number, carried.get(number), g[offset : offset + 8].hex()))
+        check(rsp.ask("D") == "OK", "detach")
+        rsp.close()
+        finish_cleanly(vmm)
+    finally:
+        vmm.kill()
+
+
 def test_thread_ids_beyond_the_vcpus_are_refused():
     vmm = Vmm()
     try:

@@ -6,7 +6,9 @@
 //! then writes `gcore` files the way it does for a Linux target (threads as
 //! LWPs, memory from `/proc/<pid>/maps`, see [`super::host_files`]).
 
-use gdbstub::arch::{Arch, Registers};
+use std::num::NonZeroUsize;
+
+use gdbstub::arch::{Arch, RegId, Registers};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 
 /// The x86-64 architecture as the libkvm stub describes it.
@@ -15,11 +17,39 @@ pub enum LibkvmX86_64 {}
 impl Arch for LibkvmX86_64 {
     type Usize = u64;
     type Registers = VcpuRegisters;
-    type RegId = ();
+    type RegId = ExpeditedRegister;
     type BreakpointKind = usize;
 
     fn target_description_xml() -> Option<&'static str> {
         Some(TARGET_XML)
+    }
+}
+
+/// The registers a stop reply carries, so that gdb need not ask for them
+/// (`g`) to place the stop: the frame pointer, the stack pointer and the
+/// instruction pointer, with their numbers in the target description. Single
+/// registers are not read or written one by one (`p`/`P`): gdb uses `g`/`G`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpeditedRegister {
+    /// RBP, register 6.
+    Rbp,
+    /// RSP, register 7.
+    Rsp,
+    /// RIP, register 16.
+    Rip,
+}
+
+impl RegId for ExpeditedRegister {
+    fn from_raw_id(_id: usize) -> Option<(Self, Option<NonZeroUsize>)> {
+        None
+    }
+
+    fn to_raw_id(&self) -> Option<usize> {
+        Some(match self {
+            ExpeditedRegister::Rbp => 6,
+            ExpeditedRegister::Rsp => 7,
+            ExpeditedRegister::Rip => 16,
+        })
     }
 }
 

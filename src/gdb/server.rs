@@ -13,6 +13,7 @@ use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::arch::ExpeditedRegister;
 use super::listen::{Listener, Stream};
 use super::target::{tid_of, VmTarget};
 use crate::context::Context;
@@ -219,7 +220,13 @@ fn session(
                     g.incoming_data(&mut target, pending[next - 1])
                 } else if stopper.has_events() {
                     match stop_for_event(ctx, &mut target) {
-                        Some(reason) => g.report_stop(&mut target, reason),
+                        Some(reason) => match expedited_registers(ctx, target.current) {
+                            Some(values) => {
+                                let mut regs = values.iter().map(|(id, bytes)| (*id, &bytes[..]));
+                                g.report_stop_with_regs(&mut target, reason, &mut regs)
+                            }
+                            None => g.report_stop(&mut target, reason),
+                        },
                         None => Ok(g.into()),
                     }
                 } else {
@@ -266,6 +273,17 @@ fn stop_for_event(ctx: &Context, target: &mut VmTarget<'_>) -> Option<MultiThrea
     let stop = ctx.stopper().take_event()?;
     target.current = stop.vcpu;
     Some(VmTarget::stop_reason(&stop))
+}
+
+/// RBP, RSP and RIP of the vcpu that stopped, for the stop reply; `None`
+/// when they cannot be read (gdb then asks with `g`).
+fn expedited_registers(ctx: &Context, vcpu: u32) -> Option<[(ExpeditedRegister, [u8; 8]); 3]> {
+    let (regs, _) = ctx.vcpu(vcpu as i32).ok()?.regs_and_sregs().ok()?;
+    Some([
+        (ExpeditedRegister::Rbp, regs.rbp.to_le_bytes()),
+        (ExpeditedRegister::Rsp, regs.rsp.to_le_bytes()),
+        (ExpeditedRegister::Rip, regs.rip.to_le_bytes()),
+    ])
 }
 
 /// Reads what gdb sent; `None` when the connection closed or failed.
