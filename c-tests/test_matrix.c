@@ -443,7 +443,8 @@ static int labels_for(enum item_kind k)
 
 static void every_pair_of_debug_events_reports_exactly_and_the_guest_finishes(void)
 {
-    /* MATRIX_FILTER=<text>|<text>...: only the cases whose description has one. */
+    /* MATRIX_FILTER=<text>|<text>...: only the cases whose description has one;
+     * MATRIX_ALL=1: show every failing case, not the first 20. */
     const char *filter = getenv("MATRIX_FILTER");
     int registers = host_fires_data_breakpoints();
     int a, b, x, near, ret, variant, cases = 0, failed = 0, shown = 0, skipped = 0;
