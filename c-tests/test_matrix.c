@@ -249,21 +249,32 @@ static void record(struct run *r, char what, unsigned types, uint64_t value)
     r->n++;
 }
 
+/* The breakpoint an item is: its type, guest address and length. */
+static int item_type(const struct item *it)
+{
+    return it->kind == HW ? KVM_GDB_BREAKPOINT_HW : is_exec(it->kind) ? KVM_GDB_BREAKPOINT_SW : watch_type(it->kind);
+}
+
+static uint64_t item_addr(const struct item *it)
+{
+    return is_exec(it->kind) ? label_addr[it->label] : GUEST_DATA;
+}
+
+static uint64_t item_len(const struct item *it)
+{
+    return is_exec(it->kind) ? 1 : 8;
+}
+
 static int insert_item(struct run *r, const struct item *it)
 {
-    uint64_t addr = is_exec(it->kind) ? label_addr[it->label] : GUEST_DATA;
-    int type = it->kind == HW ? KVM_GDB_BREAKPOINT_HW : is_exec(it->kind) ? KVM_GDB_BREAKPOINT_SW : watch_type(it->kind);
-    int len = is_exec(it->kind) ? 1 : 8;
     kvm_set_watchpoint_method(r->vm.kvm, is_register_watch(it->kind) ? KVM_WATCH_DEBUG_REGISTERS
                                                                      : KVM_WATCH_PAGE_PROTECTION);
-    return kvm_insert_breakpoint(r->vm.kvm, 0, type, addr, (uint64_t)len);
+    return kvm_insert_breakpoint(r->vm.kvm, 0, item_type(it), item_addr(it), item_len(it));
 }
 
 static int remove_item(struct run *r, const struct item *it)
 {
-    uint64_t addr = is_exec(it->kind) ? label_addr[it->label] : GUEST_DATA;
-    int type = it->kind == HW ? KVM_GDB_BREAKPOINT_HW : is_exec(it->kind) ? KVM_GDB_BREAKPOINT_SW : watch_type(it->kind);
-    return kvm_remove_breakpoint(r->vm.kvm, 0, type, addr, is_exec(it->kind) ? 1 : 8);
+    return kvm_remove_breakpoint(r->vm.kvm, 0, item_type(it), item_addr(it), item_len(it));
 }
 
 static int on_debug(void *opaque, int vcpu, int type, uint64_t watch)
@@ -488,21 +499,15 @@ static void every_pair_of_debug_events_reports_exactly_and_the_guest_finishes(vo
 
 int main(void)
 {
+    static const uint8_t *const labels[LABELS] = {matrix_m0, matrix_m1, matrix_m2, matrix_m3,  matrix_m4,
+                                                  matrix_m5, matrix_m6, matrix_m7, matrix_m8,  matrix_m9,
+                                                  matrix_m10, matrix_m11, matrix_m12};
+    int i;
+
     setvbuf(stdout, NULL, _IONBF, 0);
     signal(SIGALRM, on_case_timeout);
-    label_addr[0] = GUEST_LABEL_ADDR(matrix, m0);
-    label_addr[1] = GUEST_LABEL_ADDR(matrix, m1);
-    label_addr[2] = GUEST_LABEL_ADDR(matrix, m2);
-    label_addr[3] = GUEST_LABEL_ADDR(matrix, m3);
-    label_addr[4] = GUEST_LABEL_ADDR(matrix, m4);
-    label_addr[5] = GUEST_LABEL_ADDR(matrix, m5);
-    label_addr[6] = GUEST_LABEL_ADDR(matrix, m6);
-    label_addr[7] = GUEST_LABEL_ADDR(matrix, m7);
-    label_addr[8] = GUEST_LABEL_ADDR(matrix, m8);
-    label_addr[9] = GUEST_LABEL_ADDR(matrix, m9);
-    label_addr[10] = GUEST_LABEL_ADDR(matrix, m10);
-    label_addr[11] = GUEST_LABEL_ADDR(matrix, m11);
-    label_addr[12] = GUEST_LABEL_ADDR(matrix, m12);
+    for (i = 0; i < LABELS; i++)
+        label_addr[i] = GUEST_CODE + (uint64_t)(labels[i] - matrix_start);
     RUN(every_pair_of_debug_events_reports_exactly_and_the_guest_finishes);
     return check_summary();
 }

@@ -262,10 +262,7 @@ fn is_system_instruction(ctx: &Context, vcpu: &Vcpu, pc: u64) -> bool {
     let bytes = &bytes[..len];
     let prefixes = bytes
         .iter()
-        .take_while(|&&b| {
-            matches!(b, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3)
-                || (long && (0x40..=0x4f).contains(&b))
-        })
+        .take_while(|&&b| trap_flag::is_legacy_prefix(b) || b == 0x66 || (long && (0x40..=0x4f).contains(&b)))
         .count();
     matches!(bytes.get(prefixes..prefixes + 2), Some([0x0f, 0x00 | 0x01]))
 }

@@ -8,6 +8,8 @@
 //! (`popf` and `iret` load it from the stack), and afterwards gives the
 //! guest back its flag and the trap the instruction owed it.
 
+use kvm_bindings::{kvm_regs, kvm_sregs};
+
 use super::exits::current_pc;
 use crate::context::Context;
 use crate::error::Result;
@@ -44,13 +46,17 @@ impl StackBefore {
     /// `vcpu`'s stack now.
     pub fn of(vcpu: &Vcpu) -> Result<StackBefore> {
         let (regs, sregs) = vcpu.regs_and_sregs()?;
+        Ok(StackBefore::from_registers(&regs, &sregs))
+    }
+
+    fn from_registers(regs: &kvm_regs, sregs: &kvm_sregs) -> StackBefore {
         let width = match (sregs.cr0 & 1 != 0, sregs.cs.l != 0) {
             (_, true) => 8,
             (true, false) => 4,
             (false, false) => 2,
         };
         let sp = sregs.ss.base.wrapping_add(regs.rsp);
-        Ok(StackBefore { sp, rflags: regs.rflags, cs: sregs.cs.selector, width })
+        StackBefore { sp, rflags: regs.rflags, cs: sregs.cs.selector, width }
     }
 }
 
@@ -98,6 +104,12 @@ enum Effect {
     },
 }
 
+/// A segment, address-size, `lock` or `rep` prefix: one that changes
+/// neither the opcode nor (unlike 0x66 and REX) the operand size.
+pub(crate) fn is_legacy_prefix(byte: u8) -> bool {
+    matches!(byte, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3)
+}
+
 /// Decodes the few instructions that load TF, from their leading `bytes`,
 /// in a code segment of `default_operand` bytes (2, 4; 4 in 64-bit mode,
 /// where `long` is set).
@@ -106,7 +118,7 @@ fn effect_of(bytes: &[u8], default_operand: u64, long: bool) -> Effect {
     for &byte in bytes {
         match byte {
             0x66 => operand = if default_operand == 2 { 4 } else { 2 },
-            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3 => {}
+            _ if is_legacy_prefix(byte) => {}
             0x40..=0x4f if long => {
                 if byte & 0x08 != 0 {
                     operand = 8;
@@ -141,7 +153,11 @@ pub fn before_step(ctx: &Context, vcpu: &Vcpu) -> Result<TrapFlagAcrossStep> {
         Effect::Popf => flag_at(0),
         Effect::Iret { operand } => flag_at(2 * operand),
     };
-    Ok(TrapFlagAcrossStep { owed_trap: before, after: after.unwrap_or(before), stack: StackBefore::of(vcpu)? })
+    Ok(TrapFlagAcrossStep {
+        owed_trap: before,
+        after: after.unwrap_or(before),
+        stack: StackBefore::from_registers(&regs, &sregs),
+    })
 }
 
 /// After the step: sets TF again, as the instruction left it (KVM cleared
