@@ -58,6 +58,9 @@ pub(crate) const DEFAULT_STOP: c_int = 1;
 pub struct Callbacks {
     table: kvm_callbacks,
     opaque: *mut c_void,
+    /// The VMM has a `try_push_interrupts` or `pre_kvm_run` hook: without
+    /// them, an entry checks one flag, not two handlers and the irqchip.
+    has_entry_hooks: bool,
 }
 
 // SAFETY: libkvm's contract is that the VMM's callbacks and `opaque` are
@@ -72,10 +75,18 @@ unsafe impl Sync for Callbacks {}
 impl Callbacks {
     /// Wraps a copy of the VMM's table.
     pub fn new(table: kvm_callbacks, opaque: *mut c_void) -> Callbacks {
-        Callbacks { table, opaque }
+        let has_entry_hooks = table.try_push_interrupts.is_some() || table.pre_kvm_run.is_some();
+        Callbacks { table, opaque, has_entry_hooks }
+    }
+
+    /// True when the VMM has a hook to call before each entry.
+    #[inline]
+    pub fn has_entry_hooks(&self) -> bool {
+        self.has_entry_hooks
     }
 
     /// Reads `size` (1, 2 or 4) bytes from `port` into `data`.
+    #[inline]
     pub fn port_in(&self, port: u16, data: &mut [u8]) -> c_int {
         match *data {
             [ref mut b] => match self.table.inb {
@@ -107,15 +118,14 @@ impl Callbacks {
         }
     }
 
-    /// Writes `data` (1, 2 or 4 bytes) to `port`.
-    pub fn port_out(&self, port: u16, data: &[u8]) -> c_int {
+    /// Writes the low `size` (1, 2 or 4) bytes of `value` to `port`.
+    #[inline]
+    pub fn port_out(&self, port: u16, size: u8, value: u32) -> c_int {
         // SAFETY (all arms): see the comment on this impl.
-        match *data {
-            [b] => self.table.outb.map_or(0, |f| unsafe { f(self.opaque, port, b) }),
-            [a, b] => self.table.outw.map_or(0, |f| unsafe { f(self.opaque, port, u16::from_ne_bytes([a, b])) }),
-            [a, b, c, d] => {
-                self.table.outl.map_or(0, |f| unsafe { f(self.opaque, port, u32::from_ne_bytes([a, b, c, d])) })
-            }
+        match size {
+            1 => self.table.outb.map_or(0, |f| unsafe { f(self.opaque, port, value as u8) }),
+            2 => self.table.outw.map_or(0, |f| unsafe { f(self.opaque, port, value as u16) }),
+            4 => self.table.outl.map_or(0, |f| unsafe { f(self.opaque, port, value) }),
             _ => -libc::EMSGSIZE,
         }
     }

@@ -3,6 +3,9 @@
 //! The run loop decodes an exit while it holds the vcpu, then releases it
 //! before calling the VMM, so handlers may call back into the library.
 
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
 use kvm_bindings::*;
 
 /// The direction of a port I/O exit.
@@ -21,26 +24,84 @@ pub(crate) const IO_DATA_MAX: usize = 4096;
 /// [`decode`], to lie inside it (only `decode` makes one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoPayload {
-    offset: usize,
-    len: usize,
+    offset: u32,
+    len: u32,
 }
 
 impl IoPayload {
     /// Offset of the data from the start of `kvm_run`.
     pub fn offset(&self) -> usize {
-        self.offset
+        self.offset as usize
     }
 
     /// Bytes of data: element size times count, at most [`IO_DATA_MAX`].
     pub fn bytes(&self) -> usize {
-        self.len
+        self.len as usize
+    }
+}
+
+/// A vcpu's mapping as the kernel left it at an exit: `kvm_run` at its
+/// start and, further on, the data of port I/O.
+#[derive(Clone, Copy)]
+pub struct RunMapping<'a> {
+    start: NonNull<u8>,
+    len: usize,
+    _mapping: PhantomData<&'a [u8]>,
+}
+
+impl<'a> RunMapping<'a> {
+    /// # Safety
+    /// `start` begins `len` readable bytes, at least a `kvm_run` and
+    /// aligned for one, that nothing writes while the value lives.
+    #[inline(always)]
+    pub unsafe fn new(start: NonNull<u8>, len: usize) -> RunMapping<'a> {
+        RunMapping { start, len, _mapping: PhantomData }
+    }
+
+    /// The `kvm_run` at the start.
+    #[inline(always)]
+    fn run(&self) -> &'a kvm_run {
+        // SAFETY: `new`'s contract.
+        unsafe { self.start.cast::<kvm_run>().as_ref() }
+    }
+
+    /// The four bytes at `offset`, when they lie inside the mapping.
+    #[inline(always)]
+    fn u32_at(&self, offset: u64) -> Option<u32> {
+        // No overflow: the mapping holds a `kvm_run`, far more than 4 bytes.
+        if offset > (self.len - 4) as u64 {
+            return None;
+        }
+        // SAFETY: inside the mapping (checked above), per `new`'s contract.
+        Some(unsafe { self.start.as_ptr().add(offset as usize).cast::<u32>().read_unaligned() })
+    }
+
+    /// The `len` bytes at `offset`, when they lie inside the mapping.
+    #[inline(always)]
+    pub fn bytes(&self, offset: u64, len: usize) -> Option<&'a [u8]> {
+        let end = offset.checked_add(len as u64)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        // SAFETY: inside the mapping (checked above), per `new`'s contract.
+        Some(unsafe { std::slice::from_raw_parts(self.start.as_ptr().add(offset as usize), len) })
     }
 }
 
 /// One VM exit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Exit {
-    /// Port I/O of `count` elements of `size` bytes.
+    /// `out` of one element, without `rep`: nearly every port exit.
+    PortOut {
+        /// The port.
+        port: u16,
+        /// Bytes: 1, 2 or 4.
+        size: u8,
+        /// The value written, in its low `size` bytes.
+        value: u32,
+    },
+    /// Any other port I/O: `in`, and `outs` of `count` elements of `size`
+    /// bytes (their data is copied out with the exit).
     Io {
         /// In or out.
         direction: IoDirection,
@@ -129,24 +190,51 @@ impl InternalError {
     }
 }
 
-/// Decodes the exit described by `run`, the start of a vcpu mapping of
-/// `mapping_len` bytes, after a successful `KVM_RUN`. Port I/O whose size
-/// or data the kernel would never report is `Exit::Other(KVM_EXIT_IO)`.
-/// Inlined: it is on the path of every exit, where a call would build the
-/// exit and then copy it (measured: 12 instructions more per port exit).
-#[inline]
-pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
-    // SAFETY (every union read below): the kernel wrote `exit_reason`, which
-    // names the union member it filled; all members are plain integers.
+/// Decodes the exit described by `mapping`, after a successful `KVM_RUN`.
+/// Port I/O whose size or data the kernel would never report is
+/// `Exit::Other(KVM_EXIT_IO)`. Inlined: it is on the path of every exit,
+/// where a call would build the exit in memory and then copy it.
+#[inline(always)]
+pub fn decode(mapping: RunMapping<'_>) -> Exit {
+    let run = mapping.run();
+    if run.exit_reason == KVM_EXIT_IO {
+        // SAFETY: the kernel wrote `exit_reason`, which names the union
+        // member it filled; all members are plain integers.
+        return decode_port_io(mapping, unsafe { &run.__bindgen_anon_1.io });
+    }
+    decode_other(run)
+}
+
+/// [`decode`] for port I/O: one `out` carries its value; anything else
+/// (`in`, `outs`) where its data lies.
+#[inline(always)]
+fn decode_port_io(mapping: RunMapping<'_>, io: &kvm_run__bindgen_ty_1__bindgen_ty_4) -> Exit {
+    let out = u32::from(io.direction) == KVM_EXIT_IO_OUT;
+    if out && io.count == 1 {
+        let mask = match io.size {
+            1 => 0xff,
+            2 => 0xffff,
+            4 => u32::MAX,
+            _ => return Exit::Other(KVM_EXIT_IO),
+        };
+        // Four bytes whatever the size: one load, no length switch.
+        return match mapping.u32_at(io.data_offset) {
+            Some(raw) => Exit::PortOut { port: io.port, size: io.size, value: raw & mask },
+            None => Exit::Other(KVM_EXIT_IO),
+        };
+    }
+    let direction = if out { IoDirection::Out } else { IoDirection::In };
+    match io_payload(io.size, io.count, io.data_offset, mapping.len) {
+        Some(payload) => Exit::Io { direction, port: io.port, size: io.size, count: io.count, payload },
+        None => Exit::Other(KVM_EXIT_IO),
+    }
+}
+
+/// [`decode`] for every exit but port I/O.
+#[inline(always)]
+fn decode_other(run: &kvm_run) -> Exit {
+    // SAFETY (every union read below): as in `decode`.
     match run.exit_reason {
-        KVM_EXIT_IO => {
-            let io = unsafe { &run.__bindgen_anon_1.io };
-            let direction = if u32::from(io.direction) == KVM_EXIT_IO_IN { IoDirection::In } else { IoDirection::Out };
-            match io_payload(io.size, io.count, io.data_offset, mapping_len) {
-                Some(payload) => Exit::Io { direction, port: io.port, size: io.size, count: io.count, payload },
-                None => Exit::Other(KVM_EXIT_IO),
-            }
-        }
         KVM_EXIT_MMIO => {
             let mmio = unsafe { &run.__bindgen_anon_1.mmio };
             Exit::Mmio { addr: mmio.phys_addr, len: mmio.len.min(8), is_write: mmio.is_write != 0, data: mmio.data }
@@ -175,12 +263,14 @@ pub fn decode(run: &kvm_run, mapping_len: usize) -> Exit {
 }
 
 fn io_payload(size: u8, count: u32, data_offset: u64, mapping_len: usize) -> Option<IoPayload> {
-    let len = usize::from(size).checked_mul(count as usize)?;
-    let offset = usize::try_from(data_offset).ok()?;
+    // Neither product nor sum can overflow: a u8 times a u32, and two
+    // values below 2^32.
+    let len = u64::from(size) * u64::from(count);
     let fits = matches!(size, 1 | 2 | 4)
-        && len <= IO_DATA_MAX
-        && offset.checked_add(len).is_some_and(|end| end <= mapping_len);
-    fits.then_some(IoPayload { offset, len })
+        && len <= IO_DATA_MAX as u64
+        && data_offset <= u64::from(u32::MAX)
+        && data_offset + len <= mapping_len as u64;
+    fits.then_some(IoPayload { offset: data_offset as u32, len: len as u32 })
 }
 
 /// A human-readable name of a `KVM_EXIT_*` reason, for diagnostics.
@@ -206,35 +296,66 @@ pub fn reason_name(reason: u32) -> &'static str {
 mod tests {
     use super::*;
 
+    /// A vcpu mapping of two pages in memory, `kvm_run` at its start.
+    #[repr(C, align(4096))]
+    struct Mapping([u8; 8192]);
+
+    impl Mapping {
+        fn new(run: kvm_run) -> Box<Mapping> {
+            let mut mapping = Box::new(Mapping([0; 8192]));
+            // SAFETY: the buffer is page-aligned and larger than a kvm_run.
+            unsafe { mapping.0.as_mut_ptr().cast::<kvm_run>().write(run) };
+            mapping
+        }
+
+        fn decode(&self) -> Exit {
+            // SAFETY: the buffer is 8192 bytes, aligned, and not written meanwhile.
+            decode(unsafe { RunMapping::new(NonNull::from(&self.0).cast(), self.0.len()) })
+        }
+    }
+
     fn run_with(reason: u32) -> kvm_run {
         kvm_run { exit_reason: reason, ..Default::default() }
     }
 
-    #[test]
-    fn string_io_keeps_size_count_and_offset() {
+    fn io_exit(direction: u8, size: u8, count: u32, data_offset: u64) -> kvm_run {
         let mut run = run_with(KVM_EXIT_IO);
         run.__bindgen_anon_1.io =
-            kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 0, size: 1, port: 0x3f8, count: 5, data_offset: 4096 };
+            kvm_run__bindgen_ty_1__bindgen_ty_4 { direction, size, port: 0x3f8, count, data_offset };
+        run
+    }
+
+    #[test]
+    fn string_io_keeps_size_count_and_offset() {
         let payload = IoPayload { offset: 4096, len: 5 };
         assert_eq!(
-            decode(&run, 8192),
+            Mapping::new(io_exit(0, 1, 5, 4096)).decode(),
             Exit::Io { direction: IoDirection::In, port: 0x3f8, size: 1, count: 5, payload }
         );
     }
 
     #[test]
+    fn one_out_carries_its_value() {
+        for (size, value) in [(1, 0x44), (2, 0x4344), (4, 0x4142_4344)] {
+            let mut mapping = Mapping::new(io_exit(1, size, 1, 4096));
+            mapping.0[4096..4100].copy_from_slice(&0x4142_4344u32.to_ne_bytes());
+            assert_eq!(mapping.decode(), Exit::PortOut { port: 0x3f8, size, value });
+        }
+    }
+
+    #[test]
     fn io_with_a_bad_size_or_data_outside_the_mapping_is_not_port_io() {
-        let io = |size, count, data_offset| {
-            let mut run = run_with(KVM_EXIT_IO);
-            run.__bindgen_anon_1.io =
-                kvm_run__bindgen_ty_1__bindgen_ty_4 { direction: 1, size, port: 0x80, count, data_offset };
-            decode(&run, 8192)
-        };
-        assert!(matches!(io(4, 1024, 4096), Exit::Io { .. }));
-        assert_eq!(io(3, 1, 4096), Exit::Other(KVM_EXIT_IO));
-        assert_eq!(io(4, 1025, 4096), Exit::Other(KVM_EXIT_IO), "more than the I/O page");
-        assert_eq!(io(1, 2, 8191), Exit::Other(KVM_EXIT_IO), "past the end of the mapping");
-        assert_eq!(io(1, 1, u64::MAX), Exit::Other(KVM_EXIT_IO));
+        let io =
+            |direction, size, count, data_offset| Mapping::new(io_exit(direction, size, count, data_offset)).decode();
+        for direction in [0, 1] {
+            assert!(matches!(io(direction, 4, 1024, 4096), Exit::Io { .. }));
+            assert_eq!(io(direction, 3, 1, 4096), Exit::Other(KVM_EXIT_IO));
+            assert_eq!(io(direction, 3, 2, 4096), Exit::Other(KVM_EXIT_IO));
+            assert_eq!(io(direction, 4, 1025, 4096), Exit::Other(KVM_EXIT_IO), "more than the I/O page");
+            assert_eq!(io(direction, 1, 2, 8191), Exit::Other(KVM_EXIT_IO), "past the end of the mapping");
+            assert_eq!(io(direction, 4, 1, 8190), Exit::Other(KVM_EXIT_IO), "past the end of the mapping");
+            assert_eq!(io(direction, 1, 1, u64::MAX), Exit::Other(KVM_EXIT_IO));
+        }
     }
 
     #[test]
@@ -246,7 +367,7 @@ mod tests {
             len: 99,
             is_write: 1,
         };
-        let Exit::Mmio { addr, len, is_write, data } = decode(&run, 8192) else { panic!("not mmio") };
+        let Exit::Mmio { addr, len, is_write, data } = Mapping::new(run).decode() else { panic!("not mmio") };
         assert_eq!((addr, len, is_write, data[..4].to_vec()), (0xd000_0000, 8, true, vec![1, 2, 3, 4]));
     }
 
@@ -257,7 +378,7 @@ mod tests {
         data[0] = 1; // instruction bytes present
         data[1] = u64::from_ne_bytes([1, 0xcc, 0x90, 0, 0, 0, 0, 0]);
         run.__bindgen_anon_1.internal = kvm_run__bindgen_ty_1__bindgen_ty_13 { suberror: 1, ndata: 4, data };
-        let Exit::InternalError(e) = decode(&run, 8192) else { panic!("not an internal error") };
+        let Exit::InternalError(e) = Mapping::new(run).decode() else { panic!("not an internal error") };
         let (bytes, len) = e.instruction_bytes().unwrap();
         assert_eq!((len, bytes[0], bytes[1]), (1, 0xcc, 0x90));
     }

@@ -35,18 +35,30 @@ pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
 fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> c_int {
     let callbacks = ctx.callbacks();
     let index = vcpu.index();
-    if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
-        return callbacks.shutdown(index);
+    // One load when there is nothing to look at (nearly every entry).
+    let mut attention = vcpu.attention();
+    if attention.held() {
+        if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
+            return callbacks.shutdown(index);
+        }
+        attention = vcpu.attention();
     }
-    let request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
-    let r = callbacks.pre_kvm_run(index);
-    if r != 0 {
-        return r;
+    let mut request_window = false;
+    if callbacks.has_entry_hooks() {
+        request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
+        let r = callbacks.pre_kvm_run(index);
+        if r != 0 {
+            return r;
+        }
+        // The hooks may have changed the debug state.
+        attention = vcpu.attention();
     }
-    match debug::exits::before_entry(ctx, vcpu) {
-        Ok(Entry::Enter) => {}
-        Ok(Entry::Halted) => return callbacks.halt(index),
-        Err(e) => return e.negated(),
+    if attention.debug_entry() {
+        match debug::exits::before_entry(ctx, vcpu) {
+            Ok(Entry::Enter) => {}
+            Ok(Entry::Halted) => return callbacks.halt(index),
+            Err(e) => return e.negated(),
+        }
     }
     let exit = vcpu.enter(runner, request_window, io_data);
     callbacks.post_kvm_run(index);
@@ -66,6 +78,9 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
     }
 }
 
+/// Inlined into the run loop (the exit stays in registers); the exits that
+/// follow one go through [`handle_next_exit`].
+#[inline(always)]
 fn handle_exit(
     ctx: &Context,
     vcpu: &Vcpu,
@@ -78,8 +93,15 @@ fn handle_exit(
     // Port I/O and MMIO fall through to the single-step check below; every
     // other exit returns its handler's result.
     let io_result = match exit {
-        Exit::Io { direction, port, size, payload, .. } => {
-            let result = handle_port_io(ctx, direction, port, size, &mut io_data[..payload.bytes()]);
+        Exit::PortOut { port, size, value } => callbacks.port_out(port, size, value),
+        Exit::Io { direction, port, size, count, payload } => {
+            let data = &mut io_data[..payload.bytes()];
+            let result = if count == 1 {
+                // `in`/`out` without `rep`: nearly every port exit.
+                port_io_element(ctx, direction, port, data)
+            } else {
+                handle_string_port_io(ctx, direction, port, size, data)
+            };
             if direction == IoDirection::In {
                 vcpu.complete_port_in(payload, io_data);
             }
@@ -126,10 +148,22 @@ fn handle_exit(
         return io_result;
     }
     match debug::exits::after_io_exit(vcpu, runner, io_data) {
-        Ok(Some(step)) => handle_exit(ctx, vcpu, runner, step, io_data),
+        Ok(Some(step)) => handle_next_exit(ctx, vcpu, runner, step, io_data),
         Ok(None) => 0,
         Err(e) => e.negated(),
     }
+}
+
+/// [`handle_exit`] for an exit that finishing another one caused (a step).
+#[inline(never)]
+fn handle_next_exit(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    runner: &RunnerGuard<'_>,
+    exit: Exit,
+    io_data: &mut [u8; IO_DATA_MAX],
+) -> c_int {
+    handle_exit(ctx, vcpu, runner, exit, io_data)
 }
 
 /// A guest access to a page protected for a watchpoint, which the library
@@ -157,7 +191,7 @@ fn on_watched_access(
     match debug::exits::finish_watched_instruction(ctx, vcpu, runner, is_write, io_data) {
         Ok(None) => {}
         Ok(Some(next)) => {
-            let r = handle_exit(ctx, vcpu, runner, next, io_data);
+            let r = handle_next_exit(ctx, vcpu, runner, next, io_data);
             if r != 0 {
                 return Some(r);
             }
@@ -167,22 +201,25 @@ fn on_watched_access(
     Some(result_code(debug::watch::report_hit(ctx, vcpu, hit)))
 }
 
-/// Calls the port handler once per `size`-byte element of `data`; stops at
-/// the first non-zero result.
-fn handle_port_io(ctx: &Context, direction: IoDirection, port: u16, size: u8, data: &mut [u8]) -> c_int {
+/// Calls the port handler for one element of `data` (1, 2 or 4 bytes).
+#[inline(always)]
+fn port_io_element(ctx: &Context, direction: IoDirection, port: u16, data: &mut [u8]) -> c_int {
     let callbacks = ctx.callbacks();
-    if data.len() == usize::from(size) {
-        // One element: `in`/`out` without `rep`, nearly every port exit.
-        return match direction {
-            IoDirection::In => callbacks.port_in(port, data),
-            IoDirection::Out => callbacks.port_out(port, data),
-        };
+    match (direction, &*data) {
+        (IoDirection::In, _) => callbacks.port_in(port, data),
+        (IoDirection::Out, &[b]) => callbacks.port_out(port, 1, b.into()),
+        (IoDirection::Out, &[a, b]) => callbacks.port_out(port, 2, u16::from_ne_bytes([a, b]).into()),
+        (IoDirection::Out, &[a, b, c, d]) => callbacks.port_out(port, 4, u32::from_ne_bytes([a, b, c, d])),
+        (IoDirection::Out, _) => -libc::EMSGSIZE,
     }
+}
+
+/// Calls the port handler once per `size`-byte element of `data` (`rep
+/// ins`/`rep outs`); stops at the first non-zero result.
+#[inline(never)]
+fn handle_string_port_io(ctx: &Context, direction: IoDirection, port: u16, size: u8, data: &mut [u8]) -> c_int {
     for element in data.chunks_exact_mut(usize::from(size)) {
-        let r = match direction {
-            IoDirection::In => callbacks.port_in(port, element),
-            IoDirection::Out => callbacks.port_out(port, element),
-        };
+        let r = port_io_element(ctx, direction, port, element);
         if r != 0 {
             return r;
         }

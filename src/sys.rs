@@ -1,17 +1,23 @@
-//! The KVM ioctls the 2008 API needs that `kvm-ioctls` does not wrap.
+//! The KVM ioctls the 2008 API needs that `kvm-ioctls` does not wrap, and
+//! `KVM_RUN` itself.
 //!
 //! Each is a thin `vmm-sys-util` wrapper, named after its section in the
 //! kernel's `Documentation/virt/kvm/api.rst`, next to its only use.
+//! `kvm-ioctls` wraps `KVM_RUN` too, but its `VcpuFd::run` needs the fd
+//! borrowed mutably (so a lock around every entry) and decodes each exit
+//! into its own enum, which the run loop would decode again: together a
+//! third of the library's instructions per exit (`BENCHMARKS.md`).
 
 use std::os::fd::AsRawFd;
 
 use kvm_bindings::{kvm_interrupt, kvm_pit_state, kvm_signal_mask, kvm_tpr_access_ctl, kvm_vapic_addr, KVMIO};
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val};
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 use crate::error::{Errno, Result};
 
 ioctl_io_nr!(KVM_SET_NR_MMU_PAGES, KVMIO, 0x44);
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_io_nr!(KVM_GET_NR_MMU_PAGES, KVMIO, 0x45);
 ioctl_iowr_nr!(KVM_GET_PIT, KVMIO, 0x65, kvm_pit_state);
 ioctl_ior_nr!(KVM_SET_PIT, KVMIO, 0x66, kvm_pit_state);
@@ -26,6 +32,15 @@ fn check(ret: i32) -> Result<i32> {
     } else {
         Ok(ret)
     }
+}
+
+/// `KVM_RUN` (vcpu): enters the guest until the next exit, which the
+/// kernel describes in the vcpu's `kvm_run` mapping.
+#[inline]
+pub fn run(vcpu: &impl AsRawFd) -> Result<()> {
+    // SAFETY: a vcpu ioctl with no argument; the kernel writes only the
+    // vcpu's own mapping, which outlives the fd.
+    check(unsafe { ioctl(vcpu, KVM_RUN()) }).map(drop)
 }
 
 /// `KVM_SET_NR_MMU_PAGES` (VM): the number of shadow MMU pages.

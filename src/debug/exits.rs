@@ -78,20 +78,13 @@ pub enum Entry {
     Halted,
 }
 
-/// Before each entry: start a step over the breakpoint the vcpu stopped
-/// on, and give KVM the current debug state. Two atomic loads when nothing
-/// changed and nothing single-steps.
-#[inline]
-pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
-    if !vcpu.take_debug_attention() && !vcpu.stepping() {
-        return Ok(Entry::Enter);
-    }
-    prepare_debug_entry(ctx, vcpu)
-}
-
-/// [`before_entry`] when something changed or the vcpu single-steps.
+/// Before an entry where the vcpu's [`Attention`](crate::vcpu::Attention)
+/// asks for it (the debug state changed, or the vcpu single-steps): start a
+/// step over the breakpoint the vcpu stopped on, and give KVM the current
+/// debug state.
 #[inline(never)]
-fn prepare_debug_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
+pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
+    vcpu.clear_debug_attention();
     let mut state = lock(&vcpu.debug);
     if let Some(resume) = state.resume.take() {
         start_step_over(ctx, vcpu, &mut state, resume)?;

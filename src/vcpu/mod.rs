@@ -7,9 +7,10 @@
 pub mod kick;
 pub mod pause;
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
@@ -18,21 +19,25 @@ use self::pause::{PauseGate, PauseGuard};
 use crate::debug::pagewalk::PagingRegisters;
 use crate::debug::vcpu_state::VcpuDebug;
 use crate::error::{Errno, Result};
-use crate::exit::{self, Exit, IoDirection, IoPayload, IO_DATA_MAX};
-use crate::lock;
+use crate::exit::{self, Exit, IoDirection, IoPayload, RunMapping, IO_DATA_MAX};
+use crate::{lock, sys};
 
 /// A vcpu of a [`Context`](crate::context::Context).
 ///
-/// The fd sits behind a mutex: the thread in `kvm_run` holds it for
-/// `KVM_RUN` and the copy of the exit. Any other thread that uses the fd
-/// while the vcpu runs first pauses it (see [`pause`]): the vcpu is kicked
-/// out of the guest and stays out until the call is done, so no call waits
-/// for the guest's own next exit.
+/// The fd sits behind a mutex, except for `KVM_RUN` and the copy of its
+/// exit: the thread in `kvm_run` does those in an entry window that the
+/// pause gate guards. Any other thread that uses the fd first pauses the
+/// vcpu (see [`pause`]): the vcpu is kicked out of the guest and stays out
+/// until the call is done, so no call waits for the guest's own next exit.
 pub struct Vcpu {
     index: u32,
     fd: Mutex<VcpuFd>,
-    /// The `kvm_run` mapping, for the one writer that cannot take the
-    /// mutex: the kick signal handler setting `immediate_exit`.
+    /// The fd's number, for `KVM_RUN` in the entry window (the fd mutex
+    /// is not taken there; see [`Vcpu::enter`]).
+    raw_fd: RawFd,
+    /// The `kvm_run` mapping, for the users that do not take the mutex:
+    /// the runner in its entry window, and the kick signal handler setting
+    /// `immediate_exit`.
     run_page: NonNull<kvm_run>,
     mmap_size: usize,
     running: AtomicBool,
@@ -46,10 +51,9 @@ pub struct Vcpu {
     /// Whether the vcpu makes progress on protected pages; see
     /// [`crate::debug::progress`].
     pub(crate) progress: Mutex<crate::debug::progress::Progress>,
-    /// Set when the debug state must be looked at before the next entry.
-    debug_attention: AtomicBool,
-    /// Set while the vcpu single-steps (see [`Vcpu::set_stepping`]).
-    stepping: AtomicBool,
+    /// What the run loop must look at before the next entry ([`Attention`]
+    /// bits): one load per exit when there is nothing.
+    attention: AtomicU8,
     /// The host can copy registers into `kvm_run` at each exit (`KVM_CAP_SYNC_REGS`).
     can_sync_registers: bool,
     /// Set while debugging is on: exits then carry the registers, which
@@ -58,9 +62,6 @@ pub struct Vcpu {
     /// The `state_epoch` at which `kvm_run` held synced registers (the
     /// last exit's), or `u64::MAX`.
     synced_epoch: AtomicU64,
-    /// Set while a debugger wants the vcpu stopped: the thread running it
-    /// parks inside `kvm_run` (see [`crate::gdb::stopper`]).
-    held: AtomicBool,
     /// Set while the running thread is parked.
     parked: AtomicBool,
     /// The thread inside `kvm_run`, for kicking it out of the guest. The
@@ -87,6 +88,45 @@ unsafe impl Send for Vcpu {}
 // SAFETY: as above; everything else is behind a mutex or atomic.
 unsafe impl Sync for Vcpu {}
 
+/// What the run loop must look at before a vcpu's next entry, read in one
+/// load: nothing, on nearly every exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attention(u8);
+
+impl Attention {
+    /// A debugger wants the vcpu stopped.
+    const HELD: u8 = 1;
+    /// The debug state changed and must be given to KVM.
+    const DEBUG: u8 = 2;
+    /// The vcpu single-steps.
+    const STEPPING: u8 = 4;
+
+    /// True when nothing needs looking at.
+    #[inline]
+    pub fn is_clear(self) -> bool {
+        self.0 == 0
+    }
+
+    /// A debugger wants the vcpu stopped.
+    #[inline]
+    pub fn held(self) -> bool {
+        self.0 & Self::HELD != 0
+    }
+
+    /// The debug state must be looked at before entering: it changed, or
+    /// the vcpu single-steps.
+    #[inline]
+    pub fn debug_entry(self) -> bool {
+        self.0 & (Self::DEBUG | Self::STEPPING) != 0
+    }
+
+    /// The vcpu single-steps.
+    #[inline]
+    pub fn stepping(self) -> bool {
+        self.0 & Self::STEPPING != 0
+    }
+}
+
 /// Proof that the calling thread is the one running this vcpu.
 pub struct RunnerGuard<'a> {
     vcpu: &'a Vcpu,
@@ -105,6 +145,7 @@ impl Vcpu {
         let run_page = NonNull::from(fd.get_kvm_run());
         Vcpu {
             index,
+            raw_fd: fd.as_raw_fd(),
             fd: Mutex::new(fd),
             run_page,
             mmap_size,
@@ -113,12 +154,10 @@ impl Vcpu {
             paging: Mutex::new(None),
             debug: Mutex::new(VcpuDebug::default()),
             progress: Mutex::new(Default::default()),
-            debug_attention: AtomicBool::new(false),
-            stepping: AtomicBool::new(false),
+            attention: AtomicU8::new(0),
             can_sync_registers,
             sync_registers: AtomicBool::new(false),
             synced_epoch: AtomicU64::new(u64::MAX),
-            held: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             runner_thread: Mutex::new(None),
             gate: PauseGate::default(),
@@ -189,25 +228,40 @@ impl Vcpu {
         Ok(regs)
     }
 
-    /// Asks for the debug state to be looked at before the next entry.
-    pub fn request_debug_attention(&self) {
-        self.debug_attention.store(true, Ordering::Release);
+    /// What the run loop must look at before the next entry.
+    #[inline]
+    pub fn attention(&self) -> Attention {
+        Attention(self.attention.load(Ordering::Acquire))
     }
 
-    /// True (once) when the debug state must be looked at before entering.
-    pub fn take_debug_attention(&self) -> bool {
-        // A plain load first: the exit path mostly finds nothing to do.
-        self.debug_attention.load(Ordering::Acquire) && self.debug_attention.swap(false, Ordering::AcqRel)
+    fn set_attention(&self, bit: u8, on: bool) {
+        if on {
+            self.attention.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.attention.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
+    /// Asks for the debug state to be looked at before the next entry.
+    pub fn request_debug_attention(&self) {
+        self.set_attention(Attention::DEBUG, true);
+    }
+
+    /// Clears the request of [`Vcpu::request_debug_attention`], as the
+    /// debug state is looked at.
+    pub fn clear_debug_attention(&self) {
+        self.set_attention(Attention::DEBUG, false);
     }
 
     /// Records whether the vcpu is single-stepping, for the run loop's checks.
     pub fn set_stepping(&self, stepping: bool) {
-        self.stepping.store(stepping, Ordering::Release);
+        self.set_attention(Attention::STEPPING, stepping);
     }
 
     /// True while the vcpu single-steps.
+    #[inline]
     pub fn stepping(&self) -> bool {
-        self.stepping.load(Ordering::Acquire)
+        self.attention().stepping()
     }
 
     /// Marks the calling thread as the one running this vcpu; `EBUSY` when
@@ -224,14 +278,17 @@ impl Vcpu {
         self.running.load(Ordering::Acquire)
     }
 
-    /// Asks the vcpu to stop (`true`) or lets it go (`false`).
+    /// Asks the vcpu to stop (`true`) or lets it go (`false`): while it is
+    /// held, the thread running it parks inside `kvm_run` (see
+    /// [`crate::gdb::stopper`]).
     pub fn set_held(&self, held: bool) {
-        self.held.store(held, Ordering::Release);
+        self.set_attention(Attention::HELD, held);
     }
 
     /// True while a debugger wants the vcpu stopped.
+    #[inline]
     pub fn is_held(&self) -> bool {
-        self.held.load(Ordering::Acquire)
+        self.attention().held()
     }
 
     /// Records whether the running thread is parked.
@@ -313,61 +370,83 @@ impl Vcpu {
         self.entered_generation.load(Ordering::Relaxed)
     }
 
-    /// The fd, locked for a `KVM_RUN`: waits while the vcpu is paused. No
-    /// other thread changes the vcpu's debug state from here until it is
-    /// out again, so the generation recorded here is the one it runs with.
-    fn lock_for_entry(&self) -> MutexGuard<'_, VcpuFd> {
-        loop {
-            let fd = lock(&self.fd);
-            if self.gate.try_enter() {
-                self.entered_generation.store(self.debug_generation.load(Ordering::Relaxed), Ordering::Relaxed);
-                return fd;
-            }
-            drop(fd);
+    /// Runner: opens the entry window, waiting while the vcpu is paused.
+    /// From here until [`Vcpu::close_entry_window`] the runner alone uses
+    /// the fd and the `kvm_run` page, without the fd mutex: every other
+    /// thread that takes the mutex holds a pause, which waits for the
+    /// window to close (and the runner's own calls cannot overlap it). No
+    /// other thread changes the debug state meanwhile either, so the
+    /// generation recorded here is the one the vcpu runs with.
+    #[inline]
+    fn open_entry_window(&self) {
+        while !self.gate.try_enter() {
             self.gate.park();
         }
+        self.entered_generation.store(self.debug_generation.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Runner: closes the entry window after a `KVM_RUN` (copies of
+    /// registers taken before it are stale now; see `after_run`).
+    #[inline]
+    fn close_entry_window(&self, synced: bool) {
+        self.after_run(synced);
+        self.gate.left_guest();
+    }
+
+    /// The `kvm_run` page, inside the entry window only.
+    ///
+    /// # Safety
+    /// The caller is the runner with the entry window open, so no other
+    /// reference to the page exists (see [`Vcpu::open_entry_window`]).
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run_page_in_window(&self) -> &mut kvm_run {
+        // SAFETY: the mapping lives as long as self (the fd owns it); the
+        // caller guarantees exclusive use.
+        unsafe { &mut *self.run_page.as_ptr() }
     }
 
     /// Enters the guest once and returns the exit. Port output data is
     /// copied into `io_data` (elements back to back).
+    #[inline(always)]
     pub fn enter(
         &self,
         _runner: &RunnerGuard<'_>,
         request_interrupt_window: bool,
         io_data: &mut [u8; IO_DATA_MAX],
     ) -> Result<Exit> {
-        let mut fd = self.lock_for_entry();
-        let run = fd.get_kvm_run();
+        self.open_entry_window();
+        // SAFETY: the window is open, and this thread is the runner.
+        let run = unsafe { self.run_page_in_window() };
         run.request_interrupt_window = u8::from(request_interrupt_window);
         let sync = self.sync_registers.load(Ordering::Relaxed);
         run.kvm_valid_regs = if sync { u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) } else { 0 };
-        let ran = fd.run();
-        self.gate.left_guest();
-        self.after_run(sync);
-        if let Err(e) = ran {
-            // A kick may have set immediate_exit to make this run return at once.
-            fd.get_kvm_run().immediate_exit = 0;
-            return Err(e.into());
-        }
-        Ok(self.take_exit(fd.get_kvm_run(), io_data))
+        let ran = sys::run(&self.raw_fd);
+        let exit = match ran {
+            Ok(()) => Ok(self.take_exit(io_data)),
+            Err(e) => {
+                // A kick may have set immediate_exit to make this run return at once.
+                // SAFETY: as above.
+                unsafe { self.run_page_in_window() }.immediate_exit = 0;
+                Err(e)
+            }
+        };
+        self.close_entry_window(sync);
+        exit
     }
 
-    /// Decodes the exit in `run` (this vcpu's mapping, its fd locked) and
-    /// copies port output data into `io_data`.
-    fn take_exit(&self, run: &kvm_run, io_data: &mut [u8; IO_DATA_MAX]) -> Exit {
-        let exit = exit::decode(run, self.mmap_size);
+    /// Decodes the exit in this vcpu's mapping (in the entry window) and
+    /// copies the data of `outs` into `io_data`. Inlined into the run loop,
+    /// so that the exit stays in registers.
+    #[inline(always)]
+    fn take_exit(&self, io_data: &mut [u8; IO_DATA_MAX]) -> Exit {
+        // SAFETY: the mapping is `mmap_size` bytes from `run_page`; in the
+        // entry window nothing else writes it (the kernel only in KVM_RUN).
+        let mapping = unsafe { RunMapping::new(self.run_page.cast(), self.mmap_size) };
+        let exit = exit::decode(mapping);
         if let Exit::Io { direction: IoDirection::Out, payload, .. } = &exit {
-            // SAFETY: decode checked that the payload lies inside the vcpu
-            // mapping, which the caller's locked fd keeps alive.
-            let src = unsafe {
-                std::slice::from_raw_parts((run as *const kvm_run).cast::<u8>().add(payload.offset()), payload.bytes())
-            };
-            // Most exits carry one element: no memcpy call for those.
-            match *src {
-                [b] => io_data[0] = b,
-                [a, b] => io_data[..2].copy_from_slice(&[a, b]),
-                [a, b, c, d] => io_data[..4].copy_from_slice(&[a, b, c, d]),
-                _ => io_data[..src.len()].copy_from_slice(src),
+            if let Some(data) = mapping.bytes(payload.offset() as u64, payload.bytes()) {
+                io_data[..data.len()].copy_from_slice(data);
             }
         }
         exit
@@ -432,18 +511,20 @@ impl Vcpu {
         _runner: &RunnerGuard<'_>,
         io_data: &mut [u8; IO_DATA_MAX],
     ) -> Result<Option<Exit>> {
-        let mut fd = self.lock_for_entry();
+        self.open_entry_window();
+        // SAFETY: the window is open, and this thread is the runner.
+        let run = unsafe { self.run_page_in_window() };
         let sync = self.sync_registers.load(Ordering::Relaxed);
-        fd.set_kvm_immediate_exit(1);
-        let ran = fd.run().map(drop);
-        self.gate.left_guest();
-        fd.set_kvm_immediate_exit(0);
-        self.after_run(sync);
-        match ran {
-            Ok(()) => Ok(Some(self.take_exit(fd.get_kvm_run(), io_data))),
-            Err(e) if e.errno() == libc::EINTR => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        run.immediate_exit = 1;
+        let ran = sys::run(&self.raw_fd);
+        run.immediate_exit = 0;
+        let exit = match ran {
+            Ok(()) => Ok(Some(self.take_exit(io_data))),
+            Err(Errno(libc::EINTR)) => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.close_entry_window(sync);
+        exit
     }
 
     /// Stores the data of a port input exit where the kernel reads it when

@@ -18,7 +18,7 @@
 //! moment for that), so back-to-back pauses from other threads cannot
 //! starve the guest.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,22 +35,32 @@ const TURN_PATIENCE: Duration = Duration::from_millis(5);
 /// The meeting point of a vcpu's runner and the threads that pause it.
 #[derive(Debug, Default)]
 pub struct PauseGate {
-    /// True from just before `KVM_RUN` until just after it returns.
-    in_guest: AtomicBool,
-    /// Pauses held now.
-    requests: AtomicU32,
-    /// Successful entries so far.
-    entries: AtomicU64,
-    /// True from a refused entry until the next one: the runner waits for
-    /// the pauses to end.
-    wants_in: AtomicBool,
-    /// Requests waiting for the runner's turn.
-    turn_waiters: AtomicU32,
+    /// Twice the entries so far, plus one while the runner is inside: odd
+    /// from just before `KVM_RUN` until just after it returns. One word, so
+    /// that an entry and an exit are one atomic add each.
+    entry: AtomicU64,
+    /// Pauses held now (the low 32 bits, [`HELD_MASK`]), requests waiting
+    /// for the runner's turn (counted in [`TURN_WAITER`]s), and
+    /// [`WANTS_IN`]. One word, so that an entry sees all of them in one
+    /// load: nearly always zero.
+    pauses: AtomicU64,
     /// Guards the waits on `changed`. The runner takes it only to park.
     waits: Mutex<()>,
     /// Signalled when the runner leaves the guest, enters it, or a pause ends.
     changed: Condvar,
 }
+
+/// One held pause, in `PauseGate::pauses`.
+const HELD: u64 = 1;
+/// The held pauses.
+const HELD_MASK: u64 = u32::MAX as u64;
+/// One request waiting for the runner's turn.
+const TURN_WAITER: u64 = 1 << 32;
+/// The requests waiting for the runner's turn.
+const TURN_WAITER_MASK: u64 = (u32::MAX as u64 >> 1) << 32;
+/// Set from a refused entry until the next one: the runner waits for the
+/// pauses to end.
+const WANTS_IN: u64 = 1 << 63;
 
 /// A held pause: the vcpu does not enter the guest until it is dropped.
 #[must_use = "the pause ends when the guard is dropped"]
@@ -62,7 +72,8 @@ impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
         // The last pause wakes a runner that waits to enter (if it only
         // starts to wait after this, it finds no pause and does not).
-        if self.gate.requests.fetch_sub(1, SeqCst) == 1 && self.gate.wants_in.load(SeqCst) {
+        let before = self.gate.pauses.fetch_sub(HELD, SeqCst);
+        if before & HELD_MASK == 1 && self.gate.wants_in() {
             let _waits = lock(&self.gate.waits);
             self.gate.changed.notify_all();
         }
@@ -72,32 +83,63 @@ impl Drop for PauseGuard<'_> {
 impl PauseGate {
     /// Runner: announces an entry. False when a pause is held: the runner
     /// must not enter, and calls [`PauseGate::park`] instead.
+    /// A refused entry counts as one: it is over at once.
+    #[inline]
     pub fn try_enter(&self) -> bool {
-        self.in_guest.store(true, SeqCst);
-        if self.requests.load(SeqCst) == 0 {
-            self.entries.fetch_add(1, SeqCst);
-            self.wants_in.store(false, SeqCst);
-            if self.turn_waiters.load(SeqCst) != 0 {
+        self.entry.fetch_add(1, SeqCst);
+        let pauses = self.pauses.load(SeqCst);
+        if pauses == 0 {
+            return true;
+        }
+        self.enter_with_pauses(pauses)
+    }
+
+    /// [`PauseGate::try_enter`] when a pause is held, the runner waited, or
+    /// a request waits for the runner's turn.
+    #[cold]
+    fn enter_with_pauses(&self, pauses: u64) -> bool {
+        if pauses & HELD_MASK == 0 {
+            if pauses & WANTS_IN != 0 {
+                self.pauses.fetch_and(!WANTS_IN, SeqCst);
+            }
+            if self.turn_waiters() != 0 {
                 self.changed.notify_all();
             }
             return true;
         }
-        self.wants_in.store(true, SeqCst);
+        self.pauses.fetch_or(WANTS_IN, SeqCst);
         self.left_guest();
         false
+    }
+
+    /// Pauses held now.
+    fn held(&self) -> u64 {
+        self.pauses.load(SeqCst) & HELD_MASK
+    }
+
+    /// True while the runner waits for the pauses to end.
+    fn wants_in(&self) -> bool {
+        self.pauses.load(SeqCst) & WANTS_IN != 0
+    }
+
+    /// Requests waiting for the runner's turn.
+    fn turn_waiters(&self) -> u64 {
+        self.pauses.load(SeqCst) & TURN_WAITER_MASK
     }
 
     /// The number of the entry the runner is in now, if it is in the guest:
     /// the same number twice, some time apart, means one `KVM_RUN` lasted
     /// all that time.
     pub fn entry_in_guest(&self) -> Option<u64> {
-        self.in_guest.load(SeqCst).then(|| self.entries.load(SeqCst))
+        let entry = self.entry.load(SeqCst);
+        (entry & 1 == 1).then_some(entry >> 1)
     }
 
     /// Runner: `KVM_RUN` returned.
+    #[inline]
     pub fn left_guest(&self) {
-        self.in_guest.store(false, SeqCst);
-        if self.requests.load(SeqCst) != 0 {
+        self.entry.fetch_add(1, SeqCst);
+        if self.held() != 0 {
             // Without the lock, so that requesters taking it in a loop never
             // hold the runner up; a wake-up lost to that is made good by the
             // requesters' timed waits.
@@ -108,7 +150,7 @@ impl PauseGate {
     /// Runner: waits until no pause is held.
     pub fn park(&self) {
         let mut waits = lock(&self.waits);
-        while self.requests.load(SeqCst) != 0 {
+        while self.held() != 0 {
             waits = self.changed.wait(waits).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
@@ -117,8 +159,8 @@ impl PauseGate {
     /// called when it is inside. Pair with [`PauseGate::wait_out`].
     pub fn request(&self, kick: impl Fn()) -> PauseGuard<'_> {
         self.let_a_waiting_runner_enter();
-        self.requests.fetch_add(1, SeqCst);
-        if self.in_guest.load(SeqCst) {
+        self.pauses.fetch_add(HELD, SeqCst);
+        if self.in_guest() {
             kick();
         }
         PauseGuard { gate: self }
@@ -128,38 +170,35 @@ impl PauseGate {
     /// more, waits (briefly) until it has entered once. (While a pause is
     /// held, by this thread or another, the runner cannot enter anyway.)
     fn let_a_waiting_runner_enter(&self) {
-        if !self.wants_in.load(SeqCst) || self.requests.load(SeqCst) != 0 {
+        if !self.wants_in() || self.held() != 0 {
             return;
         }
         let start = Instant::now();
-        let entries = self.entries.load(SeqCst);
-        self.turn_waiters.fetch_add(1, SeqCst);
+        let entry = self.entry.load(SeqCst);
+        self.pauses.fetch_add(TURN_WAITER, SeqCst);
         let mut waits = lock(&self.waits);
-        while self.wants_in.load(SeqCst)
-            && self.requests.load(SeqCst) == 0
-            && self.entries.load(SeqCst) == entries
-            && start.elapsed() < TURN_PATIENCE
+        while self.wants_in() && self.held() == 0 && self.entry.load(SeqCst) == entry && start.elapsed() < TURN_PATIENCE
         {
             waits =
                 self.changed.wait_timeout(waits, KICK_INTERVAL).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
         drop(waits);
-        self.turn_waiters.fetch_sub(1, SeqCst);
+        self.pauses.fetch_sub(TURN_WAITER, SeqCst);
     }
 
     /// Requester: returns once the runner is out of the guest, kicking it
     /// again every millisecond while it is not.
     pub fn wait_out(&self, _pause: &PauseGuard<'_>, kick: impl Fn()) {
-        if !self.in_guest.load(SeqCst) {
+        if !self.in_guest() {
             return;
         }
         let start = Instant::now();
         let mut waits = lock(&self.waits);
-        while self.in_guest.load(SeqCst) {
+        while self.in_guest() {
             let patient = start.elapsed() < KICK_PATIENCE;
             let interval = if patient { KICK_INTERVAL } else { Duration::from_millis(100) };
             waits = self.changed.wait_timeout(waits, interval).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-            if patient && self.in_guest.load(SeqCst) {
+            if patient && self.in_guest() {
                 kick();
             }
         }
@@ -175,14 +214,14 @@ impl PauseGate {
 
     /// True while the runner is inside `KVM_RUN`.
     pub fn in_guest(&self) -> bool {
-        self.in_guest.load(SeqCst)
+        self.entry.load(SeqCst) & 1 == 1
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
     use std::sync::Arc;
 
     /// A fake runner that "enters the guest" in a loop and leaves only when
@@ -277,7 +316,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
             drop(first);
             let second = gate.pause(|| {});
-            assert_eq!(gate.entries.load(SeqCst), 1, "the runner entered before the second pause");
+            // Entries: the refused one, then the one it waited for.
+            assert_eq!(gate.entry.load(SeqCst) >> 1, 2, "the runner entered before the second pause");
             drop(second);
         });
     }
