@@ -79,6 +79,12 @@ impl Callbacks {
         Callbacks { table, opaque, has_entry_hooks }
     }
 
+    /// True when the VMM has a hook to call after each `KVM_RUN`.
+    #[inline]
+    pub fn has_exit_hook(&self) -> bool {
+        self.table.post_kvm_run.is_some()
+    }
+
     /// True when the VMM has a hook to call before each entry.
     #[inline]
     pub fn has_entry_hooks(&self) -> bool {

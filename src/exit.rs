@@ -1,7 +1,9 @@
 //! VM exits, copied out of the shared `kvm_run` page into plain values.
 //!
 //! The run loop decodes an exit while it holds the vcpu, then releases it
-//! before calling the VMM, so handlers may call back into the library.
+//! before calling the VMM, so handlers may call back into the library. An
+//! [`Exit`] is two words, small enough to stay in registers; the larger
+//! parts of some exits go into the run loop's [`ExitData`].
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -24,8 +26,8 @@ pub(crate) const IO_DATA_MAX: usize = 4096;
 /// [`decode`], to lie inside it (only `decode` makes one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoPayload {
-    offset: u32,
-    len: u32,
+    offset: u16,
+    len: u16,
 }
 
 impl IoPayload {
@@ -110,20 +112,19 @@ pub enum Exit {
         /// Bytes per element: 1, 2 or 4.
         size: u8,
         /// Elements (more than one for `rep ins`/`rep outs`).
-        count: u32,
+        count: u16,
         /// The data in the vcpu mapping.
         payload: IoPayload,
     },
-    /// An access to unbacked guest-physical memory.
+    /// An access to unbacked guest-physical memory; a store's bytes are
+    /// in [`ExitData::mmio`].
     Mmio {
         /// Guest-physical address.
         addr: u64,
         /// Bytes accessed, at most 8.
-        len: u32,
+        len: u8,
         /// True for a store.
         is_write: bool,
-        /// The stored bytes, for a store.
-        data: [u8; 8],
     },
     /// `hlt` with no in-kernel irqchip.
     Hlt,
@@ -140,16 +141,42 @@ pub enum Exit {
         /// True for a write.
         is_write: bool,
     },
-    /// `KVM_EXIT_DEBUG`.
-    Debug(kvm_debug_exit_arch),
-    /// `KVM_EXIT_INTERNAL_ERROR` (on this project's host: an `int3`).
-    InternalError(InternalError),
+    /// `KVM_EXIT_DEBUG`, described in [`ExitData::debug`].
+    Debug,
+    /// `KVM_EXIT_INTERNAL_ERROR` (on this project's host: an `int3`),
+    /// described in [`ExitData::internal`].
+    InternalError,
     /// `KVM_EXIT_INTR`: a signal arrived.
     Interrupted,
     /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason.
     FailEntry(u64),
     /// Any other exit reason.
     Other(u32),
+}
+
+/// The parts of an exit that do not move with the [`Exit`]: filled by
+/// [`decode`], read by the exit's handler. One per run loop.
+pub struct ExitData {
+    /// The data of port I/O other than one `out`, elements back to back:
+    /// copied out for `outs`, filled by the VMM for `in`.
+    pub io: [u8; IO_DATA_MAX],
+    /// The bytes of an MMIO store, or of a load once the VMM answered.
+    pub mmio: [u8; 8],
+    /// The exit of `Exit::Debug`.
+    pub debug: kvm_debug_exit_arch,
+    /// The exit of `Exit::InternalError`.
+    pub internal: InternalError,
+}
+
+impl Default for ExitData {
+    fn default() -> ExitData {
+        ExitData {
+            io: [0; IO_DATA_MAX],
+            mmio: [0; 8],
+            debug: kvm_debug_exit_arch::default(),
+            internal: InternalError { suberror: 0, ndata: 0, data: [0; INTERNAL_ERROR_DATA] },
+        }
+    }
 }
 
 /// The payload of `KVM_EXIT_INTERNAL_ERROR`.
@@ -195,20 +222,25 @@ impl InternalError {
 /// `Exit::Other(KVM_EXIT_IO)`. Inlined: it is on the path of every exit,
 /// where a call would build the exit in memory and then copy it.
 #[inline(always)]
-pub fn decode(mapping: RunMapping<'_>) -> Exit {
+pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData) -> Exit {
     let run = mapping.run();
-    if run.exit_reason == KVM_EXIT_IO {
-        // SAFETY: the kernel wrote `exit_reason`, which names the union
-        // member it filled; all members are plain integers.
-        return decode_port_io(mapping, unsafe { &run.__bindgen_anon_1.io });
+    // SAFETY (both union reads): the kernel wrote `exit_reason`, which
+    // names the union member it filled; all members are plain integers.
+    match run.exit_reason {
+        KVM_EXIT_IO => decode_port_io(mapping, unsafe { &run.__bindgen_anon_1.io }, data),
+        KVM_EXIT_MMIO => {
+            let mmio = unsafe { &run.__bindgen_anon_1.mmio };
+            data.mmio = mmio.data;
+            Exit::Mmio { addr: mmio.phys_addr, len: mmio.len.min(8) as u8, is_write: mmio.is_write != 0 }
+        }
+        _ => decode_other(run, data),
     }
-    decode_other(run)
 }
 
 /// [`decode`] for port I/O: one `out` carries its value; anything else
-/// (`in`, `outs`) where its data lies.
+/// (`in`, `outs`) where its data lies, and the data of `outs` is copied.
 #[inline(always)]
-fn decode_port_io(mapping: RunMapping<'_>, io: &kvm_run__bindgen_ty_1__bindgen_ty_4) -> Exit {
+fn decode_port_io(mapping: RunMapping<'_>, io: &kvm_run__bindgen_ty_1__bindgen_ty_4, data: &mut ExitData) -> Exit {
     let out = u32::from(io.direction) == KVM_EXIT_IO_OUT;
     if out && io.count == 1 {
         let mask = match io.size {
@@ -223,22 +255,37 @@ fn decode_port_io(mapping: RunMapping<'_>, io: &kvm_run__bindgen_ty_1__bindgen_t
             None => Exit::Other(KVM_EXIT_IO),
         };
     }
-    let direction = if out { IoDirection::Out } else { IoDirection::In };
-    match io_payload(io.size, io.count, io.data_offset, mapping.len) {
-        Some(payload) => Exit::Io { direction, port: io.port, size: io.size, count: io.count, payload },
-        None => Exit::Other(KVM_EXIT_IO),
-    }
+    decode_other_port_io(mapping, io, data)
 }
 
-/// [`decode`] for every exit but port I/O.
-#[inline(always)]
-fn decode_other(run: &kvm_run) -> Exit {
+/// [`decode_port_io`] for `in` and `outs`.
+#[inline(never)]
+fn decode_other_port_io(
+    mapping: RunMapping<'_>,
+    io: &kvm_run__bindgen_ty_1__bindgen_ty_4,
+    data: &mut ExitData,
+) -> Exit {
+    let Some(payload) = io_payload(io.size, io.count, io.data_offset, mapping.len) else {
+        return Exit::Other(KVM_EXIT_IO);
+    };
+    let out = u32::from(io.direction) == KVM_EXIT_IO_OUT;
+    if out {
+        match mapping.bytes(io.data_offset, payload.bytes()) {
+            Some(bytes) => data.io[..bytes.len()].copy_from_slice(bytes),
+            None => return Exit::Other(KVM_EXIT_IO),
+        }
+    }
+    let direction = if out { IoDirection::Out } else { IoDirection::In };
+    // `count` fits: the data is at most a page.
+    Exit::Io { direction, port: io.port, size: io.size, count: io.count as u16, payload }
+}
+
+/// [`decode`] for every exit but port I/O and MMIO: out of line, so that
+/// the common exits are told apart by two comparisons.
+#[inline(never)]
+fn decode_other(run: &kvm_run, data: &mut ExitData) -> Exit {
     // SAFETY (every union read below): as in `decode`.
     match run.exit_reason {
-        KVM_EXIT_MMIO => {
-            let mmio = unsafe { &run.__bindgen_anon_1.mmio };
-            Exit::Mmio { addr: mmio.phys_addr, len: mmio.len.min(8), is_write: mmio.is_write != 0, data: mmio.data }
-        }
         KVM_EXIT_HLT => Exit::Hlt,
         KVM_EXIT_SHUTDOWN => Exit::Shutdown,
         KVM_EXIT_IRQ_WINDOW_OPEN => Exit::IrqWindowOpen,
@@ -247,12 +294,16 @@ fn decode_other(run: &kvm_run) -> Exit {
             let tpr = unsafe { &run.__bindgen_anon_1.tpr_access };
             Exit::TprAccess { rip: tpr.rip, is_write: tpr.is_write != 0 }
         }
-        KVM_EXIT_DEBUG => Exit::Debug(unsafe { run.__bindgen_anon_1.debug.arch }),
+        KVM_EXIT_DEBUG => {
+            data.debug = unsafe { run.__bindgen_anon_1.debug.arch };
+            Exit::Debug
+        }
         KVM_EXIT_INTERNAL_ERROR => {
             let internal = unsafe { &run.__bindgen_anon_1.internal };
-            let mut data = [0; INTERNAL_ERROR_DATA];
-            data.copy_from_slice(&internal.data[..INTERNAL_ERROR_DATA]);
-            Exit::InternalError(InternalError { suberror: internal.suberror, ndata: internal.ndata, data })
+            let mut words = [0; INTERNAL_ERROR_DATA];
+            words.copy_from_slice(&internal.data[..INTERNAL_ERROR_DATA]);
+            data.internal = InternalError { suberror: internal.suberror, ndata: internal.ndata, data: words };
+            Exit::InternalError
         }
         KVM_EXIT_INTR => Exit::Interrupted,
         KVM_EXIT_FAIL_ENTRY => {
@@ -268,9 +319,9 @@ fn io_payload(size: u8, count: u32, data_offset: u64, mapping_len: usize) -> Opt
     let len = u64::from(size) * u64::from(count);
     let fits = matches!(size, 1 | 2 | 4)
         && len <= IO_DATA_MAX as u64
-        && data_offset <= u64::from(u32::MAX)
+        && data_offset <= u64::from(u16::MAX)
         && data_offset + len <= mapping_len as u64;
-    fits.then_some(IoPayload { offset: data_offset as u32, len: len as u32 })
+    fits.then_some(IoPayload { offset: data_offset as u16, len: len as u16 })
 }
 
 /// A human-readable name of a `KVM_EXIT_*` reason, for diagnostics.
@@ -309,8 +360,12 @@ mod tests {
         }
 
         fn decode(&self) -> Exit {
+            self.decode_with(&mut ExitData::default())
+        }
+
+        fn decode_with(&self, data: &mut ExitData) -> Exit {
             // SAFETY: the buffer is 8192 bytes, aligned, and not written meanwhile.
-            decode(unsafe { RunMapping::new(NonNull::from(&self.0).cast(), self.0.len()) })
+            decode(unsafe { RunMapping::new(NonNull::from(&self.0).cast(), self.0.len()) }, data)
         }
     }
 
@@ -344,6 +399,17 @@ mod tests {
     }
 
     #[test]
+    fn outs_copies_its_data() {
+        let mut mapping = Mapping::new(io_exit(1, 2, 3, 4096));
+        mapping.0[4096..4102].copy_from_slice(b"abcdef");
+        let mut data = ExitData::default();
+        let payload = IoPayload { offset: 4096, len: 6 };
+        let exit = mapping.decode_with(&mut data);
+        assert_eq!(exit, Exit::Io { direction: IoDirection::Out, port: 0x3f8, size: 2, count: 3, payload });
+        assert_eq!(&data.io[..6], b"abcdef");
+    }
+
+    #[test]
     fn io_with_a_bad_size_or_data_outside_the_mapping_is_not_port_io() {
         let io =
             |direction, size, count, data_offset| Mapping::new(io_exit(direction, size, count, data_offset)).decode();
@@ -367,8 +433,9 @@ mod tests {
             len: 99,
             is_write: 1,
         };
-        let Exit::Mmio { addr, len, is_write, data } = Mapping::new(run).decode() else { panic!("not mmio") };
-        assert_eq!((addr, len, is_write, data[..4].to_vec()), (0xd000_0000, 8, true, vec![1, 2, 3, 4]));
+        let mut data = ExitData::default();
+        let Exit::Mmio { addr, len, is_write } = Mapping::new(run).decode_with(&mut data) else { panic!("not mmio") };
+        assert_eq!((addr, len, is_write, data.mmio[..4].to_vec()), (0xd000_0000, 8, true, vec![1, 2, 3, 4]));
     }
 
     #[test]
@@ -378,8 +445,9 @@ mod tests {
         data[0] = 1; // instruction bytes present
         data[1] = u64::from_ne_bytes([1, 0xcc, 0x90, 0, 0, 0, 0, 0]);
         run.__bindgen_anon_1.internal = kvm_run__bindgen_ty_1__bindgen_ty_13 { suberror: 1, ndata: 4, data };
-        let Exit::InternalError(e) = Mapping::new(run).decode() else { panic!("not an internal error") };
-        let (bytes, len) = e.instruction_bytes().unwrap();
+        let mut exit_data = ExitData::default();
+        assert_eq!(Mapping::new(run).decode_with(&mut exit_data), Exit::InternalError);
+        let (bytes, len) = exit_data.internal.instruction_bytes().unwrap();
         assert_eq!((len, bytes[0], bytes[1]), (1, 0xcc, 0x90));
     }
 

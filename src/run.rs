@@ -7,7 +7,7 @@ use crate::context::Context;
 use crate::debug;
 use crate::debug::exits::Entry;
 use crate::error::{Errno, Result};
-use crate::exit::{Exit, IoDirection, IO_DATA_MAX};
+use crate::exit::{Exit, ExitData, IoDirection};
 use crate::gdb::stopper::Checkpoint;
 use crate::vcpu::kick::KvmRunThread;
 use crate::vcpu::{RunnerGuard, Vcpu};
@@ -21,9 +21,9 @@ pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
         Err(e) => return e.negated(),
     };
     let _kickable = KvmRunThread::enter(vcpu);
-    let mut io_data = [0u8; IO_DATA_MAX];
+    let mut exit_data = ExitData::default();
     loop {
-        let r = run_once(ctx, vcpu, &runner, &mut io_data);
+        let r = run_once(ctx, vcpu, &runner, &mut exit_data);
         if r != 0 {
             return r;
         }
@@ -32,21 +32,20 @@ pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
 
 /// One trip through the guest: the VMM's pre-run hooks, `KVM_RUN`, the
 /// post-run hook, and the exit's handler. Returns 0 to keep going.
-fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> c_int {
+fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> c_int {
     let callbacks = ctx.callbacks();
-    let index = vcpu.index();
     // One load when there is nothing to look at (nearly every entry).
     let mut attention = vcpu.attention();
     if attention.held() {
         if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
-            return callbacks.shutdown(index);
+            return callbacks.shutdown(vcpu.index());
         }
         attention = vcpu.attention();
     }
     let mut request_window = false;
     if callbacks.has_entry_hooks() {
         request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
-        let r = callbacks.pre_kvm_run(index);
+        let r = callbacks.pre_kvm_run(vcpu.index());
         if r != 0 {
             return r;
         }
@@ -56,15 +55,16 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
     if attention.debug_entry() {
         match debug::exits::before_entry(ctx, vcpu) {
             Ok(Entry::Enter) => {}
-            Ok(Entry::Halted) => return callbacks.halt(index),
+            Ok(Entry::Halted) => return callbacks.halt(vcpu.index()),
             Err(e) => return e.negated(),
         }
     }
-    let exit = vcpu.enter(runner, request_window, io_data);
-    callbacks.post_kvm_run(index);
-    ctx.deliver_coalesced_mmio(vcpu);
+    let exit = vcpu.enter(runner, request_window, exit_data);
+    if callbacks.has_exit_hook() || ctx.coalesced_mmio_in_use() {
+        after_kvm_run(ctx, vcpu);
+    }
     match exit {
-        Ok(exit) => handle_exit(ctx, vcpu, runner, exit, io_data),
+        Ok(exit) => handle_exit(ctx, vcpu, runner, exit, exit_data),
         // A kick from the library is not the VMM's business: go round again
         // (and park there if a debugger holds the vcpu).
         Err(Errno(libc::EINTR | libc::EAGAIN)) if vcpu.take_kick() || vcpu.is_held() => {
@@ -72,22 +72,25 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut 
         }
         Err(Errno(libc::EINTR | libc::EAGAIN)) => callbacks.io_window(),
         Err(e) => {
-            eprintln!("kvm_run: vcpu {index}: KVM_RUN failed: {e}");
+            eprintln!("kvm_run: vcpu {}: KVM_RUN failed: {e}", vcpu.index());
             e.negated()
         }
     }
 }
 
+/// The VMM's `post_kvm_run` hook, and the writes queued in the coalesced
+/// MMIO ring: after each `KVM_RUN`, before its exit is handled. Out of
+/// line, so that the exit stays in registers where neither is there.
+#[inline(never)]
+fn after_kvm_run(ctx: &Context, vcpu: &Vcpu) {
+    ctx.callbacks().post_kvm_run(vcpu.index());
+    ctx.deliver_coalesced_mmio(vcpu);
+}
+
 /// Inlined into the run loop (the exit stays in registers); the exits that
 /// follow one go through [`handle_next_exit`].
 #[inline(always)]
-fn handle_exit(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    runner: &RunnerGuard<'_>,
-    exit: Exit,
-    io_data: &mut [u8; IO_DATA_MAX],
-) -> c_int {
+fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit, exit_data: &mut ExitData) -> c_int {
     let callbacks = ctx.callbacks();
     let index = vcpu.index();
     // Port I/O and MMIO fall through to the single-step check below; every
@@ -95,7 +98,7 @@ fn handle_exit(
     let io_result = match exit {
         Exit::PortOut { port, size, value } => callbacks.port_out(port, size, value),
         Exit::Io { direction, port, size, count, payload } => {
-            let data = &mut io_data[..payload.bytes()];
+            let data = &mut exit_data.io[..payload.bytes()];
             let result = if count == 1 {
                 // `in`/`out` without `rep`: nearly every port exit.
                 port_io_element(ctx, direction, port, data)
@@ -103,18 +106,20 @@ fn handle_exit(
                 handle_string_port_io(ctx, direction, port, size, data)
             };
             if direction == IoDirection::In {
-                vcpu.complete_port_in(payload, io_data);
+                vcpu.complete_port_in(payload, &exit_data.io);
             }
             result
         }
-        Exit::Mmio { addr, len, is_write, mut data } => {
-            let data = &mut data[..len as usize];
+        Exit::Mmio { addr, len, is_write } => {
+            // A copy: finishing a watched access may decode another exit.
+            let mut bytes = exit_data.mmio;
+            let data = &mut bytes[..usize::from(len)];
             match debug::watch::complete_protected_access(ctx, vcpu, addr, data, is_write) {
                 Some(watched) => {
                     let watched = watched.and_then(|hit| {
                         debug::progress::note_protected_access(ctx, vcpu, addr, is_write).map(|()| hit)
                     });
-                    match on_watched_access(ctx, vcpu, runner, watched, data, is_write, io_data) {
+                    match on_watched_access(ctx, vcpu, runner, watched, data, is_write, exit_data) {
                         Some(r) => return r,
                         None => 0,
                     }
@@ -134,12 +139,13 @@ fn handle_exit(
         }
         Exit::IrqWindowOpen | Exit::SetTpr | Exit::Interrupted => return 0,
         Exit::TprAccess { rip, is_write } => return callbacks.tpr_access(index, rip, is_write),
-        Exit::Debug(arch) => return result_code(debug::exits::on_debug_exit(ctx, vcpu, &arch)),
-        Exit::InternalError(error) => {
-            return match debug::exits::on_emulation_failure(ctx, vcpu, &error) {
+        Exit::Debug => return result_code(debug::exits::on_debug_exit(ctx, vcpu, &exit_data.debug)),
+        Exit::InternalError => {
+            let error = &exit_data.internal;
+            return match debug::exits::on_emulation_failure(ctx, vcpu, error) {
                 Some(outcome) => result_code(outcome),
                 None => unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
-            }
+            };
         }
         Exit::FailEntry(reason) => return unexpected_exit(ctx, vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
         Exit::Other(reason) => return unexpected_exit(ctx, vcpu, crate::exit::reason_name(reason), reason.into()),
@@ -147,8 +153,8 @@ fn handle_exit(
     if io_result != 0 {
         return io_result;
     }
-    match debug::exits::after_io_exit(vcpu, runner, io_data) {
-        Ok(Some(step)) => handle_next_exit(ctx, vcpu, runner, step, io_data),
+    match debug::exits::after_io_exit(vcpu, runner, exit_data) {
+        Ok(Some(step)) => handle_next_exit(ctx, vcpu, runner, step, exit_data),
         Ok(None) => 0,
         Err(e) => e.negated(),
     }
@@ -161,9 +167,9 @@ fn handle_next_exit(
     vcpu: &Vcpu,
     runner: &RunnerGuard<'_>,
     exit: Exit,
-    io_data: &mut [u8; IO_DATA_MAX],
+    exit_data: &mut ExitData,
 ) -> c_int {
-    handle_exit(ctx, vcpu, runner, exit, io_data)
+    handle_exit(ctx, vcpu, runner, exit, exit_data)
 }
 
 /// A guest access to a page protected for a watchpoint, which the library
@@ -178,7 +184,7 @@ fn on_watched_access(
     watched: Result<Option<debug::watch::WatchHit>>,
     data: &[u8],
     is_write: bool,
-    io_data: &mut [u8; IO_DATA_MAX],
+    exit_data: &mut ExitData,
 ) -> Option<c_int> {
     let hit = match watched {
         Ok(hit) => hit,
@@ -188,10 +194,10 @@ fn on_watched_access(
         vcpu.complete_mmio_read(data);
     }
     let hit = hit?;
-    match debug::exits::finish_watched_instruction(ctx, vcpu, runner, is_write, io_data) {
+    match debug::exits::finish_watched_instruction(ctx, vcpu, runner, is_write, exit_data) {
         Ok(None) => {}
         Ok(Some(next)) => {
-            let r = handle_next_exit(ctx, vcpu, runner, next, io_data);
+            let r = handle_next_exit(ctx, vcpu, runner, next, exit_data);
             if r != 0 {
                 return Some(r);
             }

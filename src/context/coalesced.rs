@@ -57,10 +57,17 @@ impl Context {
         self.vm()?.unregister_coalesced_mmio(IoEventAddress::Mmio(addr), size).map_err(Errno::from)
     }
 
+    /// True once the VMM registered a coalesced MMIO zone: the ring must
+    /// be drained after each `KVM_RUN`.
+    #[inline]
+    pub(crate) fn coalesced_mmio_in_use(&self) -> bool {
+        self.coalesced_mmio.in_use.load(Ordering::Acquire)
+    }
+
     /// Hands every queued coalesced write to the VMM's `mmio_write`, oldest
     /// first. Called by the thread running `vcpu` after each `KVM_RUN`.
     pub(crate) fn deliver_coalesced_mmio(&self, vcpu: &Vcpu) {
-        if !self.coalesced_mmio.in_use.load(Ordering::Acquire) {
+        if !self.coalesced_mmio_in_use() {
             return;
         }
         let _draining = lock(&self.coalesced_mmio.draining);

@@ -22,7 +22,7 @@ use super::vcpu_state::{Programming, ResumePoint, StepOver, VcpuDebug};
 use super::{program, trap_flag, BreakType};
 use crate::context::Context;
 use crate::error::{Errno, Result};
-use crate::exit::{Exit, InternalError, IO_DATA_MAX};
+use crate::exit::{Exit, ExitData, InternalError};
 use crate::lock;
 use crate::vcpu::{RunnerGuard, Vcpu};
 use crate::x86;
@@ -127,17 +127,17 @@ fn at_hlt(ctx: &Context, vcpu: &Vcpu) -> Result<bool> {
 /// while finishing; emulating hosts finish without a trap, and the step
 /// would be lost (the next one reported after two instructions).
 #[inline]
-pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
+pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> Result<Option<Exit>> {
     if !vcpu.stepping() {
         return Ok(None);
     }
-    finish_stepped_io(vcpu, runner, io_data)
+    finish_stepped_io(vcpu, runner, exit_data)
 }
 
 /// [`after_io_exit`] for a single-stepping vcpu.
 #[inline(never)]
-fn finish_stepped_io(vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; IO_DATA_MAX]) -> Result<Option<Exit>> {
-    if let Some(exit) = vcpu.complete_instruction(runner, io_data)? {
+fn finish_stepped_io(vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> Result<Option<Exit>> {
+    if let Some(exit) = vcpu.complete_instruction(runner, exit_data)? {
         return Ok(Some(exit));
     }
     // KVM lost the step, and with it the trap flag it set (an MMIO store
@@ -145,8 +145,8 @@ fn finish_stepped_io(vcpu: &Vcpu, runner: &RunnerGuard<'_>, io_data: &mut [u8; I
     lock(&vcpu.debug).single_step_lost = true;
     vcpu.request_debug_attention();
     let pc = current_pc(vcpu)?;
-    let arch = kvm_debug_exit_arch { exception: DEBUG_EXCEPTION, pad: 0, pc, dr6: DR6_BS, dr7: 0 };
-    Ok(Some(Exit::Debug(arch)))
+    exit_data.debug = kvm_debug_exit_arch { exception: DEBUG_EXCEPTION, pad: 0, pc, dr6: DR6_BS, dr7: 0 };
+    Ok(Some(Exit::Debug))
 }
 
 /// A watchpoint fired on an access the library completed, of an
@@ -161,13 +161,13 @@ pub fn finish_watched_instruction(
     vcpu: &Vcpu,
     runner: &RunnerGuard<'_>,
     is_write: bool,
-    io_data: &mut [u8; IO_DATA_MAX],
+    exit_data: &mut ExitData,
 ) -> Result<Option<Exit>> {
     let stepping = vcpu.stepping();
     if is_write && !stepping {
         return Ok(None);
     }
-    let next = vcpu.complete_instruction(runner, io_data)?;
+    let next = vcpu.complete_instruction(runner, exit_data)?;
     if !stepping {
         return Ok(next);
     }
@@ -176,7 +176,7 @@ pub fn finish_watched_instruction(
         arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 && arch.dr6 & DR6_HIT_MASK == 0
     };
     let next = match next {
-        Some(Exit::Debug(arch)) if plain_step(&arch) => None,
+        Some(Exit::Debug) if plain_step(&exit_data.debug) => None,
         Some(other) => return Ok(Some(other)),
         // KVM lost the step (and its trap flag): give it the step again.
         None => {

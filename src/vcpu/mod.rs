@@ -19,7 +19,7 @@ use self::pause::{PauseGate, PauseGuard};
 use crate::debug::pagewalk::PagingRegisters;
 use crate::debug::vcpu_state::VcpuDebug;
 use crate::error::{Errno, Result};
-use crate::exit::{self, Exit, IoDirection, IoPayload, RunMapping, IO_DATA_MAX};
+use crate::exit::{self, Exit, ExitData, IoPayload, RunMapping, IO_DATA_MAX};
 use crate::{lock, sys};
 
 /// A vcpu of a [`Context`](crate::context::Context).
@@ -56,9 +56,10 @@ pub struct Vcpu {
     attention: AtomicU8,
     /// The host can copy registers into `kvm_run` at each exit (`KVM_CAP_SYNC_REGS`).
     can_sync_registers: bool,
-    /// Set while debugging is on: exits then carry the registers, which
-    /// the debug handlers read instead of issuing ioctls.
-    sync_registers: AtomicBool,
+    /// The `kvm_valid_regs` of each entry: while debugging is on, exits
+    /// carry the registers (`KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS`), which
+    /// the debug handlers read instead of issuing ioctls; 0 otherwise.
+    sync_registers: AtomicU64,
     /// The `state_epoch` at which `kvm_run` held synced registers (the
     /// last exit's), or `u64::MAX`.
     synced_epoch: AtomicU64,
@@ -156,7 +157,7 @@ impl Vcpu {
             progress: Mutex::new(Default::default()),
             attention: AtomicU8::new(0),
             can_sync_registers,
-            sync_registers: AtomicBool::new(false),
+            sync_registers: AtomicU64::new(0),
             synced_epoch: AtomicU64::new(u64::MAX),
             parked: AtomicBool::new(false),
             runner_thread: Mutex::new(None),
@@ -388,7 +389,7 @@ impl Vcpu {
     /// Runner: closes the entry window after a `KVM_RUN` (copies of
     /// registers taken before it are stale now; see `after_run`).
     #[inline]
-    fn close_entry_window(&self, synced: bool) {
+    fn close_entry_window(&self, synced: u64) {
         self.after_run(synced);
         self.gate.left_guest();
     }
@@ -406,24 +407,24 @@ impl Vcpu {
         unsafe { &mut *self.run_page.as_ptr() }
     }
 
-    /// Enters the guest once and returns the exit. Port output data is
-    /// copied into `io_data` (elements back to back).
+    /// Enters the guest once and returns the exit, its larger parts in
+    /// `exit_data`.
     #[inline(always)]
     pub fn enter(
         &self,
         _runner: &RunnerGuard<'_>,
         request_interrupt_window: bool,
-        io_data: &mut [u8; IO_DATA_MAX],
+        exit_data: &mut ExitData,
     ) -> Result<Exit> {
         self.open_entry_window();
         // SAFETY: the window is open, and this thread is the runner.
         let run = unsafe { self.run_page_in_window() };
         run.request_interrupt_window = u8::from(request_interrupt_window);
         let sync = self.sync_registers.load(Ordering::Relaxed);
-        run.kvm_valid_regs = if sync { u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) } else { 0 };
+        run.kvm_valid_regs = sync;
         let ran = sys::run(&self.raw_fd);
         let exit = match ran {
-            Ok(()) => Ok(self.take_exit(io_data)),
+            Ok(()) => Ok(self.take_exit(exit_data)),
             Err(e) => {
                 // A kick may have set immediate_exit to make this run return at once.
                 // SAFETY: as above.
@@ -435,35 +436,30 @@ impl Vcpu {
         exit
     }
 
-    /// Decodes the exit in this vcpu's mapping (in the entry window) and
-    /// copies the data of `outs` into `io_data`. Inlined into the run loop,
-    /// so that the exit stays in registers.
+    /// Decodes the exit in this vcpu's mapping (in the entry window), its
+    /// larger parts into `data`. Inlined into the run loop, so that the
+    /// exit stays in registers.
     #[inline(always)]
-    fn take_exit(&self, io_data: &mut [u8; IO_DATA_MAX]) -> Exit {
+    fn take_exit(&self, data: &mut ExitData) -> Exit {
         // SAFETY: the mapping is `mmap_size` bytes from `run_page`; in the
         // entry window nothing else writes it (the kernel only in KVM_RUN).
         let mapping = unsafe { RunMapping::new(self.run_page.cast(), self.mmap_size) };
-        let exit = exit::decode(mapping);
-        if let Exit::Io { direction: IoDirection::Out, payload, .. } = &exit {
-            if let Some(data) = mapping.bytes(payload.offset() as u64, payload.bytes()) {
-                io_data[..data.len()].copy_from_slice(data);
-            }
-        }
-        exit
+        exit::decode(mapping, data)
     }
 
     /// Copies of registers taken before a run stay usable while it runs
     /// (the paging registers, for a debugger translating addresses) and
     /// become stale when it returns; registers synced into `kvm_run` are
     /// valid until the next write.
-    fn after_run(&self, synced: bool) {
+    fn after_run(&self, synced: u64) {
         let epoch = self.state_epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.synced_epoch.store(if synced { epoch } else { u64::MAX }, Ordering::Release);
+        self.synced_epoch.store(if synced != 0 { epoch } else { u64::MAX }, Ordering::Release);
     }
 
     /// Asks for registers in `kvm_run` at each exit, where the host can.
     pub fn set_sync_registers(&self, on: bool) {
-        self.sync_registers.store(on && self.can_sync_registers, Ordering::Relaxed);
+        let sync = if on && self.can_sync_registers { u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) } else { 0 };
+        self.sync_registers.store(sync, Ordering::Relaxed);
     }
 
     /// Calls `f` with the registers at the last exit, when `kvm_run` holds
@@ -504,13 +500,9 @@ impl Vcpu {
     /// Lets KVM finish the instruction of the last port or MMIO exit without
     /// entering the guest (`immediate_exit`). Returns the exit that
     /// finishing it caused (a single step, on hosts that trap there), or
-    /// `None` when it just completed. Port output data of that exit goes
-    /// into `io_data`, as in [`Vcpu::enter`].
-    pub fn complete_instruction(
-        &self,
-        _runner: &RunnerGuard<'_>,
-        io_data: &mut [u8; IO_DATA_MAX],
-    ) -> Result<Option<Exit>> {
+    /// `None` when it just completed. The larger parts of that exit go into
+    /// `exit_data`, as in [`Vcpu::enter`].
+    pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> Result<Option<Exit>> {
         self.open_entry_window();
         // SAFETY: the window is open, and this thread is the runner.
         let run = unsafe { self.run_page_in_window() };
@@ -519,7 +511,7 @@ impl Vcpu {
         let ran = sys::run(&self.raw_fd);
         run.immediate_exit = 0;
         let exit = match ran {
-            Ok(()) => Ok(Some(self.take_exit(io_data))),
+            Ok(()) => Ok(Some(self.take_exit(exit_data))),
             Err(Errno(libc::EINTR)) => Ok(None),
             Err(e) => Err(e),
         };
