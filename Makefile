@@ -8,6 +8,8 @@
 #   make test-svm     every C and gdb test again on a second host: kvm_amd in a
 #                     QEMU TCG guest (svm/, docs/hosts.md)
 #   make bench        benchmarks against raw KVM ioctls (BENCHMARKS.md)
+#   make bench-gdb-qemu  gdb on QEMU+KVM against gdb on libkvm, same guest
+#                     (optional: needs qemu-system-x86_64)
 #   make install      PREFIX=/usr/local: library, header, libkvm.pc
 #   make clean
 
@@ -38,7 +40,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test test-svm cargo-test c-tests check-leaks check-install demo debug-demo bench bench-instructions install clean FORCE
+.PHONY: all header lib test test-svm cargo-test c-tests check-leaks check-install demo debug-demo bench bench-instructions bench-gdb-qemu install clean FORCE
 
 all: header
 
@@ -153,6 +155,39 @@ bench: lib $(BUILD)/exit_bench $(BUILD)/gdb_vmm bench-instructions
 	$(BUILD)/exit_bench
 	$(CARGO) bench --bench pagewalk --quiet
 	GDB_TEST_VMM=$(CURDIR)/$(BUILD)/gdb_vmm timeout 300 gdb -batch -nx -x bench/bench_gdb.py
+
+# gdb against QEMU+KVM's gdbstub and against a libkvm VMM on one multiboot
+# guest, with one gdb script, in alternating rounds (bench/gdb_qemu/bench.py,
+# about 30 s). Optional: skipped, with a line saying so, without gdb,
+# qemu-system-x86_64 (apt-get install qemu-system-x86) or a usable /dev/kvm.
+# QEMU_SYSTEM names another QEMU binary.
+QEMU_SYSTEM ?= qemu-system-x86_64
+GDB_QEMU_BUILD := $(BUILD)/gdb_qemu
+
+$(GDB_QEMU_BUILD):
+	mkdir -p $@
+
+# The guest keeps its symbols: gdb loads it on both sides (`file`).
+$(GDB_QEMU_BUILD)/guest.elf: bench/gdb_qemu/guest.S bench/gdb_qemu/guest.ld | $(GDB_QEMU_BUILD)
+	$(CC) -m32 -c -o $(GDB_QEMU_BUILD)/guest.o bench/gdb_qemu/guest.S
+	$(LD) -m elf_i386 -T bench/gdb_qemu/guest.ld --build-id=none -o $@ $(GDB_QEMU_BUILD)/guest.o
+
+$(GDB_QEMU_BUILD)/libkvm_vmm: bench/gdb_qemu/libkvm_vmm.c $(HEADER) $(STATIC_LIB) | $(GDB_QEMU_BUILD)
+	$(CC) $(C_STRICT) -g -O2 -D_GNU_SOURCE -Iinclude -o $@ $< $(STATIC_LIB) $(LDLIBS)
+
+# timeout: a wedged target must not hang make (the script's children die with gdb).
+bench-gdb-qemu: lib $(GDB_QEMU_BUILD)/guest.elf $(GDB_QEMU_BUILD)/libkvm_vmm
+	@if ! command -v $(QEMU_SYSTEM) >/dev/null 2>&1; then \
+	    echo "skipped: $(QEMU_SYSTEM) is not installed (apt-get install qemu-system-x86)"; \
+	elif ! command -v gdb >/dev/null 2>&1; then \
+	    echo "skipped: gdb is not installed"; \
+	elif [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then \
+	    echo "skipped: /dev/kvm is missing or not readable and writable"; \
+	else \
+	    BENCH_QEMU=$(QEMU_SYSTEM) BENCH_GUEST=$(CURDIR)/$(GDB_QEMU_BUILD)/guest.elf \
+	    BENCH_LIBKVM_VMM=$(CURDIR)/$(GDB_QEMU_BUILD)/libkvm_vmm \
+	        timeout --signal=KILL 300 gdb -batch -nx -x bench/gdb_qemu/bench.py; \
+	fi
 
 # The demo VMM, unmodified, waiting for gdb (LIBKVM_GDB makes kvm_create start the stub).
 GDB_LISTEN ?= 127.0.0.1:1234
