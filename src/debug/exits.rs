@@ -17,7 +17,8 @@ use super::debugregs::DEBUG_REGISTERS;
 use super::decode::{
     decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS, DR6_HIT_MASK,
 };
-use super::pagewalk::translate;
+use super::guest_memory::code_page_gpa;
+use super::pagewalk::{translate, RememberedTranslation};
 use super::vcpu_state::{Programming, ResumePoint, StepOver, VcpuDebug};
 use super::{program, trap_flag, BreakType};
 use crate::context::Context;
@@ -90,7 +91,11 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
         start_step_over(ctx, vcpu, &mut state, resume)?;
     }
     let stepping = state.stepping() || state.step_over.is_some();
-    if stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm()) && at_hlt(ctx, vcpu)? {
+    if stepping
+        && !ctx.irqchip_in_kernel()
+        && ctx.debugger().single_step_skips_halts(ctx.kvm())
+        && at_hlt(ctx, vcpu, &mut state.code_page)?
+    {
         // Single-stepping hlt loses the halt on emulating hosts (the step
         // is reported past it); VMX reports the halt. Do what VMX does.
         step_past_one_byte_instruction(vcpu)?;
@@ -116,10 +121,14 @@ fn step_past_one_byte_instruction(vcpu: &Vcpu) -> Result<()> {
 }
 
 /// True when the byte at the vcpu's instruction pointer is `hlt`.
-fn at_hlt(ctx: &Context, vcpu: &Vcpu) -> Result<bool> {
+fn at_hlt(ctx: &Context, vcpu: &Vcpu, code_page: &mut Option<RememberedTranslation>) -> Result<bool> {
     const HLT: u8 = 0xf4;
-    let gpa = ctx.translate_gva(vcpu, current_pc(vcpu)?)?.gpa;
-    Ok(ctx.memory().read_byte(gpa)? == HLT)
+    let pc = current_pc(vcpu)?;
+    let regs = vcpu.paging_registers()?;
+    let mem = ctx.memory();
+    // RIP's page is nearly always the last step's: no walk then.
+    let gpa = code_page_gpa(&regs, &mem, pc, code_page)?;
+    Ok(mem.read_byte(gpa)? == HLT)
 }
 
 /// After a port or MMIO exit of a single-stepping vcpu: let KVM finish the
@@ -229,7 +238,7 @@ fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: Re
     // KVM hides the guest's TF while it single-steps: note it now, unless
     // the VMM's own single step already hides it.
     if state.step_over.is_some() && !state.programming().single_steps() {
-        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu)?);
+        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, &mut state.code_page)?);
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! software breakpoints.
 
 use super::breakpoints::{BreakpointTable, CodeMemory};
-use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
+use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, RememberedTranslation, Translation};
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::memory::{page_runs, GuestMemory};
@@ -71,15 +71,43 @@ impl Context {
 
     /// The guest's bytes of the instruction at linear `pc` (originals under
     /// software breakpoints): up to 15, fewer where the mapping ends.
+    /// One translation per page (two at most); byte by byte only where a
+    /// page's bytes are not all RAM.
     pub fn read_instruction(&self, vcpu: &Vcpu, pc: u64) -> ([u8; 15], usize) {
+        self.read_instruction_at(vcpu, pc, &mut None)
+    }
+
+    /// [`Context::read_instruction`], translating `pc`'s page with
+    /// `code_page` where it still holds (and remembering the walk there
+    /// where it does not).
+    pub fn read_instruction_at(
+        &self,
+        vcpu: &Vcpu,
+        pc: u64,
+        code_page: &mut Option<RememberedTranslation>,
+    ) -> ([u8; 15], usize) {
         let mut bytes = [0u8; 15];
-        let mut len = 0;
-        while len < bytes.len()
-            && self.read_guest_virt(vcpu, pc.wrapping_add(len as u64), &mut bytes[len..=len]).is_ok()
-        {
-            len += 1;
+        let Ok(regs) = vcpu.paging_registers() else {
+            return (bytes, 0);
+        };
+        let table = self.debugger().table();
+        let mem = self.memory();
+        for (at, offset, n) in page_runs(pc, bytes.len()) {
+            let gpa =
+                if offset == 0 { code_page_gpa(&regs, &mem, at, code_page) } else { physical(&regs, &mem, at, n) };
+            let Ok(gpa) = gpa else {
+                return (bytes, offset);
+            };
+            let chunk = &mut bytes[offset..offset + n];
+            if mem.read(gpa, chunk).is_err() {
+                // The readable start of the piece, where RAM ends inside it.
+                let readable = (0..n).take_while(|&i| mem.read(gpa + i as u64, &mut chunk[i..=i]).is_ok()).count();
+                show_originals(&table, gpa, &mut chunk[..readable]);
+                return (bytes, offset + readable);
+            }
+            show_originals(&table, gpa, chunk);
         }
-        (bytes, len)
+        (bytes, bytes.len())
     }
 
     /// Reads guest-physical memory, showing original bytes under software
@@ -97,6 +125,22 @@ impl Context {
         let mut table = self.debugger().table();
         write_keeping_breakpoints(&mut table, &self.memory(), gpa, buf)
     }
+}
+
+/// The guest-physical address of `gva` by `remembered`'s walk where it
+/// still holds, else by a new walk, which `remembered` then keeps.
+pub(crate) fn code_page_gpa(
+    regs: &PagingRegisters,
+    mem: &GuestMemory,
+    gva: u64,
+    remembered: &mut Option<RememberedTranslation>,
+) -> Result<u64> {
+    if let Some(gpa) = remembered.as_ref().and_then(|page| page.translate(regs, mem, gva)) {
+        return Ok(gpa);
+    }
+    let (translation, walk) = RememberedTranslation::walk(regs, mem, gva).map_err(|_| Errno::FAULT)?;
+    *remembered = Some(walk);
+    Ok(translation.gpa)
 }
 
 /// The guest-physical address behind the `n` bytes at `gva` (one page).

@@ -5,6 +5,8 @@
 //! the guest's page tables itself: paging off, 32-bit (4 KiB and 4 MiB
 //! pages), PAE, 4-level and 5-level (4 KiB, 2 MiB and 1 GiB pages).
 
+use std::cell::Cell;
+
 /// Reads guest-physical memory for the walker.
 pub trait PhysicalMemory {
     /// The little-endian u64 at `gpa`, or `None` when it is not backed.
@@ -147,6 +149,77 @@ pub fn translate(regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) ->
         PagingMode::Pae => walk_pae(regs, mem, gva & 0xffff_ffff),
         PagingMode::Level4 => walk_long(regs, mem, gva, 4),
         PagingMode::Level5 => walk_long(regs, mem, gva, 5),
+    }
+}
+
+/// The most table entries one walk reads: five levels.
+const MOST_ENTRIES: usize = 5;
+
+/// A translation remembered with the table entries its walk read. The walk
+/// is a function of the paging registers and those entries alone, so it
+/// still holds while they are unchanged: checking them again is a few loads
+/// where a walk is hundreds of instructions (the per-step `hlt` probe).
+#[derive(Clone, Copy, Debug)]
+pub struct RememberedTranslation {
+    regs: PagingRegisters,
+    /// The linear page translated (the address shifted right by 12).
+    page: u64,
+    /// The guest-physical address of that page.
+    gpa_page: u64,
+    /// Each entry read, as `(gpa, value)`: u64 reads (u32 entries are read
+    /// as the u64 holding them, see `PhysicalMemory::read_u32`).
+    entries: [(u64, u64); MOST_ENTRIES],
+    len: usize,
+}
+
+impl RememberedTranslation {
+    /// Walks `gva` and remembers the walk.
+    pub fn walk(
+        regs: &PagingRegisters,
+        mem: &impl PhysicalMemory,
+        gva: u64,
+    ) -> Result<(Translation, RememberedTranslation), WalkError> {
+        let recording = Recording { mem, entries: Default::default(), len: Cell::new(0) };
+        let translation = translate(regs, &recording, gva)?;
+        let entries = std::array::from_fn(|i| recording.entries[i].get());
+        let remembered = RememberedTranslation {
+            regs: *regs,
+            page: gva >> 12,
+            gpa_page: translation.gpa & !0xfff,
+            entries,
+            len: recording.len.get(),
+        };
+        Ok((translation, remembered))
+    }
+
+    /// The guest-physical address of `gva` by the remembered walk, if it
+    /// still holds: the same paging registers, the same linear page, and
+    /// every entry the walk read unchanged.
+    pub fn translate(&self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Option<u64> {
+        let holds = *regs == self.regs
+            && gva >> 12 == self.page
+            && self.entries[..self.len].iter().all(|&(gpa, value)| mem.read_u64(gpa) == Some(value));
+        holds.then_some(self.gpa_page | (gva & 0xfff))
+    }
+}
+
+/// Memory that remembers the u64s read through it (at most
+/// [`MOST_ENTRIES`]; a walk reads no more).
+struct Recording<'m, M> {
+    mem: &'m M,
+    entries: [Cell<(u64, u64)>; MOST_ENTRIES],
+    len: Cell<usize>,
+}
+
+impl<M: PhysicalMemory> PhysicalMemory for Recording<'_, M> {
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let value = self.mem.read_u64(gpa)?;
+        let len = self.len.get();
+        if let Some(slot) = self.entries.get(len) {
+            slot.set((gpa, value));
+            self.len.set(len + 1);
+        }
+        Some(value)
     }
 }
 
@@ -304,6 +377,37 @@ pub(super) mod tests {
         assert_eq!((t.gpa, t.page_size, t.writable, t.user), (0x4000_1234, 2 << 20, true, false));
         let t = translate(&regs, &m, 0x4123_4567).unwrap();
         assert_eq!((t.gpa, t.page_size, t.writable), (0x8123_4567, 1 << 30, false));
+    }
+
+    #[test]
+    fn a_remembered_translation_holds_until_an_entry_or_a_register_changes() {
+        let mut m = Tables::default();
+        m.set64(0x1000, 0x2000 | RW);
+        m.set64(0x2000, 0x3000 | RW);
+        m.set64(0x3000, 0x4000 | RW);
+        m.set64(0x4000 + 5 * 8, 0x77_7000 | RW);
+        let regs = long_mode(0x1000, false);
+        let (t, remembered) = RememberedTranslation::walk(&regs, &m, 0x5123).unwrap();
+        assert_eq!(t.gpa, 0x77_7123);
+        assert_eq!(remembered.translate(&regs, &m, 0x5fff), Some(0x77_7fff), "anywhere on the page");
+        assert_eq!(remembered.translate(&regs, &m, 0x6000), None, "another page");
+        assert_eq!(remembered.translate(&long_mode(0x9000, false), &m, 0x5123), None, "another CR3");
+        // The guest remaps the page: any entry of the walk changing undoes it.
+        for (entry, value) in [(0x4000 + 5 * 8, 0x88_8000 | RW), (0x3000, 0x5000 | RW), (0x1000, 0)] {
+            let mut changed = Tables { words: m.words.clone() };
+            changed.set64(entry, value);
+            assert_eq!(remembered.translate(&regs, &changed, 0x5123), None, "entry {entry:#x} changed");
+        }
+        // A 32-bit walk reads u32 entries through the u64s holding them.
+        let mut m32 = Tables::default();
+        m32.set32(0x1000 + 4, 0x2000 | RW as u32); // PDE 1
+        m32.set32(0x2000 + 2 * 4, 0x5_5000 | RW as u32); // PTE 2
+        let regs32 = PagingRegisters { cr0: CR0_PG | 1, cr3: 0x1000, cr4: 0, efer: 0 };
+        let gva32 = (1 << 22) | (2 << 12) | 0x10;
+        let (t, remembered) = RememberedTranslation::walk(&regs32, &m32, gva32).unwrap();
+        assert_eq!((t.gpa, remembered.translate(&regs32, &m32, gva32)), (0x5_5010, Some(0x5_5010)));
+        m32.set32(0x2000 + 2 * 4, 0x6_6000 | RW as u32);
+        assert_eq!(remembered.translate(&regs32, &m32, gva32), None);
     }
 
     #[test]

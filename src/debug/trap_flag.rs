@@ -11,6 +11,7 @@
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 use super::exits::current_pc;
+use super::pagewalk::RememberedTranslation;
 use crate::context::Context;
 use crate::error::Result;
 use crate::vcpu::Vcpu;
@@ -134,7 +135,12 @@ fn effect_of(bytes: &[u8], default_operand: u64, long: bool) -> Effect {
 
 /// The guest's trap flag before the instruction at RIP, and after it. Only
 /// meaningful while KVM does not single-step the vcpu (it hides TF then).
-pub fn before_step(ctx: &Context, vcpu: &Vcpu) -> Result<TrapFlagAcrossStep> {
+/// RIP's page is translated with `code_page` where it still holds.
+pub fn before_step(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    code_page: &mut Option<RememberedTranslation>,
+) -> Result<TrapFlagAcrossStep> {
     let (regs, sregs) = vcpu.regs_and_sregs()?;
     let before = regs.rflags & TRAP_FLAG != 0;
     let long = sregs.cs.l != 0;
@@ -144,7 +150,7 @@ pub fn before_step(ctx: &Context, vcpu: &Vcpu) -> Result<TrapFlagAcrossStep> {
         let mut byte = [0u8];
         ctx.read_guest_virt(vcpu, linear, &mut byte).ok().map(|()| byte[0])
     };
-    let (bytes, len) = ctx.read_instruction(vcpu, current_pc(vcpu)?);
+    let (bytes, len) = ctx.read_instruction_at(vcpu, current_pc(vcpu)?, code_page);
     let stack = if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) };
     // TF is bit 8: bit 0 of the flags' second byte, whatever the operand size.
     let flag_at = |offset: u64| byte_at(stack.wrapping_add(offset + 1)).map(|b| b & 1 != 0);

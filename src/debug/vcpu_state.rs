@@ -10,6 +10,7 @@ use kvm_bindings::{
 
 use super::debugregs::{encode, Condition, DebugRegisterSlot, Dr7, DEBUG_REGISTERS};
 use super::decode::{DebugEvent, ProgrammedRegisters};
+use super::pagewalk::RememberedTranslation;
 use super::trap_flag::TrapFlagAcrossStep;
 
 /// Where a vcpu stopped on a library breakpoint: when it resumes there, it
@@ -112,6 +113,9 @@ pub struct VcpuDebug {
     pub stepping_through: bool,
     /// The last debug event reported to the VMM.
     pub last_event: Option<DebugEvent>,
+    /// The translation of RIP's page at the last `hlt` probe (see
+    /// `exits::at_hlt`).
+    pub code_page: Option<RememberedTranslation>,
 }
 
 impl VcpuDebug {

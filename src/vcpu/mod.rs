@@ -221,9 +221,12 @@ impl Vcpu {
             }
         }
         let paging = |s: &kvm_sregs| PagingRegisters { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer };
-        let regs = self.with_fd(|fd| match self.synced_at_exit(fd) {
-            Some((_, sregs)) => Ok(paging(&sregs)),
-            None => fd.get_sregs().map(|sregs| paging(&sregs)).map_err(Errno::from),
+        let regs = self.with_fd(|fd| {
+            if self.synced_epoch.load(Ordering::Acquire) == self.state_epoch() {
+                // SAFETY: as in `with_registers_at_exit`; four fields, no copy.
+                return Ok(paging(unsafe { &fd.get_kvm_run().s.regs.sregs }));
+            }
+            fd.get_sregs().map(|sregs| paging(&sregs)).map_err(Errno::from)
         })?;
         *cache = Some((epoch, regs));
         Ok(regs)
