@@ -145,10 +145,11 @@ $(BUILD)/exit_instructions: bench/exit_instructions.c $(TEST_SUPPORT) $(HEADER) 
 
 # User-space instructions per exit, counted by callgrind (exact, unlike times).
 bench-instructions: lib $(BUILD)/exit_instructions
-	@for kind in pio mmio; do \
+	@for kind in pio mmio step breakpoint; do \
 	    valgrind --tool=callgrind --toggle-collect=kvm_run --callgrind-out-file=/dev/null \
 	        $(BUILD)/exit_instructions $$kind 2>&1 | \
-	        awk -v kind=$$kind '/Collected/ { printf "bench %s_exit_instructions %.0f per_exit\n", kind, $$4 / 100000 }'; \
+	        awk -v kind=$$kind '/Collected/ { n = $$4 } / after [0-9]+ exits/ { exits = $$(NF - 1) } \
+	            END { printf "bench %s_exit_instructions %.0f per_exit\n", kind, n / exits }'; \
 	done
 
 bench: lib $(BUILD)/exit_bench $(BUILD)/gdb_vmm bench-instructions

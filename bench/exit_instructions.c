@@ -1,12 +1,14 @@
 /*
- * 100,000 port exits, then 100,000 MMIO exits, each through kvm_run with a
- * callback that only counts. Run under callgrind, which counts what the
- * library executes independently of the machine's load:
+ * Port exits, MMIO exits, single steps or breakpoint hits, each through
+ * kvm_run with a callback that only counts. Run under callgrind, which
+ * counts what the library executes independently of the machine's load:
  *
  *   valgrind --tool=callgrind --toggle-collect=kvm_run c-tests/build/exit_instructions pio
  *
- * "Collected" divided by 100,000 is the user-space instructions per exit
- * (`make bench-instructions` prints both).
+ * "Collected" divided by the count the program prints is the user-space
+ * instructions per exit (`make bench-instructions` prints all four). A
+ * breakpoint hit is the hit and its resume: the exit, the step over the
+ * breakpoint that the library makes, and the callback.
  */
 #include <stdio.h>
 #include <string.h>
@@ -15,10 +17,12 @@
 
 DECLARE_GUEST(pio_forever);
 DECLARE_GUEST(mmio_forever);
+DECLARE_GUEST(nops_forever);
+DECLARE_GUEST_LABEL(nops_forever, spot);
 
-enum { EXITS = 100000, RAM = 8 << 20 };
+enum { RAM = 8 << 20 };
 
-static long exits;
+static long exits, EXITS = 100000;
 
 static int count_outb(void *opaque, uint16_t port, uint8_t value)
 {
@@ -32,9 +36,15 @@ static int count_mmio_write(void *opaque, uint64_t addr, uint8_t *data, int len)
     return ++exits >= EXITS;
 }
 
+static int count_debug(void *opaque, int vcpu, int break_type, uint64_t watchpoint)
+{
+    (void)opaque, (void)vcpu, (void)break_type, (void)watchpoint;
+    return ++exits >= EXITS;
+}
+
 int main(int argc, char **argv)
 {
-    int mmio = argc > 1 && strcmp(argv[1], "mmio") == 0;
+    const char *kind = argc > 1 ? argv[1] : "pio";
     struct kvm_callbacks cb;
     struct test_vm vm;
     int r;
@@ -42,16 +52,27 @@ int main(int argc, char **argv)
     memset(&cb, 0, sizeof(cb));
     cb.outb = count_outb;
     cb.mmio_write = count_mmio_write;
+    cb.debug = count_debug;
     if (test_vm_create(&vm, &cb, NULL, RAM, 0) < 0)
         return 1;
-    if (mmio)
+    if (strcmp(kind, "mmio") == 0) {
         TEST_VM_LOAD_GUEST(&vm, mmio_forever);
-    else
+    } else if (strcmp(kind, "step") == 0 || strcmp(kind, "breakpoint") == 0) {
+        /* Each costs thousands of instructions: fewer do. */
+        EXITS = 10000;
+        TEST_VM_LOAD_GUEST(&vm, nops_forever);
+    } else {
         TEST_VM_LOAD_GUEST(&vm, pio_forever);
+    }
     if (test_vcpu_long_mode(&vm, 0, GUEST_CODE) < 0)
+        return 1;
+    if (strcmp(kind, "step") == 0 && kvm_set_singlestep(vm.kvm, 0, 1) < 0)
+        return 1;
+    if (strcmp(kind, "breakpoint") == 0 &&
+        kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_LABEL_ADDR(nops_forever, spot), 1) < 0)
         return 1;
     r = kvm_run(vm.kvm, 0);
     test_vm_destroy(&vm);
-    printf("%s: kvm_run returned %d after %ld exits\n", mmio ? "mmio" : "pio", r, exits);
+    printf("%s: kvm_run returned %d after %ld exits\n", kind, r, exits);
     return r == 1 && exits == EXITS ? 0 : 1;
 }

@@ -10,7 +10,7 @@ use crate::error::{Errno, Result};
 use crate::exit::{Exit, ExitData, IoDirection};
 use crate::gdb::stopper::Checkpoint;
 use crate::vcpu::kick::KvmRunThread;
-use crate::vcpu::{RunnerGuard, Vcpu};
+use crate::vcpu::{Attention, RunnerGuard, Vcpu};
 use crate::x86;
 
 /// Runs vcpu `vcpu` until a handler returns non-zero (that value is
@@ -34,31 +34,16 @@ pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
 /// post-run hook, and the exit's handler. Returns 0 to keep going.
 fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> c_int {
     let callbacks = ctx.callbacks();
-    // One load when there is nothing to look at (nearly every entry).
-    let mut attention = vcpu.attention();
-    if attention.held() {
-        if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
-            return callbacks.shutdown(vcpu.index());
+    // One load and one flag when there is nothing to do (nearly every entry).
+    let attention = vcpu.attention();
+    let request_window = if attention.is_clear() && !callbacks.has_entry_hooks() {
+        false
+    } else {
+        match before_entry(ctx, vcpu, attention) {
+            Ok(request_window) => request_window,
+            Err(r) => return r,
         }
-        attention = vcpu.attention();
-    }
-    let mut request_window = false;
-    if callbacks.has_entry_hooks() {
-        request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
-        let r = callbacks.pre_kvm_run(vcpu.index());
-        if r != 0 {
-            return r;
-        }
-        // The hooks may have changed the debug state.
-        attention = vcpu.attention();
-    }
-    if attention.debug_entry() {
-        match debug::exits::before_entry(ctx, vcpu) {
-            Ok(Entry::Enter) => {}
-            Ok(Entry::Halted) => return callbacks.halt(vcpu.index()),
-            Err(e) => return e.negated(),
-        }
-    }
+    };
     let exit = vcpu.enter(runner, request_window, exit_data);
     if callbacks.has_exit_hook() || ctx.coalesced_mmio_in_use() {
         after_kvm_run(ctx, vcpu);
@@ -76,6 +61,39 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
             e.negated()
         }
     }
+}
+
+/// Before an entry with something to do: park while a debugger holds the
+/// vcpu, the VMM's `try_push_interrupts` and `pre_kvm_run` hooks, and the
+/// debug state given to KVM. Whether to request an interrupt window, or
+/// `kvm_run`'s result when it ends here.
+#[inline(never)]
+fn before_entry(ctx: &Context, vcpu: &Vcpu, mut attention: Attention) -> std::result::Result<bool, c_int> {
+    let callbacks = ctx.callbacks();
+    if attention.held() {
+        if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
+            return Err(callbacks.shutdown(vcpu.index()));
+        }
+        attention = vcpu.attention();
+    }
+    let mut request_window = false;
+    if callbacks.has_entry_hooks() {
+        request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
+        let r = callbacks.pre_kvm_run(vcpu.index());
+        if r != 0 {
+            return Err(r);
+        }
+        // The hooks may have changed the debug state.
+        attention = vcpu.attention();
+    }
+    if attention.debug_entry() {
+        match debug::exits::before_entry(ctx, vcpu) {
+            Ok(Entry::Enter) => {}
+            Ok(Entry::Halted) => return Err(callbacks.halt(vcpu.index())),
+            Err(e) => return Err(e.negated()),
+        }
+    }
+    Ok(request_window)
 }
 
 /// The VMM's `post_kvm_run` hook, and the writes queued in the coalesced

@@ -25,7 +25,7 @@ use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, ExitData, InternalError};
 use crate::lock;
-use crate::vcpu::{RunnerGuard, Vcpu};
+use crate::vcpu::{paging_registers_of, RunnerGuard, Vcpu};
 use crate::x86;
 
 /// How an `int3` reached the library.
@@ -65,8 +65,7 @@ pub(crate) fn current_pc(vcpu: &Vcpu) -> Result<u64> {
     if let Some(pc) = vcpu.with_registers_at_exit(x86::linear_pc) {
         return Ok(pc);
     }
-    let (regs, sregs) = vcpu.regs_and_sregs()?;
-    Ok(x86::linear_pc(&regs, &sregs))
+    vcpu.read_registers(x86::linear_pc)
 }
 
 /// What the run loop does after [`before_entry`].
@@ -123,8 +122,8 @@ fn step_past_one_byte_instruction(vcpu: &Vcpu) -> Result<()> {
 /// True when the byte at the vcpu's instruction pointer is `hlt`.
 fn at_hlt(ctx: &Context, vcpu: &Vcpu, code_page: &mut Option<RememberedTranslation>) -> Result<bool> {
     const HLT: u8 = 0xf4;
-    let pc = current_pc(vcpu)?;
-    let regs = vcpu.paging_registers()?;
+    // One register read for both.
+    let (pc, regs) = vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), paging_registers_of(sregs)))?;
     let mem = ctx.memory();
     // RIP's page is nearly always the last step's: no walk then.
     let gpa = code_page_gpa(&regs, &mem, pc, code_page)?;
@@ -340,7 +339,7 @@ fn judge_debug_exception(
 /// True when the guest's RFLAGS has TF set (the guest single-steps itself).
 fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
     const TF: u64 = 1 << 8;
-    vcpu.regs_and_sregs().is_ok_and(|(regs, _)| regs.rflags & TF != 0)
+    vcpu.read_registers(|regs, _| regs.rflags & TF != 0).unwrap_or(false)
 }
 
 /// Handles `KVM_EXIT_DEBUG`, decoded against the debug state the vcpu

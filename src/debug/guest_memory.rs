@@ -11,21 +11,17 @@ use crate::vcpu::Vcpu;
 
 impl PhysicalMemory for GuestMemory {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let mut bytes = [0u8; 8];
-        self.read(gpa, &mut bytes).ok()?;
-        Some(u64::from_le_bytes(bytes))
+        GuestMemory::read_u64(self, gpa).ok()
     }
 }
 
 impl CodeMemory for GuestMemory {
     fn read_byte(&self, gpa: u64) -> Result<u8> {
-        let mut byte = [0u8];
-        self.read(gpa, &mut byte)?;
-        Ok(byte[0])
+        self.read_u8(gpa)
     }
 
     fn write_byte(&self, gpa: u64, byte: u8) -> Result<()> {
-        self.write(gpa, &[byte])
+        self.write_u8(gpa, byte)
     }
 }
 

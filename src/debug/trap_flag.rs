@@ -10,7 +10,6 @@
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
-use super::exits::current_pc;
 use super::pagewalk::RememberedTranslation;
 use crate::context::Context;
 use crate::error::Result;
@@ -46,8 +45,7 @@ pub struct StackBefore {
 impl StackBefore {
     /// `vcpu`'s stack now.
     pub fn of(vcpu: &Vcpu) -> Result<StackBefore> {
-        let (regs, sregs) = vcpu.regs_and_sregs()?;
-        Ok(StackBefore::from_registers(&regs, &sregs))
+        vcpu.read_registers(StackBefore::from_registers)
     }
 
     fn from_registers(regs: &kvm_regs, sregs: &kvm_sregs) -> StackBefore {
@@ -69,8 +67,7 @@ pub fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore) -> Result<
     if before.rflags & TRAP_FLAG != 0 {
         return Ok(());
     }
-    let (regs, sregs) = vcpu.regs_and_sregs()?;
-    let sp = sregs.ss.base.wrapping_add(regs.rsp);
+    let sp = vcpu.read_registers(|regs, sregs| sregs.ss.base.wrapping_add(regs.rsp))?;
     if sp >= before.sp || before.sp - sp > 8 * before.width {
         return Ok(());
     }
@@ -141,17 +138,23 @@ pub fn before_step(
     vcpu: &Vcpu,
     code_page: &mut Option<RememberedTranslation>,
 ) -> Result<TrapFlagAcrossStep> {
-    let (regs, sregs) = vcpu.regs_and_sregs()?;
-    let before = regs.rflags & TRAP_FLAG != 0;
-    let long = sregs.cs.l != 0;
-    let default_operand = if long || sregs.cs.db != 0 { 4 } else { 2 };
+    let (before, long, default_operand, stack, pc, stack_before) = vcpu.read_registers(|regs, sregs| {
+        let long = sregs.cs.l != 0;
+        (
+            regs.rflags & TRAP_FLAG != 0,
+            long,
+            if long || sregs.cs.db != 0 { 4 } else { 2 },
+            if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) },
+            crate::x86::linear_pc(regs, sregs),
+            StackBefore::from_registers(regs, sregs),
+        )
+    })?;
     // The guest's bytes: originals under software breakpoints.
     let byte_at = |linear: u64| -> Option<u8> {
         let mut byte = [0u8];
         ctx.read_guest_virt(vcpu, linear, &mut byte).ok().map(|()| byte[0])
     };
-    let (bytes, len) = ctx.read_instruction_at(vcpu, current_pc(vcpu)?, code_page);
-    let stack = if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) };
+    let (bytes, len) = ctx.read_instruction_at(vcpu, pc, code_page);
     // TF is bit 8: bit 0 of the flags' second byte, whatever the operand size.
     let flag_at = |offset: u64| byte_at(stack.wrapping_add(offset + 1)).map(|b| b & 1 != 0);
     let after = match effect_of(&bytes[..len], default_operand, long) {
@@ -159,11 +162,7 @@ pub fn before_step(
         Effect::Popf => flag_at(0),
         Effect::Iret { operand } => flag_at(2 * operand),
     };
-    Ok(TrapFlagAcrossStep {
-        owed_trap: before,
-        after: after.unwrap_or(before),
-        stack: StackBefore::from_registers(&regs, &sregs),
-    })
+    Ok(TrapFlagAcrossStep { owed_trap: before, after: after.unwrap_or(before), stack: stack_before })
 }
 
 /// After the step: sets TF again, as the instruction left it (KVM cleared

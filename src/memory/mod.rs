@@ -553,6 +553,35 @@ impl GuestMemory {
         })
     }
 
+    /// The little-endian u64 at `gpa`: one slot search and one load where
+    /// a slot holds all 8 bytes (page-table entries always lie in one).
+    pub fn read_u64(&self, gpa: u64) -> Result<u64> {
+        let end = gpa.checked_add(8).ok_or(Errno::FAULT)?;
+        if let Some(slot) = self.slot_containing(gpa).filter(|slot| end <= slot.end()) {
+            // SAFETY: the 8 bytes lie inside the slot's live host memory
+            // (checked above); guest memory may be unaligned for a u64.
+            return Ok(u64::from_le(unsafe { (slot.host_of(gpa) as *const u64).read_unaligned() }));
+        }
+        let mut bytes = [0u8; 8];
+        self.read(gpa, &mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// The byte at `gpa`: one slot search and one load.
+    pub fn read_u8(&self, gpa: u64) -> Result<u8> {
+        let slot = self.slot_containing(gpa).ok_or(Errno::FAULT)?;
+        // SAFETY: `gpa` lies inside the slot's live host memory.
+        Ok(unsafe { (slot.host_of(gpa) as *const u8).read() })
+    }
+
+    /// Stores the byte at `gpa`: one slot search and one store.
+    pub fn write_u8(&self, gpa: u64, byte: u8) -> Result<()> {
+        let slot = self.slot_containing(gpa).ok_or(Errno::FAULT)?;
+        // SAFETY: `gpa` lies inside the slot's live host memory.
+        unsafe { (slot.host_of(gpa) as *mut u8).write(byte) };
+        Ok(())
+    }
+
     /// Copies `buf` into guest-physical memory at `gpa`, across slots.
     pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<()> {
         self.for_each_chunk(gpa, buf.len(), |host, offset, n| {

@@ -89,6 +89,11 @@ unsafe impl Send for Vcpu {}
 // SAFETY: as above; everything else is behind a mutex or atomic.
 unsafe impl Sync for Vcpu {}
 
+/// The paging registers among the segment registers.
+pub fn paging_registers_of(sregs: &kvm_sregs) -> PagingRegisters {
+    PagingRegisters { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer }
+}
+
 /// What the run loop must look at before a vcpu's next entry, read in one
 /// load: nothing, on nearly every exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,7 +225,7 @@ impl Vcpu {
                 return Ok(regs);
             }
         }
-        let paging = |s: &kvm_sregs| PagingRegisters { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer };
+        let paging = paging_registers_of;
         let regs = self.with_fd(|fd| {
             if self.synced_epoch.load(Ordering::Acquire) == self.state_epoch() {
                 // SAFETY: as in `with_registers_at_exit`; four fields, no copy.
@@ -456,7 +461,11 @@ impl Vcpu {
     /// valid until the next write.
     fn after_run(&self, synced: u64) {
         let epoch = self.state_epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.synced_epoch.store(if synced != 0 { epoch } else { u64::MAX }, Ordering::Release);
+        // Without synced registers there is nothing to store: the epoch
+        // only grows, so `synced_epoch` already differs from it.
+        if synced != 0 {
+            self.synced_epoch.store(epoch, Ordering::Release);
+        }
     }
 
     /// Asks for registers in `kvm_run` at each exit, where the host can.
@@ -480,23 +489,26 @@ impl Vcpu {
         })
     }
 
-    /// The registers synced into `kvm_run` at the last exit, when current
-    /// (the caller holds the fd).
-    fn synced_at_exit(&self, fd: &mut VcpuFd) -> Option<(kvm_regs, kvm_sregs)> {
-        if self.synced_epoch.load(Ordering::Acquire) != self.state_epoch() {
-            return None;
-        }
-        // SAFETY: as in `with_registers_at_exit`.
-        let synced = unsafe { &fd.get_kvm_run().s.regs };
-        Some((synced.regs, synced.sregs))
-    }
-
     /// The general and segment registers: from the last exit when they are
     /// current, else from the vcpu; one pause of a running vcpu for both.
     pub fn regs_and_sregs(&self) -> Result<(kvm_regs, kvm_sregs)> {
-        self.with_fd(|fd| match self.synced_at_exit(fd) {
-            Some(registers) => Ok(registers),
-            None => Ok((fd.get_regs().map_err(Errno::from)?, fd.get_sregs().map_err(Errno::from)?)),
+        self.read_registers(|regs, sregs| (*regs, *sregs))
+    }
+
+    /// Calls `f` with the general and segment registers, as
+    /// [`Vcpu::regs_and_sregs`] but without copying them where the last
+    /// exit holds them: for callers that want a few fields. `f` runs with
+    /// the fd locked, so it must not call back into the vcpu.
+    pub fn read_registers<R>(&self, f: impl FnOnce(&kvm_regs, &kvm_sregs) -> R) -> Result<R> {
+        self.with_fd(|fd| {
+            if self.synced_epoch.load(Ordering::Acquire) == self.state_epoch() {
+                // SAFETY: as in `with_registers_at_exit`.
+                let synced = unsafe { &fd.get_kvm_run().s.regs };
+                return Ok(f(&synced.regs, &synced.sregs));
+            }
+            let regs = fd.get_regs().map_err(Errno::from)?;
+            let sregs = fd.get_sregs().map_err(Errno::from)?;
+            Ok(f(&regs, &sregs))
         })
     }
 
