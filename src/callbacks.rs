@@ -2,6 +2,8 @@
 
 use std::ffi::{c_int, c_void};
 
+use crate::exit::PortWidth;
+
 /// The VMM's handlers for VM exits, called from the thread inside `kvm_run`.
 ///
 /// The field order is the ABI of the 2008 libkvm and must not change. A
@@ -124,15 +126,14 @@ impl Callbacks {
         }
     }
 
-    /// Writes the low `size` (1, 2 or 4) bytes of `value` to `port`.
+    /// Writes the low `width` bytes of `value` to `port`.
     #[inline]
-    pub fn port_out(&self, port: u16, size: u8, value: u32) -> c_int {
+    pub fn port_out(&self, port: u16, width: PortWidth, value: u32) -> c_int {
         // SAFETY (all arms): see the comment on this impl.
-        match size {
-            1 => self.table.outb.map_or(0, |f| unsafe { f(self.opaque, port, value as u8) }),
-            2 => self.table.outw.map_or(0, |f| unsafe { f(self.opaque, port, value as u16) }),
-            4 => self.table.outl.map_or(0, |f| unsafe { f(self.opaque, port, value) }),
-            _ => -libc::EMSGSIZE,
+        match width {
+            PortWidth::Byte => self.table.outb.map_or(0, |f| unsafe { f(self.opaque, port, value as u8) }),
+            PortWidth::Word => self.table.outw.map_or(0, |f| unsafe { f(self.opaque, port, value as u16) }),
+            PortWidth::Long => self.table.outl.map_or(0, |f| unsafe { f(self.opaque, port, value) }),
         }
     }
 

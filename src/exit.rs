@@ -90,6 +90,17 @@ impl<'a> RunMapping<'a> {
     }
 }
 
+/// The size of one port access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortWidth {
+    /// One byte.
+    Byte,
+    /// Two bytes.
+    Word,
+    /// Four bytes.
+    Long,
+}
+
 /// One VM exit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Exit {
@@ -97,9 +108,9 @@ pub enum Exit {
     PortOut {
         /// The port.
         port: u16,
-        /// Bytes: 1, 2 or 4.
-        size: u8,
-        /// The value written, in its low `size` bytes.
+        /// `outb`, `outw` or `outl`.
+        width: PortWidth,
+        /// The value written, in its low `width` bytes.
         value: u32,
     },
     /// Any other port I/O: `in`, and `outs` of `count` elements of `size`
@@ -126,6 +137,14 @@ pub enum Exit {
         /// True for a store.
         is_write: bool,
     },
+    /// Any other exit, described in [`ExitData::other`]: so that the
+    /// common exits above move in registers.
+    Other,
+}
+
+/// The exits other than port I/O and MMIO.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OtherExit {
     /// `hlt` with no in-kernel irqchip.
     Hlt,
     /// Triple fault or another shutdown.
@@ -150,8 +169,9 @@ pub enum Exit {
     Interrupted,
     /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason.
     FailEntry(u64),
-    /// Any other exit reason.
-    Other(u32),
+    /// Any other exit reason, and port I/O with a size or data the kernel
+    /// would never report (`KVM_EXIT_IO`).
+    Unknown(u32),
 }
 
 /// The parts of an exit that do not move with the [`Exit`]: filled by
@@ -162,9 +182,11 @@ pub struct ExitData {
     pub io: [u8; IO_DATA_MAX],
     /// The bytes of an MMIO store, or of a load once the VMM answered.
     pub mmio: [u8; 8],
-    /// The exit of `Exit::Debug`.
+    /// Which exit `Exit::Other` is.
+    pub other: OtherExit,
+    /// The exit of `OtherExit::Debug`.
     pub debug: kvm_debug_exit_arch,
-    /// The exit of `Exit::InternalError`.
+    /// The exit of `OtherExit::InternalError`.
     pub internal: InternalError,
 }
 
@@ -173,6 +195,7 @@ impl Default for ExitData {
         ExitData {
             io: [0; IO_DATA_MAX],
             mmio: [0; 8],
+            other: OtherExit::Unknown(KVM_EXIT_UNKNOWN),
             debug: kvm_debug_exit_arch::default(),
             internal: InternalError { suberror: 0, ndata: 0, data: [0; INTERNAL_ERROR_DATA] },
         }
@@ -219,7 +242,7 @@ impl InternalError {
 
 /// Decodes the exit described by `mapping`, after a successful `KVM_RUN`.
 /// Port I/O whose size or data the kernel would never report is
-/// `Exit::Other(KVM_EXIT_IO)`. Inlined: it is on the path of every exit,
+/// `OtherExit::Unknown(KVM_EXIT_IO)`. Inlined: it is on the path of every exit,
 /// where a call would build the exit in memory and then copy it.
 #[inline(always)]
 pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData) -> Exit {
@@ -233,8 +256,18 @@ pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData) -> Exit {
             data.mmio = mmio.data;
             Exit::Mmio { addr: mmio.phys_addr, len: mmio.len.min(8) as u8, is_write: mmio.is_write != 0 }
         }
-        _ => decode_other(run, data),
+        _ => {
+            data.other = decode_other(run, data);
+            Exit::Other
+        }
     }
+}
+
+/// An exit that is not port I/O the kernel would report.
+#[inline(always)]
+fn bad_port_io(data: &mut ExitData) -> Exit {
+    data.other = OtherExit::Unknown(KVM_EXIT_IO);
+    Exit::Other
 }
 
 /// [`decode`] for port I/O: one `out` carries its value; anything else
@@ -243,37 +276,34 @@ pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData) -> Exit {
 fn decode_port_io(mapping: RunMapping<'_>, io: &kvm_run__bindgen_ty_1__bindgen_ty_4, data: &mut ExitData) -> Exit {
     let out = u32::from(io.direction) == KVM_EXIT_IO_OUT;
     if out && io.count == 1 {
-        let mask = match io.size {
-            1 => 0xff,
-            2 => 0xffff,
-            4 => u32::MAX,
-            _ => return Exit::Other(KVM_EXIT_IO),
+        let (width, mask) = match io.size {
+            1 => (PortWidth::Byte, 0xff),
+            2 => (PortWidth::Word, 0xffff),
+            4 => (PortWidth::Long, u32::MAX),
+            _ => return bad_port_io(data),
         };
         // Four bytes whatever the size: one load, no length switch.
         return match mapping.u32_at(io.data_offset) {
-            Some(raw) => Exit::PortOut { port: io.port, size: io.size, value: raw & mask },
-            None => Exit::Other(KVM_EXIT_IO),
+            Some(raw) => Exit::PortOut { port: io.port, width, value: raw & mask },
+            None => bad_port_io(data),
         };
     }
     decode_other_port_io(mapping, io, data)
 }
 
 /// [`decode_port_io`] for `in` and `outs`.
-#[inline(never)]
+#[inline(always)]
 fn decode_other_port_io(
     mapping: RunMapping<'_>,
     io: &kvm_run__bindgen_ty_1__bindgen_ty_4,
     data: &mut ExitData,
 ) -> Exit {
     let Some(payload) = io_payload(io.size, io.count, io.data_offset, mapping.len) else {
-        return Exit::Other(KVM_EXIT_IO);
+        return bad_port_io(data);
     };
     let out = u32::from(io.direction) == KVM_EXIT_IO_OUT;
     if out {
-        match mapping.bytes(io.data_offset, payload.bytes()) {
-            Some(bytes) => data.io[..bytes.len()].copy_from_slice(bytes),
-            None => return Exit::Other(KVM_EXIT_IO),
-        }
+        copy_out_data(mapping, payload, &mut data.io);
     }
     let direction = if out { IoDirection::Out } else { IoDirection::In };
     // `count` fits: the data is at most a page.
@@ -283,33 +313,41 @@ fn decode_other_port_io(
 /// [`decode`] for every exit but port I/O and MMIO: out of line, so that
 /// the common exits are told apart by two comparisons.
 #[inline(never)]
-fn decode_other(run: &kvm_run, data: &mut ExitData) -> Exit {
+fn decode_other(run: &kvm_run, data: &mut ExitData) -> OtherExit {
     // SAFETY (every union read below): as in `decode`.
     match run.exit_reason {
-        KVM_EXIT_HLT => Exit::Hlt,
-        KVM_EXIT_SHUTDOWN => Exit::Shutdown,
-        KVM_EXIT_IRQ_WINDOW_OPEN => Exit::IrqWindowOpen,
-        KVM_EXIT_SET_TPR => Exit::SetTpr,
+        KVM_EXIT_HLT => OtherExit::Hlt,
+        KVM_EXIT_SHUTDOWN => OtherExit::Shutdown,
+        KVM_EXIT_IRQ_WINDOW_OPEN => OtherExit::IrqWindowOpen,
+        KVM_EXIT_SET_TPR => OtherExit::SetTpr,
         KVM_EXIT_TPR_ACCESS => {
             let tpr = unsafe { &run.__bindgen_anon_1.tpr_access };
-            Exit::TprAccess { rip: tpr.rip, is_write: tpr.is_write != 0 }
+            OtherExit::TprAccess { rip: tpr.rip, is_write: tpr.is_write != 0 }
         }
         KVM_EXIT_DEBUG => {
             data.debug = unsafe { run.__bindgen_anon_1.debug.arch };
-            Exit::Debug
+            OtherExit::Debug
         }
         KVM_EXIT_INTERNAL_ERROR => {
             let internal = unsafe { &run.__bindgen_anon_1.internal };
             let mut words = [0; INTERNAL_ERROR_DATA];
             words.copy_from_slice(&internal.data[..INTERNAL_ERROR_DATA]);
             data.internal = InternalError { suberror: internal.suberror, ndata: internal.ndata, data: words };
-            Exit::InternalError
+            OtherExit::InternalError
         }
-        KVM_EXIT_INTR => Exit::Interrupted,
+        KVM_EXIT_INTR => OtherExit::Interrupted,
         KVM_EXIT_FAIL_ENTRY => {
-            Exit::FailEntry(unsafe { run.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason })
+            OtherExit::FailEntry(unsafe { run.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason })
         }
-        other => Exit::Other(other),
+        other => OtherExit::Unknown(other),
+    }
+}
+
+/// Copies the data of `outs` out of the mapping (where `io_payload` found it).
+#[inline(never)]
+fn copy_out_data(mapping: RunMapping<'_>, payload: IoPayload, io: &mut [u8; IO_DATA_MAX]) {
+    if let Some(bytes) = mapping.bytes(payload.offset() as u64, payload.bytes()) {
+        io[..bytes.len()].copy_from_slice(bytes);
     }
 }
 
@@ -391,10 +429,11 @@ mod tests {
 
     #[test]
     fn one_out_carries_its_value() {
-        for (size, value) in [(1, 0x44), (2, 0x4344), (4, 0x4142_4344)] {
+        let widths = [(1, PortWidth::Byte, 0x44), (2, PortWidth::Word, 0x4344), (4, PortWidth::Long, 0x4142_4344)];
+        for (size, width, value) in widths {
             let mut mapping = Mapping::new(io_exit(1, size, 1, 4096));
             mapping.0[4096..4100].copy_from_slice(&0x4142_4344u32.to_ne_bytes());
-            assert_eq!(mapping.decode(), Exit::PortOut { port: 0x3f8, size, value });
+            assert_eq!(mapping.decode(), Exit::PortOut { port: 0x3f8, width, value });
         }
     }
 
@@ -411,16 +450,20 @@ mod tests {
 
     #[test]
     fn io_with_a_bad_size_or_data_outside_the_mapping_is_not_port_io() {
-        let io =
-            |direction, size, count, data_offset| Mapping::new(io_exit(direction, size, count, data_offset)).decode();
+        let io = |direction, size, count, data_offset| {
+            let mut data = ExitData::default();
+            let exit = Mapping::new(io_exit(direction, size, count, data_offset)).decode_with(&mut data);
+            (exit, data.other)
+        };
+        let not_port_io = (Exit::Other, OtherExit::Unknown(KVM_EXIT_IO));
         for direction in [0, 1] {
-            assert!(matches!(io(direction, 4, 1024, 4096), Exit::Io { .. }));
-            assert_eq!(io(direction, 3, 1, 4096), Exit::Other(KVM_EXIT_IO));
-            assert_eq!(io(direction, 3, 2, 4096), Exit::Other(KVM_EXIT_IO));
-            assert_eq!(io(direction, 4, 1025, 4096), Exit::Other(KVM_EXIT_IO), "more than the I/O page");
-            assert_eq!(io(direction, 1, 2, 8191), Exit::Other(KVM_EXIT_IO), "past the end of the mapping");
-            assert_eq!(io(direction, 4, 1, 8190), Exit::Other(KVM_EXIT_IO), "past the end of the mapping");
-            assert_eq!(io(direction, 1, 1, u64::MAX), Exit::Other(KVM_EXIT_IO));
+            assert!(matches!(io(direction, 4, 1024, 4096).0, Exit::Io { .. }));
+            assert_eq!(io(direction, 3, 1, 4096), not_port_io);
+            assert_eq!(io(direction, 3, 2, 4096), not_port_io);
+            assert_eq!(io(direction, 4, 1025, 4096), not_port_io, "more than the I/O page");
+            assert_eq!(io(direction, 1, 2, 8191), not_port_io, "past the end of the mapping");
+            assert_eq!(io(direction, 4, 1, 8190), not_port_io, "past the end of the mapping");
+            assert_eq!(io(direction, 1, 1, u64::MAX), not_port_io);
         }
     }
 
@@ -446,7 +489,8 @@ mod tests {
         data[1] = u64::from_ne_bytes([1, 0xcc, 0x90, 0, 0, 0, 0, 0]);
         run.__bindgen_anon_1.internal = kvm_run__bindgen_ty_1__bindgen_ty_13 { suberror: 1, ndata: 4, data };
         let mut exit_data = ExitData::default();
-        assert_eq!(Mapping::new(run).decode_with(&mut exit_data), Exit::InternalError);
+        assert_eq!(Mapping::new(run).decode_with(&mut exit_data), Exit::Other);
+        assert_eq!(exit_data.other, OtherExit::InternalError);
         let (bytes, len) = exit_data.internal.instruction_bytes().unwrap();
         assert_eq!((len, bytes[0], bytes[1]), (1, 0xcc, 0x90));
     }

@@ -7,7 +7,7 @@ use crate::context::Context;
 use crate::debug;
 use crate::debug::exits::Entry;
 use crate::error::{Errno, Result};
-use crate::exit::{Exit, ExitData, IoDirection};
+use crate::exit::{Exit, ExitData, IoDirection, OtherExit, PortWidth};
 use crate::gdb::stopper::Checkpoint;
 use crate::vcpu::kick::KvmRunThread;
 use crate::vcpu::{Attention, RunnerGuard, Vcpu};
@@ -110,11 +110,10 @@ fn after_kvm_run(ctx: &Context, vcpu: &Vcpu) {
 #[inline(always)]
 fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit, exit_data: &mut ExitData) -> c_int {
     let callbacks = ctx.callbacks();
-    let index = vcpu.index();
     // Port I/O and MMIO fall through to the single-step check below; every
     // other exit returns its handler's result.
     let io_result = match exit {
-        Exit::PortOut { port, size, value } => callbacks.port_out(port, size, value),
+        Exit::PortOut { port, width, value } => callbacks.port_out(port, width, value),
         Exit::Io { direction, port, size, count, payload } => {
             let data = &mut exit_data.io[..payload.bytes()];
             let result = if count == 1 {
@@ -129,44 +128,16 @@ fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit,
             result
         }
         Exit::Mmio { addr, len, is_write } => {
-            // A copy: finishing a watched access may decode another exit.
-            let mut bytes = exit_data.mmio;
-            let data = &mut bytes[..usize::from(len)];
-            match debug::watch::complete_protected_access(ctx, vcpu, addr, data, is_write) {
-                Some(watched) => {
-                    let watched = watched.and_then(|hit| {
-                        debug::progress::note_protected_access(ctx, vcpu, addr, is_write).map(|()| hit)
-                    });
-                    match on_watched_access(ctx, vcpu, runner, watched, data, is_write, exit_data) {
-                        Some(r) => return r,
-                        None => 0,
-                    }
+            if ctx.debugger().pages_were_protected() {
+                match handle_mmio_with_protections(ctx, vcpu, runner, addr, len, is_write, exit_data) {
+                    Ok(result) => result,
+                    Err(r) => return r,
                 }
-                None if is_write => callbacks.mmio_write(addr, data),
-                None => {
-                    let r = callbacks.mmio_read(addr, data);
-                    vcpu.complete_mmio_read(data);
-                    r
-                }
+            } else {
+                mmio_to_vmm(ctx, vcpu, addr, &mut exit_data.mmio[..usize::from(len).min(8)], is_write)
             }
         }
-        Exit::Hlt => return callbacks.halt(index),
-        Exit::Shutdown => {
-            ctx.dump_core_after_crash(vcpu, "shut down (a triple fault)");
-            return callbacks.shutdown(index);
-        }
-        Exit::IrqWindowOpen | Exit::SetTpr | Exit::Interrupted => return 0,
-        Exit::TprAccess { rip, is_write } => return callbacks.tpr_access(index, rip, is_write),
-        Exit::Debug => return result_code(debug::exits::on_debug_exit(ctx, vcpu, &exit_data.debug)),
-        Exit::InternalError => {
-            let error = &exit_data.internal;
-            return match debug::exits::on_emulation_failure(ctx, vcpu, error) {
-                Some(outcome) => result_code(outcome),
-                None => unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
-            };
-        }
-        Exit::FailEntry(reason) => return unexpected_exit(ctx, vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
-        Exit::Other(reason) => return unexpected_exit(ctx, vcpu, crate::exit::reason_name(reason), reason.into()),
+        Exit::Other => return handle_other_exit(ctx, vcpu, exit_data),
     };
     if io_result != 0 {
         return io_result;
@@ -175,6 +146,34 @@ fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit,
         Ok(Some(step)) => handle_next_exit(ctx, vcpu, runner, step, exit_data),
         Ok(None) => 0,
         Err(e) => e.negated(),
+    }
+}
+
+/// Every exit but port I/O and MMIO: its handler's result ends the trip.
+/// Cold, so that the common exits are told apart by comparisons.
+#[cold]
+#[inline(never)]
+fn handle_other_exit(ctx: &Context, vcpu: &Vcpu, exit_data: &ExitData) -> c_int {
+    let callbacks = ctx.callbacks();
+    let index = vcpu.index();
+    match exit_data.other {
+        OtherExit::Hlt => callbacks.halt(index),
+        OtherExit::Shutdown => {
+            ctx.dump_core_after_crash(vcpu, "shut down (a triple fault)");
+            callbacks.shutdown(index)
+        }
+        OtherExit::IrqWindowOpen | OtherExit::SetTpr | OtherExit::Interrupted => 0,
+        OtherExit::TprAccess { rip, is_write } => callbacks.tpr_access(index, rip, is_write),
+        OtherExit::Debug => result_code(debug::exits::on_debug_exit(ctx, vcpu, &exit_data.debug)),
+        OtherExit::InternalError => {
+            let error = &exit_data.internal;
+            match debug::exits::on_emulation_failure(ctx, vcpu, error) {
+                Some(outcome) => result_code(outcome),
+                None => unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
+            }
+        }
+        OtherExit::FailEntry(reason) => unexpected_exit(ctx, vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
+        OtherExit::Unknown(reason) => unexpected_exit(ctx, vcpu, crate::exit::reason_name(reason), reason.into()),
     }
 }
 
@@ -188,6 +187,48 @@ fn handle_next_exit(
     exit_data: &mut ExitData,
 ) -> c_int {
     handle_exit(ctx, vcpu, runner, exit, exit_data)
+}
+
+/// The VMM's MMIO handler for an access, and a load's answer for the guest.
+#[inline(always)]
+fn mmio_to_vmm(ctx: &Context, vcpu: &Vcpu, addr: u64, data: &mut [u8], is_write: bool) -> c_int {
+    let callbacks = ctx.callbacks();
+    if is_write {
+        return callbacks.mmio_write(addr, data);
+    }
+    let r = callbacks.mmio_read(addr, data);
+    vcpu.complete_mmio_read(data);
+    r
+}
+
+/// An MMIO exit once pages were protected for watchpoints: the library
+/// completes an access to a protected page, and reports the watchpoint it
+/// fires; any other access is the VMM's. The handler's result, or
+/// `kvm_run`'s result when the exit ends it (`Err`).
+#[inline(never)]
+fn handle_mmio_with_protections(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    runner: &RunnerGuard<'_>,
+    addr: u64,
+    len: u8,
+    is_write: bool,
+    exit_data: &mut ExitData,
+) -> std::result::Result<c_int, c_int> {
+    // A copy: finishing a watched access may decode another exit.
+    let mut bytes = exit_data.mmio;
+    let data = &mut bytes[..usize::from(len).min(8)];
+    match debug::watch::complete_protected_access(ctx, vcpu, addr, data, is_write) {
+        Some(watched) => {
+            let watched =
+                watched.and_then(|hit| debug::progress::note_protected_access(ctx, vcpu, addr, is_write).map(|()| hit));
+            match on_watched_access(ctx, vcpu, runner, watched, data, is_write, exit_data) {
+                Some(r) => Err(r),
+                None => Ok(0),
+            }
+        }
+        None => Ok(mmio_to_vmm(ctx, vcpu, addr, data, is_write)),
+    }
 }
 
 /// A guest access to a page protected for a watchpoint, which the library
@@ -231,9 +272,11 @@ fn port_io_element(ctx: &Context, direction: IoDirection, port: u16, data: &mut 
     let callbacks = ctx.callbacks();
     match (direction, &*data) {
         (IoDirection::In, _) => callbacks.port_in(port, data),
-        (IoDirection::Out, &[b]) => callbacks.port_out(port, 1, b.into()),
-        (IoDirection::Out, &[a, b]) => callbacks.port_out(port, 2, u16::from_ne_bytes([a, b]).into()),
-        (IoDirection::Out, &[a, b, c, d]) => callbacks.port_out(port, 4, u32::from_ne_bytes([a, b, c, d])),
+        (IoDirection::Out, &[b]) => callbacks.port_out(port, PortWidth::Byte, b.into()),
+        (IoDirection::Out, &[a, b]) => callbacks.port_out(port, PortWidth::Word, u16::from_ne_bytes([a, b]).into()),
+        (IoDirection::Out, &[a, b, c, d]) => {
+            callbacks.port_out(port, PortWidth::Long, u32::from_ne_bytes([a, b, c, d]))
+        }
         (IoDirection::Out, _) => -libc::EMSGSIZE,
     }
 }
