@@ -22,21 +22,32 @@ pub fn run(ctx: &Context, vcpu: &Vcpu) -> c_int {
     };
     let _kickable = KvmRunThread::enter(vcpu);
     let mut exit_data = ExitData::default();
+    // The VMM's table is fixed: which hooks it has is read once.
+    let hooks = Hooks { entry: ctx.callbacks().has_entry_hooks(), exit: ctx.callbacks().has_exit_hook() };
     loop {
-        let r = run_once(ctx, vcpu, &runner, &mut exit_data);
+        let r = run_once(ctx, vcpu, &runner, &mut exit_data, hooks);
         if r != 0 {
             return r;
         }
     }
 }
 
+/// Which of the VMM's hooks around `KVM_RUN` it has.
+#[derive(Clone, Copy)]
+struct Hooks {
+    /// `try_push_interrupts` or `pre_kvm_run`.
+    entry: bool,
+    /// `post_kvm_run`.
+    exit: bool,
+}
+
 /// One trip through the guest: the VMM's pre-run hooks, `KVM_RUN`, the
 /// post-run hook, and the exit's handler. Returns 0 to keep going.
-fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> c_int {
+fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData, hooks: Hooks) -> c_int {
     let callbacks = ctx.callbacks();
     // One load and one flag when there is nothing to do (nearly every entry).
     let attention = vcpu.attention();
-    let request_window = if attention.is_clear() && !callbacks.has_entry_hooks() {
+    let request_window = if attention.is_clear() && !hooks.entry {
         false
     } else {
         match before_entry(ctx, vcpu, attention) {
@@ -45,7 +56,7 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
         }
     };
     let exit = vcpu.enter(runner, request_window, exit_data);
-    if callbacks.has_exit_hook() || ctx.coalesced_mmio_in_use() {
+    if hooks.exit || ctx.coalesced_mmio_in_use() {
         after_kvm_run(ctx, vcpu);
     }
     match exit {

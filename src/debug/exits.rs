@@ -208,10 +208,12 @@ pub fn finish_watched_instruction(
 /// table decides, not the stop: a breakpoint may have moved from a debug
 /// register into memory (or been removed) since.
 fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: ResumePoint) -> Result<()> {
-    if current_pc(vcpu)? != resume.pc {
+    let (pc, regs) = vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), paging_registers_of(sregs)))?;
+    if pc != resume.pc {
         return Ok(());
     }
-    let gpa = ctx.translate_gva(vcpu, resume.pc).ok().map(|t| t.gpa);
+    // The breakpoint is at RIP: its page is the remembered code page.
+    let gpa = code_page_gpa(&regs, &ctx.memory(), pc, &mut state.code_page).ok();
     let mut table = ctx.debugger().table();
     // An execution breakpoint in a debug register at the same address.
     // (It may be off for a step over it in progress: then this stop is
