@@ -10,7 +10,7 @@
 //! - [`run`]: the `KVM_RUN` loop and exit dispatch to the C callbacks;
 //! - [`x86`]: register dumps;
 //! - [`coredump`]: ELF core files of the guest that gdb opens;
-//! - [`sys`]: the KVM ioctls that `kvm-ioctls` does not wrap.
+//! - [`sys`]: the KVM ioctls that `kvm-ioctls` does not wrap, and `KVM_RUN`.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
