@@ -128,7 +128,7 @@ fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit,
         Exit::Io { direction, port, size, count, payload } => {
             let data = &mut exit_data.io[..payload.bytes()];
             let result = if count == 1 {
-                // `in`/`out` without `rep`: nearly every port exit.
+                // `in` without `rep` (an `out` is `Exit::PortOut`).
                 port_io_element(ctx, direction, port, data)
             } else {
                 handle_string_port_io(ctx, direction, port, size, data)

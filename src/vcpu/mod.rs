@@ -519,12 +519,12 @@ impl Vcpu {
     /// `exit_data`, as in [`Vcpu::enter`].
     pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> Result<Option<Exit>> {
         self.open_entry_window();
-        // SAFETY: the window is open, and this thread is the runner.
-        let run = unsafe { self.run_page_in_window() };
         let sync = self.sync_registers.load(Ordering::Relaxed);
-        run.immediate_exit = 1;
+        // SAFETY (both): the window is open, and this thread is the runner;
+        // each reference ends before the kernel or the decoder reads the page.
+        unsafe { self.run_page_in_window() }.immediate_exit = 1;
         let ran = sys::run(&self.raw_fd);
-        run.immediate_exit = 0;
+        unsafe { self.run_page_in_window() }.immediate_exit = 0;
         let exit = match ran {
             Ok(()) => Ok(Some(self.take_exit(exit_data))),
             Err(Errno(libc::EINTR)) => Ok(None),
