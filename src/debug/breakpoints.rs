@@ -375,7 +375,7 @@ impl BreakpointTable {
     /// now maps elsewhere moves there; one parked in a debug register while
     /// unmapped moves into memory once mapped. Returns true when the debug
     /// registers changed.
-    pub fn rearm(&mut self, translate: impl Fn(u64) -> Result<u64>, mem: &impl CodeMemory) -> bool {
+    pub fn rearm(&mut self, mut translate: impl FnMut(u64) -> Result<u64>, mem: &impl CodeMemory) -> bool {
         for patch in self.patches.iter_mut().filter(|p| p.armed()) {
             if let Ok(byte) = mem.read_byte(patch.gpa) {
                 if byte != INT3 && mem.write_byte(patch.gpa, INT3).is_ok() {

@@ -18,9 +18,9 @@ use super::decode::{
     decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS, DR6_HIT_MASK,
 };
 use super::guest_memory::code_page_gpa;
-use super::pagewalk::{translate, RememberedTranslation};
+use super::pagewalk::RememberedTranslation;
 use super::vcpu_state::{Programming, ResumePoint, StepOver, VcpuDebug};
-use super::{program, trap_flag, BreakType};
+use super::{program, trap_flag, BreakType, REMEMBERED_WALKS};
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, ExitData, InternalError, OtherExit};
@@ -474,7 +474,19 @@ fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
     }
     let regs = vcpu.paging_registers()?;
     let mem = ctx.memory();
-    let walk = |gva| translate(&regs, &*mem, gva).map(|t| t.gpa).map_err(|_| Errno::FAULT);
+    // The same pages at every stop, nearly always: remembered walks.
+    let mut walks = lock(&ctx.debugger().breakpoint_walks);
+    let walk = |gva| {
+        if let Some(gpa) = walks.iter().find_map(|walk| walk.translate(&regs, &*mem, gva)) {
+            return Ok(gpa);
+        }
+        let (translation, walk) = RememberedTranslation::walk(&regs, &*mem, gva).map_err(|_| Errno::FAULT)?;
+        if walks.len() == REMEMBERED_WALKS {
+            walks.remove(0);
+        }
+        walks.push(walk);
+        Ok(translation.gpa)
+    };
     if table.rearm(walk, &*mem) {
         drop(mem);
         drop(table);
