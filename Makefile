@@ -173,8 +173,8 @@ $(GDB_QEMU_BUILD)/guest.elf: bench/gdb_qemu/guest.S bench/gdb_qemu/guest.ld | $(
 	$(CC) -m32 -c -o $(GDB_QEMU_BUILD)/guest.o bench/gdb_qemu/guest.S
 	$(LD) -m elf_i386 -T bench/gdb_qemu/guest.ld --build-id=none -o $@ $(GDB_QEMU_BUILD)/guest.o
 
-$(GDB_QEMU_BUILD)/libkvm_vmm: bench/gdb_qemu/libkvm_vmm.c $(HEADER) $(STATIC_LIB) | $(GDB_QEMU_BUILD)
-	$(CC) $(C_STRICT) -g -O2 -D_GNU_SOURCE -Iinclude -o $@ $< $(STATIC_LIB) $(LDLIBS)
+$(GDB_QEMU_BUILD)/libkvm_vmm: bench/gdb_qemu/libkvm_vmm.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(GDB_QEMU_BUILD)
+	$(CC) $(TEST_CFLAGS) -O2 -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
 
 # timeout: a wedged target must not hang make (the script's children die with gdb).
 bench-gdb-qemu: lib $(GDB_QEMU_BUILD)/guest.elf $(GDB_QEMU_BUILD)/libkvm_vmm

@@ -22,24 +22,25 @@ DECLARE_GUEST_LABEL(nops_forever, spot);
 
 enum { RAM = 8 << 20 };
 
-static long exits, EXITS = 100000;
+/* Exits to count before kvm_run ends (fewer for steps and hits). */
+static long exits, wanted = 100000;
 
 static int count_outb(void *opaque, uint16_t port, uint8_t value)
 {
     (void)opaque, (void)port, (void)value;
-    return ++exits >= EXITS;
+    return ++exits >= wanted;
 }
 
 static int count_mmio_write(void *opaque, uint64_t addr, uint8_t *data, int len)
 {
     (void)opaque, (void)addr, (void)data, (void)len;
-    return ++exits >= EXITS;
+    return ++exits >= wanted;
 }
 
 static int count_debug(void *opaque, int vcpu, int break_type, uint64_t watchpoint)
 {
     (void)opaque, (void)vcpu, (void)break_type, (void)watchpoint;
-    return ++exits >= EXITS;
+    return ++exits >= wanted;
 }
 
 int main(int argc, char **argv)
@@ -59,7 +60,7 @@ int main(int argc, char **argv)
         TEST_VM_LOAD_GUEST(&vm, mmio_forever);
     } else if (strcmp(kind, "step") == 0 || strcmp(kind, "breakpoint") == 0) {
         /* Each costs thousands of instructions: fewer do. */
-        EXITS = 10000;
+        wanted = 10000;
         TEST_VM_LOAD_GUEST(&vm, nops_forever);
     } else {
         TEST_VM_LOAD_GUEST(&vm, pio_forever);
@@ -74,5 +75,5 @@ int main(int argc, char **argv)
     r = kvm_run(vm.kvm, 0);
     test_vm_destroy(&vm);
     printf("%s: kvm_run returned %d after %ld exits\n", kind, r, exits);
-    return r == 1 && exits == EXITS ? 0 : 1;
+    return r == 1 && exits == wanted ? 0 : 1;
 }

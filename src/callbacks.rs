@@ -60,9 +60,6 @@ pub(crate) const DEFAULT_STOP: c_int = 1;
 pub struct Callbacks {
     table: kvm_callbacks,
     opaque: *mut c_void,
-    /// The VMM has a `try_push_interrupts` or `pre_kvm_run` hook: without
-    /// them, an entry checks one flag, not two handlers and the irqchip.
-    has_entry_hooks: bool,
 }
 
 // SAFETY: libkvm's contract is that the VMM's callbacks and `opaque` are
@@ -77,8 +74,7 @@ unsafe impl Sync for Callbacks {}
 impl Callbacks {
     /// Wraps a copy of the VMM's table.
     pub fn new(table: kvm_callbacks, opaque: *mut c_void) -> Callbacks {
-        let has_entry_hooks = table.try_push_interrupts.is_some() || table.pre_kvm_run.is_some();
-        Callbacks { table, opaque, has_entry_hooks }
+        Callbacks { table, opaque }
     }
 
     /// True when the VMM has a hook to call after each `KVM_RUN`.
@@ -87,10 +83,11 @@ impl Callbacks {
         self.table.post_kvm_run.is_some()
     }
 
-    /// True when the VMM has a hook to call before each entry.
+    /// True when the VMM has a hook to call before each entry
+    /// (`try_push_interrupts` or `pre_kvm_run`).
     #[inline]
     pub fn has_entry_hooks(&self) -> bool {
-        self.has_entry_hooks
+        self.table.try_push_interrupts.is_some() || self.table.pre_kvm_run.is_some()
     }
 
     /// Reads `size` (1, 2 or 4) bytes from `port` into `data`.

@@ -50,7 +50,7 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
     let request_window = if attention.is_clear() && !hooks.entry {
         false
     } else {
-        match before_entry(ctx, vcpu, attention) {
+        match prepare_entry(ctx, vcpu, attention) {
             Ok(request_window) => request_window,
             Err(r) => return r,
         }
@@ -79,7 +79,7 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
 /// debug state given to KVM. Whether to request an interrupt window, or
 /// `kvm_run`'s result when it ends here.
 #[inline(never)]
-fn before_entry(ctx: &Context, vcpu: &Vcpu, mut attention: Attention) -> std::result::Result<bool, c_int> {
+fn prepare_entry(ctx: &Context, vcpu: &Vcpu, mut attention: Attention) -> std::result::Result<bool, c_int> {
     let callbacks = ctx.callbacks();
     if attention.held() {
         if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
@@ -161,7 +161,6 @@ fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit,
 }
 
 /// Every exit but port I/O and MMIO: its handler's result ends the trip.
-/// Cold, so that the common exits are told apart by comparisons.
 #[cold]
 #[inline(never)]
 fn handle_other_exit(ctx: &Context, vcpu: &Vcpu, exit_data: &ExitData) -> c_int {

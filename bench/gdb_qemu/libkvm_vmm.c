@@ -7,26 +7,25 @@
  *
  * It copies the ELF's PT_LOAD segments into guest RAM at their physical
  * addresses, puts vcpu 0 in 32-bit flat protected mode at the entry point
- * with paging off, EAX = 0x2BADB002 and EBX = an empty multiboot info
- * structure, and runs it. LIBKVM_GDB makes kvm_create start the gdb stub
+ * with paging off (the C tests' set-up, c-tests/guest.c), EAX = 0x2BADB002
+ * and EBX = an empty multiboot info structure, and runs it. LIBKVM_GDB makes kvm_create start the gdb stub
  * and hold the vcpu before its first instruction, as in c-tests/gdb. The
  * guest writes to a port the VMM ignores; the VMM ends when gdb kills the
  * guest (the shutdown callback) or after ALARM_SECONDS in any case.
  */
 #include <elf.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "libkvm.h"
+#include "guest.h"
 
 #define RAM_BYTES (64UL << 20) /* as QEMU's -m 64 */
-#define GDT_ADDR 0x1000UL      /* null, 32-bit code (0x08), data (0x10) */
-#define MBI_ADDR 0x2000UL      /* multiboot info: all zero, flags = 0 */
+/* Multiboot info: all zero, flags = 0. In the page-table area of the test
+ * layout, unused without paging. */
+#define MBI_ADDR 0x2000UL
 #define MULTIBOOT_BOOT_MAGIC 0x2BADB002U
 /* A wedged benchmark must not leave a VMM behind. */
 #define ALARM_SECONDS 600
@@ -104,93 +103,28 @@ static uint32_t load_elf32(const uint8_t *elf, size_t size, uint8_t *ram)
     return eh->e_entry;
 }
 
-/* Gives the vcpu the host's supported CPUID, as a VMM's default CPU model
- * would (old-style entries: sub-leaf 0 only). */
-static int set_host_cpuid(kvm_context_t kvm)
+/* The machine state multiboot promises: flat 4 GiB segments, protected
+ * mode without paging, interrupts off, EAX the boot magic and EBX the info
+ * structure. */
+static int enter_multiboot(struct test_vm *vm, uint32_t entry)
 {
-    static struct {
-        struct kvm_cpuid2 header;
-        struct kvm_cpuid_entry2 entries[256];
-    } supported;
-    static struct kvm_cpuid_entry entries[256];
-    int fd, n = 0, r;
-    unsigned i;
-
-    supported.header.nent = 256;
-    fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    r = ioctl(fd, KVM_GET_SUPPORTED_CPUID, &supported);
-    close(fd);
-    if (r < 0)
-        return -errno;
-    for (i = 0; i < supported.header.nent; i++) {
-        const struct kvm_cpuid_entry2 *e = &supported.entries[i];
-
-        if (e->index != 0)
-            continue;
-        memset(&entries[n], 0, sizeof(entries[n]));
-        entries[n].function = e->function;
-        entries[n].eax = e->eax;
-        entries[n].ebx = e->ebx;
-        entries[n].ecx = e->ecx;
-        entries[n].edx = e->edx;
-        n++;
-    }
-    return kvm_setup_cpuid(kvm, 0, n, entries);
-}
-
-static void flat_segment(struct kvm_segment *s, uint16_t selector, uint8_t type)
-{
-    memset(s, 0, sizeof(*s));
-    s->limit = 0xffffffff;
-    s->selector = selector;
-    s->type = type;
-    s->present = 1;
-    s->s = 1;
-    s->db = 1;
-    s->g = 1;
-}
-
-/* The machine state multiboot promises: flat 4 GiB code and data segments
- * (a GDT in RAM backs the selectors), protected mode without paging,
- * interrupts off, EAX the boot magic and EBX the info structure. */
-static int enter_multiboot(kvm_context_t kvm, uint8_t *ram, uint32_t entry)
-{
-    static const uint64_t gdt[3] = { 0, 0x00cf9b000000ffffULL, 0x00cf93000000ffffULL };
-    struct kvm_sregs sregs;
     struct kvm_regs regs;
-    int r;
+    int r = test_vcpu_protected_mode(vm, 0, entry, 0);
 
-    memcpy(ram + GDT_ADDR, gdt, sizeof(gdt));
-    r = kvm_get_sregs(kvm, 0, &sregs);
+    if (r == 0)
+        r = kvm_get_regs(vm->kvm, 0, &regs);
     if (r < 0)
         return r;
-    flat_segment(&sregs.cs, 0x08, 11);
-    flat_segment(&sregs.ds, 0x10, 3);
-    sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = sizeof(gdt) - 1;
-    sregs.cr0 = 0x11; /* PE, ET */
-    sregs.cr3 = 0;
-    sregs.cr4 = 0;
-    sregs.efer = 0;
-    r = kvm_set_sregs(kvm, 0, &sregs);
-    if (r < 0)
-        return r;
-    memset(&regs, 0, sizeof(regs));
-    regs.rip = entry;
     regs.rax = MULTIBOOT_BOOT_MAGIC;
     regs.rbx = MBI_ADDR;
-    regs.rflags = 2;
-    return kvm_set_regs(kvm, 0, &regs);
+    return kvm_set_regs(vm->kvm, 0, &regs);
 }
 
 int main(int argc, char **argv)
 {
     struct kvm_callbacks callbacks;
-    kvm_context_t kvm;
-    uint8_t *elf, *ram;
+    struct test_vm vm;
+    uint8_t *elf;
     size_t elf_size = 0;
     uint32_t entry;
     int r;
@@ -210,33 +144,18 @@ int main(int argc, char **argv)
     callbacks.outb = ignore_outb;
     callbacks.halt = end_run;
     callbacks.shutdown = end_run;
-    kvm = kvm_init(&callbacks, NULL);
-    if (!kvm) {
-        fprintf(stderr, "kvm_init: %s\n", strerror(errno));
-        return 1;
-    }
-    /* No in-kernel irqchip or PIT: the guest runs with interrupts off. */
-    kvm_disable_irqchip_creation(kvm);
-    kvm_disable_pit_creation(kvm);
-    r = kvm_create(kvm, RAM_BYTES, NULL); /* starts the stub (LIBKVM_GDB) */
+    /* No in-kernel irqchip or PIT: the guest runs with interrupts off.
+     * kvm_create starts the stub (LIBKVM_GDB). */
+    r = test_vm_create(&vm, &callbacks, NULL, RAM_BYTES, 0);
     if (r < 0) {
-        fprintf(stderr, "kvm_create: %s\n", strerror(-r));
+        fprintf(stderr, "VM set-up: %s\n", strerror(-r));
         return 1;
     }
-    ram = kvm_create_phys_mem(kvm, 0, RAM_BYTES, 0, 1);
-    if (!ram) {
-        fprintf(stderr, "kvm_create_phys_mem: %s\n", strerror(errno));
-        return 1;
-    }
-    entry = load_elf32(elf, elf_size, ram);
+    entry = load_elf32(elf, elf_size, vm.mem);
     free(elf);
     if (!entry)
         return 1;
-    r = kvm_create_vcpu(kvm, 0);
-    if (r == 0)
-        r = set_host_cpuid(kvm);
-    if (r == 0)
-        r = enter_multiboot(kvm, ram, entry);
+    r = enter_multiboot(&vm, entry);
     if (r < 0) {
         fprintf(stderr, "vcpu set-up: %s\n", strerror(-r));
         return 1;
@@ -244,8 +163,8 @@ int main(int argc, char **argv)
     printf("ready entry %#x\n", (unsigned)entry);
     fflush(stdout);
 
-    r = kvm_run(kvm, 0);
+    r = kvm_run(vm.kvm, 0);
     printf("kvm_run returned %d\n", r);
-    kvm_finalize(kvm);
+    test_vm_destroy(&vm);
     return r < 0 ? 1 : 0;
 }

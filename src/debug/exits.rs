@@ -17,10 +17,9 @@ use super::debugregs::DEBUG_REGISTERS;
 use super::decode::{
     decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS, DR6_HIT_MASK,
 };
-use super::guest_memory::code_page_gpa;
-use super::pagewalk::RememberedTranslation;
-use super::vcpu_state::{Programming, ResumePoint, StepOver, VcpuDebug};
-use super::{program, trap_flag, BreakType, REMEMBERED_WALKS};
+use super::pagewalk::PagingRegisters;
+use super::vcpu_state::{CodePage, Programming, ResumePoint, StepOver, VcpuDebug};
+use super::{program, trap_flag, BreakType};
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, ExitData, InternalError, OtherExit};
@@ -62,10 +61,12 @@ enum Verdict {
 
 /// The linear address of the instruction `vcpu` is at.
 pub(crate) fn current_pc(vcpu: &Vcpu) -> Result<u64> {
-    if let Some(pc) = vcpu.with_registers_at_exit(x86::linear_pc) {
-        return Ok(pc);
-    }
     vcpu.read_registers(x86::linear_pc)
+}
+
+/// [`current_pc`] and the paging registers, in one register read.
+fn pc_and_paging(vcpu: &Vcpu) -> Result<(u64, PagingRegisters)> {
+    vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), paging_registers_of(sregs)))
 }
 
 /// What the run loop does after [`before_entry`].
@@ -120,13 +121,12 @@ fn step_past_one_byte_instruction(vcpu: &Vcpu) -> Result<()> {
 }
 
 /// True when the byte at the vcpu's instruction pointer is `hlt`.
-fn at_hlt(ctx: &Context, vcpu: &Vcpu, code_page: &mut Option<RememberedTranslation>) -> Result<bool> {
+fn at_hlt(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<bool> {
     const HLT: u8 = 0xf4;
-    // One register read for both.
-    let (pc, regs) = vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), paging_registers_of(sregs)))?;
+    let (pc, regs) = pc_and_paging(vcpu)?;
     let mem = ctx.memory();
     // RIP's page is nearly always the last step's: no walk then.
-    let gpa = code_page_gpa(&regs, &mem, pc, code_page)?;
+    let gpa = code_page.translate(&regs, &*mem, pc).map_err(|_| Errno::FAULT)?;
     Ok(mem.read_byte(gpa)? == HLT)
 }
 
@@ -208,12 +208,12 @@ pub fn finish_watched_instruction(
 /// table decides, not the stop: a breakpoint may have moved from a debug
 /// register into memory (or been removed) since.
 fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: ResumePoint) -> Result<()> {
-    let (pc, regs) = vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), paging_registers_of(sregs)))?;
+    let (pc, regs) = pc_and_paging(vcpu)?;
     if pc != resume.pc {
         return Ok(());
     }
     // The breakpoint is at RIP: its page is the remembered code page.
-    let gpa = code_page_gpa(&regs, &ctx.memory(), pc, &mut state.code_page).ok();
+    let gpa = state.code_page.translate(&regs, &*ctx.memory(), pc).ok();
     let mut table = ctx.debugger().table();
     // An execution breakpoint in a debug register at the same address.
     // (It may be off for a step over it in progress: then this stop is
@@ -476,17 +476,7 @@ fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
     let mem = ctx.memory();
     // The same pages at every stop, nearly always: remembered walks.
     let mut walks = lock(&ctx.debugger().breakpoint_walks);
-    let walk = |gva| {
-        if let Some(gpa) = walks.iter().find_map(|walk| walk.translate(&regs, &*mem, gva)) {
-            return Ok(gpa);
-        }
-        let (translation, walk) = RememberedTranslation::walk(&regs, &*mem, gva).map_err(|_| Errno::FAULT)?;
-        if walks.len() == REMEMBERED_WALKS {
-            walks.remove(0);
-        }
-        walks.push(walk);
-        Ok(translation.gpa)
-    };
+    let walk = |gva| walks.translate(&regs, &*mem, gva).map_err(|_| Errno::FAULT);
     if table.rearm(walk, &*mem) {
         drop(mem);
         drop(table);

@@ -3,7 +3,8 @@
 //! software breakpoints.
 
 use super::breakpoints::{BreakpointTable, CodeMemory};
-use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, RememberedTranslation, Translation};
+use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
+use super::vcpu_state::CodePage;
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::memory::{page_runs, GuestMemory};
@@ -70,18 +71,12 @@ impl Context {
     /// One translation per page (two at most); byte by byte only where a
     /// page's bytes are not all RAM.
     pub fn read_instruction(&self, vcpu: &Vcpu, pc: u64) -> ([u8; 15], usize) {
-        self.read_instruction_at(vcpu, pc, &mut None)
+        self.read_instruction_at(vcpu, pc, &mut CodePage::default())
     }
 
     /// [`Context::read_instruction`], translating `pc`'s page with
-    /// `code_page` where it still holds (and remembering the walk there
-    /// where it does not).
-    pub fn read_instruction_at(
-        &self,
-        vcpu: &Vcpu,
-        pc: u64,
-        code_page: &mut Option<RememberedTranslation>,
-    ) -> ([u8; 15], usize) {
+    /// `code_page`'s remembered walk where it still holds.
+    pub fn read_instruction_at(&self, vcpu: &Vcpu, pc: u64, code_page: &mut CodePage) -> ([u8; 15], usize) {
         let mut bytes = [0u8; 15];
         let Ok(regs) = vcpu.paging_registers() else {
             return (bytes, 0);
@@ -89,8 +84,11 @@ impl Context {
         let table = self.debugger().table();
         let mem = self.memory();
         for (at, offset, n) in page_runs(pc, bytes.len()) {
-            let gpa =
-                if offset == 0 { code_page_gpa(&regs, &mem, at, code_page) } else { physical(&regs, &mem, at, n) };
+            let gpa = if offset == 0 {
+                code_page.translate(&regs, &*mem, at).map_err(|_| Errno::FAULT)
+            } else {
+                physical(&regs, &mem, at, n)
+            };
             let Ok(gpa) = gpa else {
                 return (bytes, offset);
             };
@@ -121,22 +119,6 @@ impl Context {
         let mut table = self.debugger().table();
         write_keeping_breakpoints(&mut table, &self.memory(), gpa, buf)
     }
-}
-
-/// The guest-physical address of `gva` by `remembered`'s walk where it
-/// still holds, else by a new walk, which `remembered` then keeps.
-pub(crate) fn code_page_gpa(
-    regs: &PagingRegisters,
-    mem: &GuestMemory,
-    gva: u64,
-    remembered: &mut Option<RememberedTranslation>,
-) -> Result<u64> {
-    if let Some(gpa) = remembered.as_ref().and_then(|page| page.translate(regs, mem, gva)) {
-        return Ok(gpa);
-    }
-    let (translation, walk) = RememberedTranslation::walk(regs, mem, gva).map_err(|_| Errno::FAULT)?;
-    *remembered = Some(walk);
-    Ok(translation.gpa)
 }
 
 /// The guest-physical address behind the `n` bytes at `gva` (one page).

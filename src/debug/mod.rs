@@ -94,13 +94,10 @@ pub struct Debugger {
     real_mode_int3_exits: OnceLock<bool>,
     /// Kicks vcpus stuck on protected pages (see `progress`).
     pub(crate) progress_watchdog: Mutex<Option<progress::ProgressWatchdog>>,
-    /// The walks of the software breakpoints' pages at the last re-arm
-    /// (see `exits::rearm_breakpoints`), at most [`REMEMBERED_WALKS`].
-    pub(crate) breakpoint_walks: Mutex<Vec<pagewalk::RememberedTranslation>>,
+    /// The walks of the software breakpoints' pages at the last re-arms
+    /// (see `exits::rearm_breakpoints`).
+    pub(crate) breakpoint_walks: Mutex<pagewalk::RememberedWalks<16>>,
 }
-
-/// How many breakpoint pages a re-arm remembers the walks of.
-pub(crate) const REMEMBERED_WALKS: usize = 16;
 
 impl Debugger {
     /// Probes the host through `check_extension`.
@@ -117,7 +114,7 @@ impl Debugger {
             single_step_skips_halts: OnceLock::new(),
             real_mode_int3_exits: OnceLock::new(),
             progress_watchdog: Mutex::new(None),
-            breakpoint_walks: Mutex::new(Vec::new()),
+            breakpoint_walks: Mutex::default(),
         }
     }
 

@@ -203,6 +203,36 @@ impl RememberedTranslation {
     }
 }
 
+/// The last `N` walks remembered, for translations that keep landing on
+/// the same few pages (RIP's page at each step, the breakpoints' pages at
+/// each stop): a remembered walk where one still holds, else a new walk,
+/// which replaces the oldest.
+#[derive(Clone, Copy, Debug)]
+pub struct RememberedWalks<const N: usize> {
+    walks: [Option<RememberedTranslation>; N],
+    /// Where the next new walk goes.
+    next: usize,
+}
+
+impl<const N: usize> Default for RememberedWalks<N> {
+    fn default() -> Self {
+        RememberedWalks { walks: [None; N], next: 0 }
+    }
+}
+
+impl<const N: usize> RememberedWalks<N> {
+    /// The guest-physical address of `gva`.
+    pub fn translate(&mut self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Result<u64, WalkError> {
+        if let Some(gpa) = self.walks.iter().flatten().find_map(|walk| walk.translate(regs, mem, gva)) {
+            return Ok(gpa);
+        }
+        let (translation, walk) = RememberedTranslation::walk(regs, mem, gva)?;
+        self.walks[self.next] = Some(walk);
+        self.next = (self.next + 1) % N;
+        Ok(translation.gpa)
+    }
+}
+
 /// Memory that remembers the u64s read through it (at most
 /// [`MOST_ENTRIES`]; a walk reads no more).
 struct Recording<'m, M> {
@@ -408,6 +438,31 @@ pub(super) mod tests {
         assert_eq!((t.gpa, remembered.translate(&regs32, &m32, gva32)), (0x5_5010, Some(0x5_5010)));
         m32.set32(0x2000 + 2 * 4, 0x6_6000 | RW as u32);
         assert_eq!(remembered.translate(&regs32, &m32, gva32), None);
+    }
+
+    #[test]
+    fn remembered_walks_keep_the_last_n_pages_and_walk_the_others() {
+        let mut m = Tables::default();
+        m.set64(0x1000, 0x2000 | RW);
+        m.set64(0x2000, 0x3000 | RW);
+        m.set64(0x3000, 0x4000 | RW);
+        for page in 0..4u64 {
+            m.set64(0x4000 + page * 8, (0x10_0000 + page * 0x1000) | RW);
+        }
+        let regs = long_mode(0x1000, false);
+        let mut walks = RememberedWalks::<2>::default();
+        assert_eq!(walks.translate(&regs, &m, 0x0123), Ok(0x10_0123));
+        assert_eq!(walks.translate(&regs, &m, 0x1456), Ok(0x10_1456));
+        assert!(walks.walks.iter().all(Option::is_some), "both pages remembered");
+        // A third page replaces the oldest walk, and every answer stays right.
+        assert_eq!(walks.translate(&regs, &m, 0x2789), Ok(0x10_2789));
+        assert_eq!(walks.walks[0].map(|w| w.page), Some(2));
+        assert_eq!(walks.translate(&regs, &m, 0x0abc), Ok(0x10_0abc));
+        // A remapped page is walked again, not answered from memory.
+        m.set64(0x4000 + 8, 0x77_7000 | RW);
+        assert_eq!(walks.translate(&regs, &m, 0x1000), Ok(0x77_7000));
+        m.set64(0x4000 + 8, 0);
+        assert_eq!(walks.translate(&regs, &m, 0x1000), Err(WalkError::NotPresent { level: 1 }));
     }
 
     #[test]

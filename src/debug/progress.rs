@@ -257,7 +257,7 @@ pub fn note_protected_access(ctx: &Context, vcpu: &Vcpu, gpa: u64, is_write: boo
 /// `sidt`, `lgdt`, `lidt`, `smsw`, `lmsw`, `invlpg`) that the instruction
 /// emulator can retry without end on a protected operand.
 fn is_system_instruction(ctx: &Context, vcpu: &Vcpu, pc: u64) -> bool {
-    let Ok(long) = vcpu.regs_and_sregs().map(|(_, sregs)| sregs.cs.l != 0) else { return false };
+    let Ok(long) = vcpu.read_registers(|_, sregs| sregs.cs.l != 0) else { return false };
     let (bytes, len) = ctx.read_instruction(vcpu, pc);
     let bytes = &bytes[..len];
     let prefixes = bytes

@@ -10,7 +10,7 @@
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
-use super::pagewalk::RememberedTranslation;
+use super::vcpu_state::CodePage;
 use crate::context::Context;
 use crate::error::Result;
 use crate::vcpu::Vcpu;
@@ -133,11 +133,7 @@ fn effect_of(bytes: &[u8], default_operand: u64, long: bool) -> Effect {
 /// The guest's trap flag before the instruction at RIP, and after it. Only
 /// meaningful while KVM does not single-step the vcpu (it hides TF then).
 /// RIP's page is translated with `code_page` where it still holds.
-pub fn before_step(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    code_page: &mut Option<RememberedTranslation>,
-) -> Result<TrapFlagAcrossStep> {
+pub fn before_step(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<TrapFlagAcrossStep> {
     let (before, long, default_operand, stack, pc, stack_before) = vcpu.read_registers(|regs, sregs| {
         let long = sregs.cs.l != 0;
         (

@@ -10,7 +10,7 @@ use kvm_bindings::{
 
 use super::debugregs::{encode, Condition, DebugRegisterSlot, Dr7, DEBUG_REGISTERS};
 use super::decode::{DebugEvent, ProgrammedRegisters};
-use super::pagewalk::RememberedTranslation;
+use super::pagewalk::RememberedWalks;
 use super::trap_flag::TrapFlagAcrossStep;
 
 /// Where a vcpu stopped on a library breakpoint: when it resumes there, it
@@ -83,6 +83,9 @@ impl Programming {
 /// changed (with the vcpu out of the guest) before the exit is handled.
 const REMEMBERED_PROGRAMMINGS: usize = 8;
 
+/// The remembered walk of a vcpu's code page.
+pub type CodePage = RememberedWalks<1>;
+
 /// The debugging state of one vcpu.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VcpuDebug {
@@ -113,9 +116,9 @@ pub struct VcpuDebug {
     pub stepping_through: bool,
     /// The last debug event reported to the VMM.
     pub last_event: Option<DebugEvent>,
-    /// The translation of RIP's page at the last `hlt` probe (see
-    /// `exits::at_hlt`).
-    pub code_page: Option<RememberedTranslation>,
+    /// The walk of RIP's page when it was last looked at (the `hlt`
+    /// probe, the trap-flag decoder, a step over a breakpoint).
+    pub code_page: CodePage,
 }
 
 impl VcpuDebug {

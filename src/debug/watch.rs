@@ -365,24 +365,10 @@ pub struct WatchHit {
 /// protection may have ended since the exit), so the library completes it
 /// in memory (a load fills `data`) and returns the watchpoint it fires, if
 /// any. `None` when the access is the VMM's MMIO (outside RAM, or a store
-/// to the VMM's read-only memory). One load when no page was ever protected.
-#[inline(always)]
+/// to the VMM's read-only memory). Only for MMIO exits once
+/// [`Debugger::pages_were_protected`](crate::debug::Debugger::pages_were_protected):
+/// before that every MMIO exit is the VMM's, and the run loop checks.
 pub fn complete_protected_access(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    gpa: u64,
-    data: &mut [u8],
-    is_write: bool,
-) -> Option<Result<Option<WatchHit>>> {
-    if !ctx.debugger().pages_were_protected() {
-        return None;
-    }
-    complete_access_with_protections(ctx, vcpu, gpa, data, is_write)
-}
-
-/// [`complete_protected_access`] once pages were protected.
-#[inline(never)]
-fn complete_access_with_protections(
     ctx: &Context,
     vcpu: &Vcpu,
     gpa: u64,

@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_sync_regs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
 
 use self::pause::{PauseGate, PauseGuard};
@@ -225,13 +225,9 @@ impl Vcpu {
                 return Ok(regs);
             }
         }
-        let paging = paging_registers_of;
-        let regs = self.with_fd(|fd| {
-            if self.synced_epoch.load(Ordering::Acquire) == self.state_epoch() {
-                // SAFETY: as in `with_registers_at_exit`; four fields, no copy.
-                return Ok(paging(unsafe { &fd.get_kvm_run().s.regs.sregs }));
-            }
-            fd.get_sregs().map(|sregs| paging(&sregs)).map_err(Errno::from)
+        let regs = self.with_fd(|fd| match self.synced_at_exit(fd) {
+            Some(synced) => Ok(paging_registers_of(&synced.sregs)),
+            None => fd.get_sregs().map(|sregs| paging_registers_of(&sregs)).map_err(Errno::from),
         })?;
         *cache = Some((epoch, regs));
         Ok(regs)
@@ -474,19 +470,16 @@ impl Vcpu {
         self.sync_registers.store(sync, Ordering::Relaxed);
     }
 
-    /// Calls `f` with the registers at the last exit, when `kvm_run` holds
-    /// them and nobody has written the vcpu's registers since; `None`
-    /// otherwise. No copy: the debug paths read a few fields per exit.
-    pub fn with_registers_at_exit<R>(&self, f: impl FnOnce(&kvm_regs, &kvm_sregs) -> R) -> Option<R> {
-        self.with_fd(|fd| {
-            if self.synced_epoch.load(Ordering::Acquire) != self.state_epoch() {
-                return None;
-            }
-            // SAFETY: the last run asked for KVM_SYNC_X86_REGS and _SREGS
-            // (synced_epoch says so), so the kernel filled the `regs` member.
-            let synced = unsafe { &fd.get_kvm_run().s.regs };
-            Some(f(&synced.regs, &synced.sregs))
-        })
+    /// The registers at the last exit, in `kvm_run` (the caller holds the
+    /// fd), when that exit synced them and nobody has written the vcpu's
+    /// registers since.
+    fn synced_at_exit<'f>(&self, fd: &'f mut VcpuFd) -> Option<&'f kvm_sync_regs> {
+        if self.synced_epoch.load(Ordering::Acquire) != self.state_epoch() {
+            return None;
+        }
+        // SAFETY: the last run asked for KVM_SYNC_X86_REGS and _SREGS
+        // (synced_epoch says so), so the kernel filled the `regs` member.
+        Some(unsafe { &fd.get_kvm_run().s.regs })
     }
 
     /// The general and segment registers: from the last exit when they are
@@ -501,9 +494,7 @@ impl Vcpu {
     /// the fd locked, so it must not call back into the vcpu.
     pub fn read_registers<R>(&self, f: impl FnOnce(&kvm_regs, &kvm_sregs) -> R) -> Result<R> {
         self.with_fd(|fd| {
-            if self.synced_epoch.load(Ordering::Acquire) == self.state_epoch() {
-                // SAFETY: as in `with_registers_at_exit`.
-                let synced = unsafe { &fd.get_kvm_run().s.regs };
+            if let Some(synced) = self.synced_at_exit(fd) {
                 return Ok(f(&synced.regs, &synced.sregs));
             }
             let regs = fd.get_regs().map_err(Errno::from)?;
