@@ -234,6 +234,9 @@ fn session(
                     if ready & 0b100 != 0 {
                         break End::Shutdown;
                     }
+                    if ready & 0b10 != 0 {
+                        stopper.clear_wake();
+                    }
                     if ready & 0b1 != 0 {
                         match read_into(g.borrow_conn(), &mut pending) {
                             Some(n) => (next, len) = (0, n),

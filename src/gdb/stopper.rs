@@ -61,7 +61,8 @@ impl Stopper {
         })
     }
 
-    /// The eventfd that becomes readable when a vcpu queued a stop event.
+    /// The eventfd that becomes readable when a vcpu with a stop event
+    /// queued parks.
     pub fn wake_fd(&self) -> &EventFd {
         &self.wake
     }
@@ -100,11 +101,21 @@ impl Stopper {
     }
 
     /// [`Stopper::checkpoint`] for a held vcpu: parks until released.
+    /// A vcpu that parks with a stop event queued wakes the debugger: it
+    /// then finds the vcpu already parked, with nothing to wait for.
     #[inline(never)]
     fn park(&self, vcpu: &Vcpu) -> Checkpoint {
-        let mut events = lock(&self.events);
+        let events = lock(&self.events);
         vcpu.set_parked(true);
+        let tell_debugger = !events.is_empty();
+        // Stored under the lock, so that a waiter in `wait_all_stopped`
+        // either sees it or is waiting already; woken outside it.
+        drop(events);
         self.changed.notify_all();
+        if tell_debugger {
+            let _ = self.wake.write(1);
+        }
+        let mut events = lock(&self.events);
         while vcpu.is_held() && !self.killed.load(Ordering::Acquire) {
             events = self.changed.wait(events).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
@@ -118,18 +129,25 @@ impl Stopper {
     }
 
     /// Called by the thread running `vcpu` for a debug event while a
-    /// debugger is attached: queue it, stop every vcpu, wake the debugger.
-    /// The vcpu parks at its next checkpoint.
+    /// debugger is attached: queue it and stop every vcpu. The vcpu parks
+    /// at its next checkpoint, which wakes the debugger. It is outside the
+    /// guest, on this thread, so it is held without a kick (a kick would
+    /// only make its next entry return at once).
     pub fn report(&self, ctx: &Context, vcpu: &Vcpu, event: DebugEvent) {
         lock(&self.events).push_back(StopEvent { vcpu: vcpu.index(), event });
+        vcpu.set_held(true);
         self.hold_all(ctx);
-        let _ = self.wake.write(1);
     }
 
     /// The oldest queued stop event.
     pub fn take_event(&self) -> Option<StopEvent> {
-        let _ = self.wake.read();
         lock(&self.events).pop_front()
+    }
+
+    /// Resets the wake eventfd once the debugger woke on it; the queue,
+    /// not the eventfd, says whether there are events.
+    pub fn clear_wake(&self) {
+        let _ = self.wake.read();
     }
 
     /// True when stop events wait for the debugger.
@@ -137,9 +155,13 @@ impl Stopper {
         !lock(&self.events).is_empty()
     }
 
-    /// Asks every vcpu to stop and kicks those inside the guest.
+    /// Asks every vcpu to stop and kicks those that may be in the guest
+    /// (not the ones already held: they are parked or on their way).
     pub fn hold_all(&self, ctx: &Context) {
         for vcpu in ctx.vcpus() {
+            if vcpu.is_held() {
+                continue;
+            }
             vcpu.set_held(true);
             if !vcpu.is_stopped() {
                 vcpu.kick();
@@ -179,7 +201,10 @@ impl Stopper {
         for vcpu in ctx.vcpus().filter(|v| release(v)) {
             vcpu.set_held(false);
         }
-        let _events = lock(&self.events);
+        // Taking the lock orders the releases before any parked vcpu's next
+        // look at them; the notification need not hold it (a vcpu woken
+        // inside it would only block on it again).
+        drop(lock(&self.events));
         self.changed.notify_all();
     }
 
