@@ -242,10 +242,11 @@ impl InternalError {
 
 /// Decodes the exit described by `mapping`, after a successful `KVM_RUN`.
 /// Port I/O whose size or data the kernel would never report is
-/// `OtherExit::Unknown(KVM_EXIT_IO)`. Inlined: it is on the path of every exit,
-/// where a call would build the exit in memory and then copy it.
+/// `OtherExit::Unknown(KVM_EXIT_IO)`. `on_other` runs first for every exit
+/// but port I/O and MMIO. Inlined: it is on the path of every exit, where a
+/// call would build the exit in memory and then copy it.
 #[inline(always)]
-pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData) -> Exit {
+pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData, on_other: impl FnOnce()) -> Exit {
     let run = mapping.run();
     // SAFETY (both union reads): the kernel wrote `exit_reason`, which
     // names the union member it filled; all members are plain integers.
@@ -257,6 +258,7 @@ pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData) -> Exit {
             Exit::Mmio { addr: mmio.phys_addr, len: mmio.len.min(8) as u8, is_write: mmio.is_write != 0 }
         }
         _ => {
+            on_other();
             data.other = decode_other(run, data);
             Exit::Other
         }
@@ -403,7 +405,7 @@ mod tests {
 
         fn decode_with(&self, data: &mut ExitData) -> Exit {
             // SAFETY: the buffer is 8192 bytes, aligned, and not written meanwhile.
-            decode(unsafe { RunMapping::new(NonNull::from(&self.0).cast(), self.0.len()) }, data)
+            decode(unsafe { RunMapping::new(NonNull::from(&self.0).cast(), self.0.len()) }, data, || {})
         }
     }
 

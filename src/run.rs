@@ -145,7 +145,8 @@ fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit,
                     Err(r) => return r,
                 }
             } else {
-                mmio_to_vmm(ctx, vcpu, addr, &mut exit_data.mmio[..usize::from(len).min(8)], is_write)
+                // `decode` keeps `len` within the 8 data bytes.
+                mmio_to_vmm(ctx, vcpu, addr, &mut exit_data.mmio[..usize::from(len)], is_write)
             }
         }
         Exit::Other => return handle_other_exit(ctx, vcpu, exit_data),

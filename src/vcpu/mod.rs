@@ -387,6 +387,13 @@ impl Vcpu {
         while !self.gate.try_enter() {
             self.gate.park();
         }
+    }
+
+    /// Runner, in the entry window: notes the debug state given to KVM as
+    /// the one the last entry had. It cannot change inside the window (it
+    /// is given before entering, or by a thread holding a pause), so noting
+    /// it at a debug exit is noting it at that exit's entry.
+    fn note_entered_generation(&self) {
         self.entered_generation.store(self.debug_generation.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
@@ -448,7 +455,9 @@ impl Vcpu {
         // SAFETY: the mapping is `mmap_size` bytes from `run_page`; in the
         // entry window nothing else writes it (the kernel only in KVM_RUN).
         let mapping = unsafe { RunMapping::new(self.run_page.cast(), self.mmap_size) };
-        exit::decode(mapping, data)
+        // Only a debug exit, one of the rare ones, is decoded against the
+        // debug state: it is noted there, not at every entry.
+        exit::decode(mapping, data, || self.note_entered_generation())
     }
 
     /// Copies of registers taken before a run stay usable while it runs
@@ -510,6 +519,8 @@ impl Vcpu {
     /// `exit_data`, as in [`Vcpu::enter`].
     pub fn complete_instruction(&self, _runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> Result<Option<Exit>> {
         self.open_entry_window();
+        // The step this entry finishes may be reported without an exit.
+        self.note_entered_generation();
         let sync = self.sync_registers.load(Ordering::Relaxed);
         // SAFETY (both): the window is open, and this thread is the runner;
         // each reference ends before the kernel or the decoder reads the page.
