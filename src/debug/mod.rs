@@ -172,8 +172,14 @@ fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug) -> Res
     let desired = desired_debug(ctx, state);
     vcpu.set_sync_registers(desired.control != 0);
     if desired != state.programmed || std::mem::take(&mut state.single_step_lost) {
-        vcpu.ioctl(|fd| fd.set_guest_debug(&desired))?;
-        vcpu.set_debug_generation(state.set_programmed(desired));
+        // The generation is stored while the vcpu is still held out of the
+        // guest, so that no entry runs with the new state under the old
+        // generation (a debug exit notes the generation it entered with).
+        vcpu.ioctl(|fd| {
+            fd.set_guest_debug(&desired)?;
+            vcpu.set_debug_generation(state.set_programmed(desired));
+            Ok::<(), kvm_ioctls::Error>(())
+        })?;
     }
     Ok(())
 }
