@@ -82,14 +82,19 @@ pub enum Entry {
 /// Before an entry where the vcpu's [`Attention`](crate::vcpu::Attention)
 /// asks for it (the debug state changed, or the vcpu single-steps): start a
 /// step over the breakpoint the vcpu stopped on, and give KVM the current
-/// debug state.
+/// debug state if it changed. Between two single steps it has not: every
+/// change asks for attention, and only then is the state computed again.
 #[inline(never)]
 pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
-    vcpu.clear_debug_attention();
+    let mut changed = vcpu.take_debug_attention();
     let mut state = lock(&vcpu.debug);
     if let Some(resume) = state.resume.take() {
         start_step_over(ctx, vcpu, &mut state, resume)?;
+        changed = true;
     }
+    // Whatever was asked, a single step KVM was not given is not lost.
+    let library_step = state.step_over.is_some() || state.stepping_through;
+    changed |= state.programming().single_steps() != (state.stepping() || library_step);
     let stepping = state.stepping() || state.step_over.is_some();
     if stepping
         && !ctx.irqchip_in_kernel()
@@ -105,7 +110,9 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
         program(ctx, vcpu, &mut state)?;
         return Ok(Entry::Halted);
     }
-    program(ctx, vcpu, &mut state)?;
+    if changed {
+        program(ctx, vcpu, &mut state)?;
+    }
     if std::mem::take(&mut state.restore_trap_flag) && !state.programming().single_steps() {
         trap_flag::set(vcpu)?;
     }
@@ -447,7 +454,8 @@ fn act(
 }
 
 /// Tells the VMM (or an attached gdb) about `event` on `vcpu`, after every
-/// lock is released; the stop also re-arms breakpoints.
+/// lock is released; the stop also re-arms breakpoints. A stop on a
+/// library breakpoint asks for attention: the next entry steps over it.
 pub(crate) fn report(
     ctx: &Context,
     vcpu: &Vcpu,
@@ -455,8 +463,11 @@ pub(crate) fn report(
     event: DebugEvent,
 ) -> Result<c_int> {
     state.last_event = Some(event);
+    let resumes = state.resume.is_some();
     drop(state);
-    vcpu.request_debug_attention();
+    if resumes {
+        vcpu.request_debug_attention();
+    }
     rearm_breakpoints(ctx, vcpu)?;
     if ctx.stopper().attached() {
         // gdb owns the debug events: stop everything and tell it.

@@ -253,9 +253,9 @@ impl Vcpu {
     }
 
     /// Clears the request of [`Vcpu::request_debug_attention`], as the
-    /// debug state is looked at.
-    pub fn clear_debug_attention(&self) {
-        self.set_attention(Attention::DEBUG, false);
+    /// debug state is looked at; true when there was one.
+    pub fn take_debug_attention(&self) -> bool {
+        self.attention.fetch_and(!Attention::DEBUG, Ordering::AcqRel) & Attention::DEBUG != 0
     }
 
     /// Records whether the vcpu is single-stepping, for the run loop's checks.
