@@ -7,12 +7,20 @@ use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
 use super::vcpu_state::CodePage;
 use crate::context::Context;
 use crate::error::{Errno, Result};
-use crate::memory::{page_runs, GuestMemory};
+use crate::memory::{page_runs, GuestMemory, WordPlace};
 use crate::vcpu::Vcpu;
 
 impl PhysicalMemory for GuestMemory {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
         GuestMemory::read_u64(self, gpa).ok()
+    }
+
+    fn read_u64_placed(&self, gpa: u64) -> Option<(u64, Option<WordPlace>)> {
+        GuestMemory::read_u64_placed(self, gpa).ok()
+    }
+
+    fn read_placed_u64(&self, place: WordPlace) -> Option<u64> {
+        GuestMemory::read_placed_u64(self, place)
     }
 }
 

@@ -7,10 +7,24 @@
 
 use std::cell::Cell;
 
+use crate::memory::WordPlace;
+
 /// Reads guest-physical memory for the walker.
 pub trait PhysicalMemory {
     /// The little-endian u64 at `gpa`, or `None` when it is not backed.
     fn read_u64(&self, gpa: u64) -> Option<u64>;
+
+    /// [`PhysicalMemory::read_u64`], with where the u64 lies when the
+    /// memory can say, for [`PhysicalMemory::read_placed_u64`].
+    fn read_u64_placed(&self, gpa: u64) -> Option<(u64, Option<WordPlace>)> {
+        self.read_u64(gpa).map(|value| (value, None))
+    }
+
+    /// The u64 at `place` as it is now; `None` when the memory no longer
+    /// knows the place (then it is read by address).
+    fn read_placed_u64(&self, _place: WordPlace) -> Option<u64> {
+        None
+    }
 
     /// The little-endian u32 at `gpa`, or `None` when it is not backed.
     fn read_u32(&self, gpa: u64) -> Option<u32> {
@@ -166,10 +180,30 @@ pub struct RememberedTranslation {
     page: u64,
     /// The guest-physical address of that page.
     gpa_page: u64,
-    /// Each entry read, as `(gpa, value)`: u64 reads (u32 entries are read
-    /// as the u64 holding them, see `PhysicalMemory::read_u32`).
-    entries: [(u64, u64); MOST_ENTRIES],
+    /// Each entry read, as u64 reads (u32 entries are read as the u64
+    /// holding them, see `PhysicalMemory::read_u32`).
+    entries: [ReadEntry; MOST_ENTRIES],
     len: usize,
+}
+
+/// A table entry a walk read: where, its value, and where in the host it
+/// lies (when the memory said), to be looked at again without a search.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadEntry {
+    gpa: u64,
+    value: u64,
+    place: Option<WordPlace>,
+}
+
+impl ReadEntry {
+    /// True when the entry still holds its value.
+    fn holds(&self, mem: &impl PhysicalMemory) -> bool {
+        let now = match self.place.and_then(|place| mem.read_placed_u64(place)) {
+            Some(value) => Some(value),
+            None => mem.read_u64(self.gpa),
+        };
+        now == Some(self.value)
+    }
 }
 
 impl RememberedTranslation {
@@ -198,7 +232,7 @@ impl RememberedTranslation {
     pub fn translate(&self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Option<u64> {
         let holds = *regs == self.regs
             && gva >> 12 == self.page
-            && self.entries[..self.len].iter().all(|&(gpa, value)| mem.read_u64(gpa) == Some(value));
+            && self.entries[..self.len].iter().all(|entry| entry.holds(mem));
         holds.then_some(self.gpa_page | (gva & 0xfff))
     }
 }
@@ -237,16 +271,16 @@ impl<const N: usize> RememberedWalks<N> {
 /// [`MOST_ENTRIES`]; a walk reads no more).
 struct Recording<'m, M> {
     mem: &'m M,
-    entries: [Cell<(u64, u64)>; MOST_ENTRIES],
+    entries: [Cell<ReadEntry>; MOST_ENTRIES],
     len: Cell<usize>,
 }
 
 impl<M: PhysicalMemory> PhysicalMemory for Recording<'_, M> {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let value = self.mem.read_u64(gpa)?;
+        let (value, place) = self.mem.read_u64_placed(gpa)?;
         let len = self.len.get();
         if let Some(slot) = self.entries.get(len) {
-            slot.set((gpa, value));
+            slot.set(ReadEntry { gpa, value, place });
             self.len.set(len + 1);
         }
         Some(value)
@@ -438,6 +472,63 @@ pub(super) mod tests {
         assert_eq!((t.gpa, remembered.translate(&regs32, &m32, gva32)), (0x5_5010, Some(0x5_5010)));
         m32.set32(0x2000 + 2 * 4, 0x6_6000 | RW as u32);
         assert_eq!(remembered.translate(&regs32, &m32, gva32), None);
+    }
+
+    /// KVM slots that need no KVM, for guest memory in a unit test.
+    struct NoKvm;
+
+    impl crate::memory::SlotRegistry for NoKvm {
+        fn register(&self, _: &crate::memory::Piece) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn unregister(&self, _: u32) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn dirty_log(&self, _: u32, len: u64) -> crate::error::Result<Vec<u64>> {
+            Ok(vec![0; len.div_ceil(4096 * 64) as usize])
+        }
+    }
+
+    #[test]
+    fn a_walk_remembered_in_guest_memory_reads_its_entries_where_they_lie() {
+        use crate::memory::{Backing, GuestMemory, Slot, SlotKind};
+        let mut mem = GuestMemory::new(32);
+        let (id, host) = mem.map_anonymous(0x10000).unwrap();
+        let ram = Slot {
+            id: 0,
+            gpa: 0,
+            len: 0x10000,
+            host,
+            log: false,
+            readonly: false,
+            kind: SlotKind::Ram,
+            backing: Backing::Library(id),
+        };
+        mem.add_slot(&NoKvm, ram).unwrap();
+        let set = |mem: &GuestMemory, gpa: u64, value: u64| mem.write(gpa, &value.to_le_bytes()).unwrap();
+        set(&mem, 0x1000, 0x2000 | RW);
+        set(&mem, 0x2000, 0x3000 | RW);
+        set(&mem, 0x3000, 0x4000 | RW);
+        set(&mem, 0x4000 + 5 * 8, 0x7000 | RW);
+        let regs = long_mode(0x1000, false);
+        let (t, remembered) = RememberedTranslation::walk(&regs, &mem, 0x5123).unwrap();
+        assert_eq!(t.gpa, 0x7123);
+        assert!(remembered.entries[..remembered.len].iter().all(|e| e.place.is_some()), "every entry placed");
+        assert_eq!(remembered.translate(&regs, &mem, 0x5abc), Some(0x7abc));
+        // Each entry the guest changes undoes the walk, read where it lies.
+        for (entry, value) in [(0x4000 + 5 * 8, 0x8000 | RW), (0x3000, 0x5000 | RW), (0x1000, 0)] {
+            let before = mem.read_u64(entry).unwrap();
+            set(&mem, entry, value);
+            assert_eq!(remembered.translate(&regs, &mem, 0x5123), None, "entry {entry:#x} changed");
+            set(&mem, entry, before);
+            assert_eq!(remembered.translate(&regs, &mem, 0x5123), Some(0x7123));
+        }
+        // New slots: the places are forgotten, and the entries read by address.
+        let far = Slot { gpa: 0x100_0000, len: 0x1000, backing: Backing::Caller, ..ram };
+        mem.add_slot(&NoKvm, far).unwrap();
+        assert_eq!(remembered.translate(&regs, &mem, 0x5123), Some(0x7123));
+        set(&mem, 0x2000, 0x6000 | RW);
+        assert_eq!(remembered.translate(&regs, &mem, 0x5123), None);
     }
 
     #[test]

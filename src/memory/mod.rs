@@ -12,6 +12,7 @@ mod kvm_slots;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 
@@ -117,6 +118,24 @@ impl Slot {
     }
 }
 
+/// Where a u64 of guest memory lies in the host, found by
+/// [`GuestMemory::read_u64_placed`]: read again with
+/// [`GuestMemory::read_placed_u64`] without a slot search, for as long as
+/// the memory keeps the slots it had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WordPlace {
+    layout: u64,
+    host: u64,
+}
+
+/// Numbers the slot layouts of every [`GuestMemory`] apart, so that a place
+/// found in one layout (or one VM) is never taken for another's.
+static NEXT_LAYOUT: AtomicU64 = AtomicU64::new(1);
+
+fn new_layout() -> u64 {
+    NEXT_LAYOUT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// How the debugger protects one page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protection {
@@ -187,6 +206,8 @@ pub struct GuestMemory {
     /// Vcpus stepping through an instruction with every protection lifted
     /// (see [`GuestMemory::lift_protections`]).
     lifts: u32,
+    /// The layout number of the current slots: a new one at every change.
+    layout: u64,
 }
 
 /// Checks that `[start, start + len)` is a non-empty, page-aligned range
@@ -212,6 +233,7 @@ impl GuestMemory {
             log_all: false,
             kvm_slots: KvmSlotNumbers::new(max_slots),
             lifts: 0,
+            layout: new_layout(),
         }
     }
 
@@ -348,12 +370,14 @@ impl GuestMemory {
             return Err(e);
         }
         self.slots.push(slot);
+        self.layout = new_layout();
         Ok(slot)
     }
 
     fn remove_slot(&mut self, kvm: &dyn SlotRegistry, slot: &Slot) -> Result<()> {
         self.unregister_pieces(kvm, slot)?;
         self.slots.retain(|s| s.id != slot.id);
+        self.layout = new_layout();
         Ok(())
     }
 
@@ -463,6 +487,7 @@ impl GuestMemory {
                 self.dirty_outside_kvm.extend(dirty); // for the outer parts
             }
             self.slots.retain(|s| s.id != slot.id);
+            self.layout = new_layout();
             removed?;
             let outer_parts = [(slot.gpa, start.max(slot.gpa)), (end.min(slot.end()), slot.end())];
             for (part_start, part_end) in outer_parts.into_iter().filter(|(a, b)| a < b) {
@@ -565,6 +590,34 @@ impl GuestMemory {
         let mut bytes = [0u8; 8];
         self.read(gpa, &mut bytes)?;
         Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// [`GuestMemory::read_u64`], with where the u64 lies when one slot
+    /// holds all of it.
+    pub fn read_u64_placed(&self, gpa: u64) -> Result<(u64, Option<WordPlace>)> {
+        let end = gpa.checked_add(8).ok_or(Errno::FAULT)?;
+        if let Some(slot) = self.slot_containing(gpa).filter(|slot| end <= slot.end()) {
+            let host = slot.host_of(gpa);
+            // SAFETY: as in `read_u64`.
+            let value = u64::from_le(unsafe { (host as *const u64).read_unaligned() });
+            return Ok((value, Some(WordPlace { layout: self.layout, host })));
+        }
+        Ok((self.read_u64(gpa)?, None))
+    }
+
+    /// The u64 at `place`, as it is now; `None` when the slots changed
+    /// since `place` was found (or it was found in another VM's memory).
+    pub fn read_placed_u64(&self, place: WordPlace) -> Option<u64> {
+        if place.layout != self.layout {
+            return None;
+        }
+        // SAFETY: layout numbers are unique, so these are the slots `place`
+        // was found in, in this memory: the slot that held the 8 bytes at
+        // `host` still does, and its host memory is live while it exists
+        // (a library mapping is unmapped only once no slot uses it, and the
+        // VMM's stays mapped while registered). Guest memory may be
+        // unaligned for a u64.
+        Some(u64::from_le(unsafe { (place.host as *const u64).read_unaligned() }))
     }
 
     /// The byte at `gpa`: one slot search and one load.
@@ -949,5 +1002,39 @@ mod tests {
         mem.destroy(&kvm, 0x101000, 0x1000).unwrap();
         assert!(mem.mappings.is_empty());
         assert!(kvm.layout().is_empty());
+    }
+
+    #[test]
+    fn a_placed_word_reads_the_current_value_until_the_slots_change() {
+        let kvm = FakeKvm::default();
+        let mut mem = GuestMemory::new(32);
+        let (id, host) = mem.map_anonymous(0x2000).unwrap();
+        mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0x10000, 0x2000, host) }).unwrap();
+        mem.write(0x10ff8, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+        let (value, place) = mem.read_u64_placed(0x10ff8).unwrap();
+        assert_eq!(value, 0x1122_3344_5566_7788);
+        let place = place.expect("one slot holds the word");
+        mem.write_u8(0x10ff8, 0x99).unwrap();
+        assert_eq!(mem.read_placed_u64(place), Some(0x1122_3344_5566_7799), "read again as it is now");
+
+        // Not the same place in another VM's memory with the same slots.
+        let other_kvm = FakeKvm::default();
+        let mut other = GuestMemory::new(32);
+        let (other_id, other_host) = other.map_anonymous(0x2000).unwrap();
+        other
+            .add_slot(&other_kvm, Slot { backing: Backing::Library(other_id), ..ram(0x10000, 0x2000, other_host) })
+            .unwrap();
+        assert_eq!(other.read_placed_u64(place), None);
+
+        // Any change of the slots forgets every place, even where the word stays.
+        mem.add_slot(&kvm, ram(0x40000, 0x1000, 0x4000_0000)).unwrap();
+        assert_eq!(mem.read_placed_u64(place), None);
+        let (_, place) = mem.read_u64_placed(0x10ff8).unwrap();
+        mem.unback(&kvm, 0x11000, 0x1000).unwrap();
+        assert_eq!(mem.read_placed_u64(place.unwrap()), None);
+        // A word across two slots has no place; it is still read.
+        mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0x11000, 0x1000, host + 0x1000) }).unwrap();
+        let (value, place) = mem.read_u64_placed(0x10ffc).unwrap();
+        assert_eq!((value & 0xffff_ffff, place), (0x1122_3344, None));
     }
 }
