@@ -581,15 +581,7 @@ impl GuestMemory {
     /// The little-endian u64 at `gpa`: one slot search and one load where
     /// a slot holds all 8 bytes (page-table entries always lie in one).
     pub fn read_u64(&self, gpa: u64) -> Result<u64> {
-        let end = gpa.checked_add(8).ok_or(Errno::FAULT)?;
-        if let Some(slot) = self.slot_containing(gpa).filter(|slot| end <= slot.end()) {
-            // SAFETY: the 8 bytes lie inside the slot's live host memory
-            // (checked above); guest memory may be unaligned for a u64.
-            return Ok(u64::from_le(unsafe { (slot.host_of(gpa) as *const u64).read_unaligned() }));
-        }
-        let mut bytes = [0u8; 8];
-        self.read(gpa, &mut bytes)?;
-        Ok(u64::from_le_bytes(bytes))
+        self.read_u64_placed(gpa).map(|(value, _)| value)
     }
 
     /// [`GuestMemory::read_u64`], with where the u64 lies when one slot
@@ -598,11 +590,14 @@ impl GuestMemory {
         let end = gpa.checked_add(8).ok_or(Errno::FAULT)?;
         if let Some(slot) = self.slot_containing(gpa).filter(|slot| end <= slot.end()) {
             let host = slot.host_of(gpa);
-            // SAFETY: as in `read_u64`.
+            // SAFETY: the 8 bytes lie inside the slot's live host memory
+            // (checked above); guest memory may be unaligned for a u64.
             let value = u64::from_le(unsafe { (host as *const u64).read_unaligned() });
             return Ok((value, Some(WordPlace { layout: self.layout, host })));
         }
-        Ok((self.read_u64(gpa)?, None))
+        let mut bytes = [0u8; 8];
+        self.read(gpa, &mut bytes)?;
+        Ok((u64::from_le_bytes(bytes), None))
     }
 
     /// The u64 at `place`, as it is now; `None` when the slots changed
