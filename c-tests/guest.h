@@ -55,9 +55,14 @@ void test_vm_load(struct test_vm *vm, uint64_t gpa, const void *start, const voi
 #define DECLARE_GUEST(name) extern const uint8_t name##_start[], name##_end[]
 /* Declares a label inside guest program `name`. */
 #define DECLARE_GUEST_LABEL(name, label) extern const uint8_t name##_##label[]
+/* Guest address of `label`, inside the program starting at `start`, once
+ * that program is loaded at GUEST_CODE. */
+static inline uint64_t guest_code_addr(const void *start, const void *label)
+{
+    return GUEST_CODE + (uint64_t)((uintptr_t)label - (uintptr_t)start);
+}
 /* Guest address of a label of a program loaded at GUEST_CODE. */
-#define GUEST_LABEL_ADDR(name, label) \
-    ((uint64_t)(GUEST_CODE + ((uintptr_t)name##_##label - (uintptr_t)name##_start)))
+#define GUEST_LABEL_ADDR(name, label) guest_code_addr(name##_start, name##_##label)
 
 /* Puts `vcpu` in 64-bit long mode at `rip`, writing the page tables, GDT
  * and an empty IDT, and setting the host's supported CPUID. */

@@ -507,7 +507,7 @@ int main(void)
     setvbuf(stdout, NULL, _IONBF, 0);
     signal(SIGALRM, on_case_timeout);
     for (i = 0; i < LABELS; i++)
-        label_addr[i] = GUEST_CODE + (uint64_t)(labels[i] - matrix_start);
+        label_addr[i] = guest_code_addr(matrix_start, labels[i]);
     RUN(every_pair_of_debug_events_reports_exactly_and_the_guest_finishes);
     return check_summary();
 }

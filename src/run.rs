@@ -50,7 +50,7 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
     let request_window = if attention.is_clear() && !hooks.entry {
         false
     } else {
-        match prepare_entry(ctx, vcpu, attention) {
+        match prepare_entry(ctx, vcpu, attention, hooks) {
             Ok(request_window) => request_window,
             Err(r) => return r,
         }
@@ -79,7 +79,12 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
 /// debug state given to KVM. Whether to request an interrupt window, or
 /// `kvm_run`'s result when it ends here.
 #[inline(never)]
-fn prepare_entry(ctx: &Context, vcpu: &Vcpu, mut attention: Attention) -> std::result::Result<bool, c_int> {
+fn prepare_entry(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    mut attention: Attention,
+    hooks: Hooks,
+) -> std::result::Result<bool, c_int> {
     let callbacks = ctx.callbacks();
     if attention.held() {
         if ctx.stopper().checkpoint(vcpu) == Checkpoint::Killed {
@@ -88,7 +93,7 @@ fn prepare_entry(ctx: &Context, vcpu: &Vcpu, mut attention: Attention) -> std::r
         attention = vcpu.attention();
     }
     let mut request_window = false;
-    if callbacks.has_entry_hooks() {
+    if hooks.entry {
         request_window = !ctx.irqchip_in_kernel() && callbacks.try_push_interrupts() != 0;
         let r = callbacks.pre_kvm_run(vcpu.index());
         if r != 0 {
@@ -228,7 +233,7 @@ fn handle_mmio_with_protections(
 ) -> std::result::Result<c_int, c_int> {
     // A copy: finishing a watched access may decode another exit.
     let mut bytes = exit_data.mmio;
-    let data = &mut bytes[..usize::from(len).min(8)];
+    let data = &mut bytes[..usize::from(len)];
     match debug::watch::complete_protected_access(ctx, vcpu, addr, data, is_write) {
         Some(watched) => {
             let watched =

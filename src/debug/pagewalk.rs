@@ -409,6 +409,14 @@ pub(super) mod tests {
         }
     }
 
+    /// The three upper levels of a 4-level walk of the first 2 MiB: the
+    /// root at 0x1000, the page table at 0x4000, each entry stored by `set`.
+    fn link_to_page_table(mut set: impl FnMut(u64, u64)) {
+        set(0x1000, 0x2000 | RW);
+        set(0x2000, 0x3000 | RW);
+        set(0x3000, 0x4000 | RW);
+    }
+
     #[test]
     fn paging_off_is_identity_truncated_to_32_bits() {
         let regs = PagingRegisters::default();
@@ -446,9 +454,7 @@ pub(super) mod tests {
     #[test]
     fn a_remembered_translation_holds_until_an_entry_or_a_register_changes() {
         let mut m = Tables::default();
-        m.set64(0x1000, 0x2000 | RW);
-        m.set64(0x2000, 0x3000 | RW);
-        m.set64(0x3000, 0x4000 | RW);
+        link_to_page_table(|gpa, entry| m.set64(gpa, entry));
         m.set64(0x4000 + 5 * 8, 0x77_7000 | RW);
         let regs = long_mode(0x1000, false);
         let (t, remembered) = RememberedTranslation::walk(&regs, &m, 0x5123).unwrap();
@@ -474,41 +480,15 @@ pub(super) mod tests {
         assert_eq!(remembered.translate(&regs32, &m32, gva32), None);
     }
 
-    /// KVM slots that need no KVM, for guest memory in a unit test.
-    struct NoKvm;
-
-    impl crate::memory::SlotRegistry for NoKvm {
-        fn register(&self, _: &crate::memory::Piece) -> crate::error::Result<()> {
-            Ok(())
-        }
-        fn unregister(&self, _: u32) -> crate::error::Result<()> {
-            Ok(())
-        }
-        fn dirty_log(&self, _: u32, len: u64) -> crate::error::Result<Vec<u64>> {
-            Ok(vec![0; len.div_ceil(4096 * 64) as usize])
-        }
-    }
-
     #[test]
     fn a_walk_remembered_in_guest_memory_reads_its_entries_where_they_lie() {
-        use crate::memory::{Backing, GuestMemory, Slot, SlotKind};
+        use crate::memory::tests::{library_ram, FakeKvm};
+        use crate::memory::GuestMemory;
+        let kvm = FakeKvm::default();
         let mut mem = GuestMemory::new(32);
-        let (id, host) = mem.map_anonymous(0x10000).unwrap();
-        let ram = Slot {
-            id: 0,
-            gpa: 0,
-            len: 0x10000,
-            host,
-            log: false,
-            readonly: false,
-            kind: SlotKind::Ram,
-            backing: Backing::Library(id),
-        };
-        mem.add_slot(&NoKvm, ram).unwrap();
+        library_ram(&mut mem, &kvm, 0, 0x10000);
         let set = |mem: &GuestMemory, gpa: u64, value: u64| mem.write(gpa, &value.to_le_bytes()).unwrap();
-        set(&mem, 0x1000, 0x2000 | RW);
-        set(&mem, 0x2000, 0x3000 | RW);
-        set(&mem, 0x3000, 0x4000 | RW);
+        link_to_page_table(|gpa, entry| set(&mem, gpa, entry));
         set(&mem, 0x4000 + 5 * 8, 0x7000 | RW);
         let regs = long_mode(0x1000, false);
         let (t, remembered) = RememberedTranslation::walk(&regs, &mem, 0x5123).unwrap();
@@ -524,8 +504,7 @@ pub(super) mod tests {
             assert_eq!(remembered.translate(&regs, &mem, 0x5123), Some(0x7123));
         }
         // New slots: the places are forgotten, and the entries read by address.
-        let far = Slot { gpa: 0x100_0000, len: 0x1000, backing: Backing::Caller, ..ram };
-        mem.add_slot(&NoKvm, far).unwrap();
+        library_ram(&mut mem, &kvm, 0x100_0000, 0x1000);
         assert_eq!(remembered.translate(&regs, &mem, 0x5123), Some(0x7123));
         set(&mem, 0x2000, 0x6000 | RW);
         assert_eq!(remembered.translate(&regs, &mem, 0x5123), None);
@@ -534,9 +513,7 @@ pub(super) mod tests {
     #[test]
     fn remembered_walks_keep_the_last_n_pages_and_walk_the_others() {
         let mut m = Tables::default();
-        m.set64(0x1000, 0x2000 | RW);
-        m.set64(0x2000, 0x3000 | RW);
-        m.set64(0x3000, 0x4000 | RW);
+        link_to_page_table(|gpa, entry| m.set64(gpa, entry));
         for page in 0..4u64 {
             m.set64(0x4000 + page * 8, (0x10_0000 + page * 0x1000) | RW);
         }

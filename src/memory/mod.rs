@@ -666,13 +666,13 @@ impl GuestMemory {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::cell::RefCell;
 
     /// Records the slot layout KVM would have, and fakes dirty pages.
     #[derive(Default)]
-    struct FakeKvm {
+    pub(crate) struct FakeKvm {
         slots: RefCell<Vec<Piece>>,
         dirty_gpas: RefCell<Vec<u64>>,
         /// Calls that register a new KVM slot, change one, or delete one.
@@ -738,6 +738,14 @@ mod tests {
 
     fn ram(gpa: u64, len: u64, host: u64) -> Slot {
         Slot { id: 0, gpa, len, host, log: false, readonly: false, kind: SlotKind::Ram, backing: Backing::Caller }
+    }
+
+    /// `len` bytes of RAM at `gpa` that `mem` maps itself: its mapping and
+    /// the host address of `gpa`.
+    pub(crate) fn library_ram(mem: &mut GuestMemory, kvm: &FakeKvm, gpa: u64, len: u64) -> (MappingId, u64) {
+        let (id, host) = mem.map_anonymous(len).unwrap();
+        mem.add_slot(kvm, Slot { backing: Backing::Library(id), ..ram(gpa, len, host) }).unwrap();
+        (id, host)
     }
 
     #[test]
@@ -990,8 +998,7 @@ mod tests {
     fn destroy_unmaps_library_memory_once_no_slot_uses_it() {
         let kvm = FakeKvm::default();
         let mut mem = GuestMemory::new(32);
-        let (id, host) = mem.map_anonymous(0x2000).unwrap();
-        mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0x100000, 0x2000, host) }).unwrap();
+        library_ram(&mut mem, &kvm, 0x100000, 0x2000);
         mem.destroy(&kvm, 0x100000, 0x1000).unwrap();
         assert_eq!(mem.mappings.len(), 1, "half the mapping is still RAM");
         mem.destroy(&kvm, 0x101000, 0x1000).unwrap();
@@ -1003,8 +1010,7 @@ mod tests {
     fn a_placed_word_reads_the_current_value_until_the_slots_change() {
         let kvm = FakeKvm::default();
         let mut mem = GuestMemory::new(32);
-        let (id, host) = mem.map_anonymous(0x2000).unwrap();
-        mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0x10000, 0x2000, host) }).unwrap();
+        let (id, host) = library_ram(&mut mem, &kvm, 0x10000, 0x2000);
         mem.write(0x10ff8, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
         let (value, place) = mem.read_u64_placed(0x10ff8).unwrap();
         assert_eq!(value, 0x1122_3344_5566_7788);
@@ -1015,10 +1021,7 @@ mod tests {
         // Not the same place in another VM's memory with the same slots.
         let other_kvm = FakeKvm::default();
         let mut other = GuestMemory::new(32);
-        let (other_id, other_host) = other.map_anonymous(0x2000).unwrap();
-        other
-            .add_slot(&other_kvm, Slot { backing: Backing::Library(other_id), ..ram(0x10000, 0x2000, other_host) })
-            .unwrap();
+        library_ram(&mut other, &other_kvm, 0x10000, 0x2000);
         assert_eq!(other.read_placed_u64(place), None);
 
         // Any change of the slots forgets every place, even where the word stays.

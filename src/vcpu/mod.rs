@@ -380,8 +380,8 @@ impl Vcpu {
     /// the fd and the `kvm_run` page, without the fd mutex: every other
     /// thread that takes the mutex holds a pause, which waits for the
     /// window to close (and the runner's own calls cannot overlap it). No
-    /// other thread changes the debug state meanwhile either, so the
-    /// generation recorded here is the one the vcpu runs with.
+    /// other thread changes the debug state meanwhile either (see
+    /// [`Vcpu::note_entered_generation`]).
     #[inline]
     fn open_entry_window(&self) {
         while !self.gate.try_enter() {
