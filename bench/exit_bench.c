@@ -463,7 +463,8 @@ static void core_dumps(void)
     test_vm_destroy(&vm);
 }
 
-/* `exit_bench scale` or `exit_bench core` runs only that part. */
+/* `exit_bench scale`, `exit_bench core` or `exit_bench debug` (single steps
+ * and breakpoint hits) runs only that part. */
 int main(int argc, char **argv)
 {
     struct kvm_callbacks cb;
@@ -475,6 +476,11 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "core") == 0) {
         core_dumps();
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "debug") == 0) {
+        compare("singlestep_exit", STEP, nops_forever_start, nops_forever_end, 5000);
+        compare("breakpoint_hit_resume", BREAKPOINT, nops_forever_start, nops_forever_end, 1500);
         return 0;
     }
 

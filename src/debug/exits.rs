@@ -358,6 +358,10 @@ fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
 pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
     let mut state = lock(&vcpu.debug);
     let Some(entered) = state.programming_at(vcpu.entered_generation()) else { return Ok(0) };
+    if is_plain_step(&state, &entered, arch) {
+        state.resume = None;
+        return report(ctx, vcpu, state, plain_step_event(arch));
+    }
     let mut event = decode_debug_exit(arch, &entered.registers());
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
         let stepped_over = state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step)).transpose()?;
@@ -389,6 +393,26 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
         ),
     };
     act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit)
+}
+
+/// True for the exit nearly every single step ends in: a step the VMM asked
+/// for and KVM was given, no debug register hit, and no step of the
+/// library's own (over a breakpoint, or through a protected page) under
+/// way. Decoding and judging it would report it as it is
+/// ([`plain_step_event`]), with nothing to resume over; the run of steps
+/// skips both.
+fn is_plain_step(state: &VcpuDebug, entered: &Programming, arch: &kvm_debug_exit_arch) -> bool {
+    arch.exception == DEBUG_EXCEPTION
+        && arch.dr6 & (DR6_BS | DR6_HIT_MASK) == DR6_BS
+        && entered.single_steps()
+        && state.stepping()
+        && state.step_over.is_none()
+        && !state.stepping_through
+}
+
+/// The event of an exit [`is_plain_step`] accepts.
+fn plain_step_event(arch: &kvm_debug_exit_arch) -> DebugEvent {
+    DebugEvent { exception: arch.exception, dr6: arch.dr6, dr7: arch.dr7, ..DebugEvent::single_step(arch.pc) }
 }
 
 /// Handles `KVM_EXIT_INTERNAL_ERROR` when it is an `int3` the emulator
@@ -479,6 +503,9 @@ pub(crate) fn report(
 
 /// At a stop, arm again the breakpoints the guest overwrote or remapped.
 fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
+    if !ctx.debugger().has_breakpoints() {
+        return Ok(());
+    }
     let mut table = ctx.debugger().table();
     if table.is_empty() {
         return Ok(());
@@ -593,6 +620,41 @@ mod tests {
     fn entered_stepping(steps: bool) -> Programming {
         let control = if steps { kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP } else { 0 };
         Programming(kvm_bindings::kvm_guest_debug { control, ..Default::default() })
+    }
+
+    #[test]
+    fn a_plain_step_is_reported_as_decoding_and_judging_it_would() {
+        let mut watching = programmed_state(&[(0, 0x1000)]);
+        watching.programmed.control |= kvm_bindings::KVM_GUESTDBG_SINGLESTEP;
+        watching.programmed.arch.debugreg[7] |= 1 << 16; // DR0: a write watchpoint
+        let programmings = [entered_stepping(false), entered_stepping(true), watching.programming()];
+        let step_overs = [None, Some(StepOver::Register { n: 0 }), Some(StepOver::Patch { gpa: 0x10, register: None })];
+        let (mut plain, mut other) = (0, 0);
+        for exception in [DEBUG_EXCEPTION, BREAKPOINT_EXCEPTION] {
+            for dr6 in [0, DR6_BS, DR6_BS | 1, DR6_BS | 0b100, 1, DR6_BS | 1 << 13 | 1 << 15] {
+                for entered in &programmings {
+                    for (singlestep, step_over, stepping_through) in
+                        step_overs.iter().flat_map(|&o| [(false, o, false), (true, o, false), (true, o, true)])
+                    {
+                        let state = VcpuDebug { singlestep, step_over, stepping_through, ..VcpuDebug::default() };
+                        let arch = kvm_debug_exit_arch { exception, pad: 0, pc: 0x1234, dr6, dr7: 0x400 };
+                        if !is_plain_step(&state, entered, &arch) {
+                            other += 1;
+                            continue;
+                        }
+                        plain += 1;
+                        let mut event = decode_debug_exit(&arch, &entered.registers());
+                        assert_eq!(event, plain_step_event(&arch), "{arch:?} {entered:?}");
+                        let verdict = judge_debug_exception(&state, entered, &mut event, |_| None, || false);
+                        assert_eq!(verdict, Verdict::Report(None), "{arch:?} {entered:?}");
+                    }
+                }
+            }
+        }
+        // Only DR6 = BS (with bits no register owns) from a stepping entry
+        // of a stepping VMM with no library step: 2 dr6 values x 2
+        // programmings.
+        assert_eq!((plain, other), (4, 2 * 6 * 3 * 9 - 4));
     }
 
     #[test]

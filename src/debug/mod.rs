@@ -79,6 +79,9 @@ impl BreakType {
 /// offers.
 pub struct Debugger {
     table: Mutex<BreakpointTable>,
+    /// False while the table is empty, for the stops that need not lock it
+    /// to find that out (it changes only in `change_breakpoints`).
+    has_breakpoints: AtomicBool,
     /// Watchpoints kept by page protection.
     pub(crate) page_watches: Mutex<watch::PageWatchTable>,
     /// Set once a page was protected for a watchpoint: from then on, MMIO
@@ -105,6 +108,7 @@ impl Debugger {
         let flags = check_extension(KVM_CAP_SET_GUEST_DEBUG2).max(0) as u32;
         Debugger {
             table: Mutex::new(BreakpointTable::default()),
+            has_breakpoints: AtomicBool::new(false),
             page_watches: Mutex::new(watch::PageWatchTable::default()),
             pages_protected: AtomicBool::new(false),
             watch_method: watch::WatchMethodSetting::default(),
@@ -121,6 +125,13 @@ impl Debugger {
     /// The breakpoint table, locked.
     pub fn table(&self) -> MutexGuard<'_, BreakpointTable> {
         lock(&self.table)
+    }
+
+    /// False when the breakpoint table is empty, without locking it. A
+    /// change made meanwhile by another thread may not show: it armed its
+    /// breakpoints itself.
+    pub fn has_breakpoints(&self) -> bool {
+        self.has_breakpoints.load(Ordering::Acquire)
     }
 
     /// True when the host can block interrupts while single-stepping.
@@ -196,7 +207,10 @@ impl Context {
     /// register, and none is waited for beyond the kick.
     fn change_breakpoints(&self, change: impl FnOnce() -> Result<()>) -> Result<()> {
         let _paused = self.pause_vcpus();
-        change()?;
+        let changed = change();
+        let has_breakpoints = !self.debugger().table().is_empty();
+        self.debugger().has_breakpoints.store(has_breakpoints, Ordering::Release);
+        changed?;
         for vcpu in self.vcpus() {
             program(self, vcpu, &mut lock(&vcpu.debug))?;
         }

@@ -255,12 +255,19 @@ impl Vcpu {
     /// Clears the request of [`Vcpu::request_debug_attention`], as the
     /// debug state is looked at; true when there was one.
     pub fn take_debug_attention(&self) -> bool {
-        self.attention.fetch_and(!Attention::DEBUG, Ordering::AcqRel) & Attention::DEBUG != 0
+        // A load first: between single steps nothing was asked, and a
+        // locked read-modify-write would cost more than the check.
+        self.attention.load(Ordering::Acquire) & Attention::DEBUG != 0
+            && self.attention.fetch_and(!Attention::DEBUG, Ordering::AcqRel) & Attention::DEBUG != 0
     }
 
     /// Records whether the vcpu is single-stepping, for the run loop's checks.
     pub fn set_stepping(&self, stepping: bool) {
-        self.set_attention(Attention::STEPPING, stepping);
+        // Only debug-state changes set it, under the vcpu's debug lock: a
+        // load tells whether it changes.
+        if self.stepping() != stepping {
+            self.set_attention(Attention::STEPPING, stepping);
+        }
     }
 
     /// True while the vcpu single-steps.
