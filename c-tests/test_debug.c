@@ -256,6 +256,40 @@ static void single_step_reports_each_instruction(void)
     test_vm_destroy(&vm);
 }
 
+/* Single-stepping onto an instruction whose page is not mapped: the guest's
+ * fetch faults into its own #PF handler, as it does without single steps,
+ * and the run goes on (the handler says so on port 0x11 and halts). */
+static void single_step_onto_an_unmapped_page_faults_in_the_guest(void)
+{
+    const uint64_t unmapped = 1ULL << 32; /* just past the 4 GiB identity map */
+    struct kvm_callbacks cb;
+    struct kvm_sregs sregs;
+    struct kvm_regs regs;
+    struct debug_log log;
+    struct test_vm vm;
+    int stepping, i;
+
+    for (stepping = 0; stepping <= 1; stepping++) {
+        REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+        log.debug_result = 0;
+        test_vm_set_idt_gate(&vm, 14, GUEST_LABEL_ADDR(straight, fifth));
+        REQUIRE(kvm_get_regs(vm.kvm, 0, &regs) == 0);
+        regs.rip = unmapped;
+        REQUIRE(kvm_set_regs(vm.kvm, 0, &regs) == 0);
+        CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, stepping), 0);
+        CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+        REQUIRE(kvm_get_sregs(vm.kvm, 0, &sregs) == 0);
+        CHECK_EQ(sregs.cr2, unmapped);
+        CHECK_EQ(log.outs, 1);
+        CHECK_EQ(log.ports[0], 0x11);
+        /* Stepping: the handler's instructions are reported, nothing else. */
+        CHECK_EQ(log.n > 0, stepping);
+        for (i = 0; i < log.n && i < MAX_EVENTS; i++)
+            CHECK_EQ(log.ev[i].type, KVM_GDB_SINGLESTEP);
+        test_vm_destroy(&vm);
+    }
+}
+
 /* Each piece of a long `rep outsb` reaches the VMM with its own bytes while
  * the vcpu single-steps (the library finishes each piece itself then). */
 static void single_stepped_string_output_delivers_every_byte(void)
@@ -825,6 +859,7 @@ int main(void)
     RUN(removed_breakpoint_restores_the_byte_and_the_guest_continues);
     RUN(hardware_breakpoint_hits_and_resumes);
     RUN(single_step_reports_each_instruction);
+    RUN(single_step_onto_an_unmapped_page_faults_in_the_guest);
     RUN(single_stepped_string_output_delivers_every_byte);
     RUN(single_step_over_a_software_breakpoint_reports_both);
     RUN(debug_register_write_watchpoint_reports_the_address);

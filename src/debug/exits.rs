@@ -69,6 +69,32 @@ fn pc_and_paging(vcpu: &Vcpu) -> Result<(u64, PagingRegisters)> {
     vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), paging_registers_of(sregs)))
 }
 
+/// Where the vcpu's instruction pointer is: linear, and guest-physical
+/// where its page is mapped. Read once per entry, for the step over a
+/// breakpoint, the trap-flag decoder and the `hlt` probe alike.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CodeAt {
+    /// The linear address of the instruction.
+    pub pc: u64,
+    /// Its guest-physical address; `None` where its page is not mapped.
+    pub gpa: Option<u64>,
+    /// The byte there, as the vcpu will fetch it; `None` where it is not RAM.
+    pub byte: Option<u8>,
+}
+
+impl CodeAt {
+    /// The vcpu's instruction now; RIP's page is nearly always the last
+    /// entry's, whose walk `code_page` remembers.
+    #[inline(always)]
+    fn of(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<CodeAt> {
+        let (pc, regs) = pc_and_paging(vcpu)?;
+        let mem = ctx.memory();
+        let gpa = code_page.translate(&regs, &*mem, pc).ok();
+        let byte = gpa.and_then(|gpa| mem.read_byte(gpa).ok());
+        Ok(CodeAt { pc, gpa, byte })
+    }
+}
+
 /// What the run loop does after [`before_entry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -88,27 +114,33 @@ pub enum Entry {
 pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let mut changed = vcpu.take_debug_attention();
     let mut state = lock(&vcpu.debug);
+    let mut code = None;
     if let Some(resume) = state.resume.take() {
-        start_step_over(ctx, vcpu, &mut state, resume)?;
+        let mut at = CodeAt::of(ctx, vcpu, &mut state.code_page)?;
+        start_step_over(ctx, vcpu, &mut state, resume, &mut at)?;
+        code = Some(at);
         changed = true;
     }
     // Whatever was asked, a single step KVM was not given is not lost.
     let library_step = state.step_over.is_some() || state.stepping_through;
     changed |= state.programming().single_steps() != (state.stepping() || library_step);
     let stepping = state.stepping() || state.step_over.is_some();
-    if stepping
-        && !ctx.irqchip_in_kernel()
-        && ctx.debugger().single_step_skips_halts(ctx.kvm())
-        && at_hlt(ctx, vcpu, &mut state.code_page)?
-    {
-        // Single-stepping hlt loses the halt on emulating hosts (the step
-        // is reported past it); VMX reports the halt. Do what VMX does.
-        step_past_one_byte_instruction(vcpu)?;
-        if let Some(step) = state.step_over.take() {
-            finish_step_over(ctx, vcpu, step)?;
+    if stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm()) {
+        let code = match code {
+            Some(code) => code,
+            None => CodeAt::of(ctx, vcpu, &mut state.code_page)?,
+        };
+        if at_hlt(&code) {
+            // Single-stepping hlt loses the halt on emulating hosts (the
+            // step is reported past it); VMX reports the halt. Do what VMX
+            // does.
+            step_past_one_byte_instruction(vcpu)?;
+            if let Some(step) = state.step_over.take() {
+                finish_step_over(ctx, vcpu, step)?;
+            }
+            program(ctx, vcpu, &mut state)?;
+            return Ok(Entry::Halted);
         }
-        program(ctx, vcpu, &mut state)?;
-        return Ok(Entry::Halted);
     }
     if changed {
         program(ctx, vcpu, &mut state)?;
@@ -127,14 +159,12 @@ fn step_past_one_byte_instruction(vcpu: &Vcpu) -> Result<()> {
     vcpu.ioctl(|fd| fd.set_regs(&regs))
 }
 
-/// True when the byte at the vcpu's instruction pointer is `hlt`.
-fn at_hlt(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<bool> {
+/// True when the instruction at `code` is `hlt`. Not where RIP's page is
+/// not mapped or not RAM: the guest's own fetch faults there, as it would
+/// without the debugger.
+fn at_hlt(code: &CodeAt) -> bool {
     const HLT: u8 = 0xf4;
-    let (pc, regs) = pc_and_paging(vcpu)?;
-    let mem = ctx.memory();
-    // RIP's page is nearly always the last step's: no walk then.
-    let gpa = code_page.translate(&regs, &*mem, pc).map_err(|_| Errno::FAULT)?;
-    Ok(mem.read_byte(gpa)? == HLT)
+    code.byte == Some(HLT)
 }
 
 /// After a port or MMIO exit of a single-stepping vcpu: let KVM finish the
@@ -214,13 +244,17 @@ pub fn finish_watched_instruction(
 /// original byte back (or turn the register off) for one single step. The
 /// table decides, not the stop: a breakpoint may have moved from a debug
 /// register into memory (or been removed) since.
-fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: ResumePoint) -> Result<()> {
-    let (pc, regs) = pc_and_paging(vcpu)?;
-    if pc != resume.pc {
+fn start_step_over(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    state: &mut VcpuDebug,
+    resume: ResumePoint,
+    code: &mut CodeAt,
+) -> Result<()> {
+    if code.pc != resume.pc {
         return Ok(());
     }
-    // The breakpoint is at RIP: its page is the remembered code page.
-    let gpa = state.code_page.translate(&regs, &*ctx.memory(), pc).ok();
+    let gpa = code.gpa;
     let mut table = ctx.debugger().table();
     // An execution breakpoint in a debug register at the same address.
     // (It may be off for a step over it in progress: then this stop is
@@ -239,15 +273,18 @@ fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: Re
         // now; one inserted since is stepped over with the register.
         state.step_over = register.map(|n| StepOver::Register { n });
     } else if let Some(gpa) = gpa {
-        if table.lift(gpa, &*ctx.memory())? {
+        let mem = ctx.memory();
+        if table.lift(gpa, &*mem)? {
             state.step_over = Some(StepOver::Patch { gpa, register });
+            // The vcpu now fetches the original byte.
+            code.byte = mem.read_byte(gpa).ok();
         }
     }
     drop(table);
     // KVM hides the guest's TF while it single-steps: note it now, unless
     // the VMM's own single step already hides it.
     if state.step_over.is_some() && !state.programming().single_steps() {
-        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, &mut state.code_page)?);
+        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, code)?);
     }
     Ok(())
 }

@@ -4,7 +4,6 @@
 
 use super::breakpoints::{BreakpointTable, CodeMemory};
 use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
-use super::vcpu_state::CodePage;
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::memory::{page_runs, GuestMemory, WordPlace};
@@ -79,23 +78,22 @@ impl Context {
     /// One translation per page (two at most); byte by byte only where a
     /// page's bytes are not all RAM.
     pub fn read_instruction(&self, vcpu: &Vcpu, pc: u64) -> ([u8; 15], usize) {
-        self.read_instruction_at(vcpu, pc, &mut CodePage::default())
+        match vcpu.paging_registers() {
+            Ok(regs) => self.read_instruction_at(&regs, pc, None),
+            Err(_) => ([0; 15], 0),
+        }
     }
 
-    /// [`Context::read_instruction`], translating `pc`'s page with
-    /// `code_page`'s remembered walk where it still holds.
-    pub fn read_instruction_at(&self, vcpu: &Vcpu, pc: u64, code_page: &mut CodePage) -> ([u8; 15], usize) {
+    /// [`Context::read_instruction`] with the paging registers `regs`, and
+    /// `pc`'s guest-physical address where the caller translated it.
+    pub fn read_instruction_at(&self, regs: &PagingRegisters, pc: u64, pc_gpa: Option<u64>) -> ([u8; 15], usize) {
         let mut bytes = [0u8; 15];
-        let Ok(regs) = vcpu.paging_registers() else {
-            return (bytes, 0);
-        };
         let table = self.debugger().table();
         let mem = self.memory();
         for (at, offset, n) in page_runs(pc, bytes.len()) {
-            let gpa = if offset == 0 {
-                code_page.translate(&regs, &*mem, at).map_err(|_| Errno::FAULT)
-            } else {
-                physical(&regs, &mem, at, n)
+            let gpa = match pc_gpa {
+                Some(gpa) if offset == 0 => Ok(gpa),
+                _ => physical(regs, &mem, at, n),
             };
             let Ok(gpa) = gpa else {
                 return (bytes, offset);

@@ -10,10 +10,10 @@
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
-use super::vcpu_state::CodePage;
+use super::exits::CodeAt;
 use crate::context::Context;
 use crate::error::Result;
-use crate::vcpu::Vcpu;
+use crate::vcpu::{paging_registers_of, Vcpu};
 
 /// RFLAGS.TF.
 pub(crate) const TRAP_FLAG: u64 = 1 << 8;
@@ -132,17 +132,17 @@ fn effect_of(bytes: &[u8], default_operand: u64, long: bool) -> Effect {
 
 /// The guest's trap flag before the instruction at RIP, and after it. Only
 /// meaningful while KVM does not single-step the vcpu (it hides TF then).
-/// RIP's page is translated with `code_page` where it still holds.
-pub fn before_step(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<TrapFlagAcrossStep> {
-    let (before, long, default_operand, stack, pc, stack_before) = vcpu.read_registers(|regs, sregs| {
+/// `code` is the instruction at RIP.
+pub(crate) fn before_step(ctx: &Context, vcpu: &Vcpu, code: &CodeAt) -> Result<TrapFlagAcrossStep> {
+    let (before, long, default_operand, stack, stack_before, paging) = vcpu.read_registers(|regs, sregs| {
         let long = sregs.cs.l != 0;
         (
             regs.rflags & TRAP_FLAG != 0,
             long,
             if long || sregs.cs.db != 0 { 4 } else { 2 },
             if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) },
-            crate::x86::linear_pc(regs, sregs),
             StackBefore::from_registers(regs, sregs),
+            paging_registers_of(sregs),
         )
     })?;
     // The guest's bytes: originals under software breakpoints.
@@ -150,7 +150,7 @@ pub fn before_step(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Resu
         let mut byte = [0u8];
         ctx.read_guest_virt(vcpu, linear, &mut byte).ok().map(|()| byte[0])
     };
-    let (bytes, len) = ctx.read_instruction_at(vcpu, pc, code_page);
+    let (bytes, len) = ctx.read_instruction_at(&paging, code.pc, code.gpa);
     // TF is bit 8: bit 0 of the flags' second byte, whatever the operand size.
     let flag_at = |offset: u64| byte_at(stack.wrapping_add(offset + 1)).map(|b| b & 1 != 0);
     let after = match effect_of(&bytes[..len], default_operand, long) {

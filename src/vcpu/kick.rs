@@ -47,6 +47,7 @@ fn install_kick_handler() {
 }
 
 /// True when the calling thread is the one inside `kvm_run` for `vcpu`.
+#[inline]
 pub fn runs_on_this_thread(vcpu: &Vcpu) -> bool {
     RUNNING_VCPU.with(|current| std::ptr::eq(current.get(), vcpu))
 }

@@ -351,10 +351,21 @@ impl Vcpu {
     /// it out if it is inside; returns once it is out. A thread that starts
     /// running the vcpu meanwhile waits before its first entry. `None`
     /// (nothing to wait for) when the calling thread runs the vcpu.
+    #[inline]
     pub fn pause(&self) -> Option<PauseGuard<'_>> {
-        let guard = self.request_pause()?;
+        // The runner itself (every register read of the debug exits) needs
+        // no pause: inline, that is one compare.
+        if kick::runs_on_this_thread(self) {
+            return None;
+        }
+        Some(self.pause_from_another_thread())
+    }
+
+    #[inline(never)]
+    fn pause_from_another_thread(&self) -> PauseGuard<'_> {
+        let guard = self.gate.request(|| self.kick());
         self.gate.wait_out(&guard, || self.kick());
-        Some(guard)
+        guard
     }
 
     /// The first half of [`Vcpu::pause`], for pausing several vcpus at
