@@ -394,11 +394,12 @@ fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
 /// the event is dropped: never mistaken for the guest's own and injected.
 pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
     let mut state = lock(&vcpu.debug);
-    let Some(entered) = state.programming_at(vcpu.entered_generation()) else { return Ok(0) };
-    if is_plain_step(&state, &entered, arch) {
+    let generation = vcpu.entered_generation();
+    if is_plain_step(&state, state.single_stepped_at(generation), arch) {
         state.resume = None;
         return report(ctx, vcpu, state, plain_step_event(arch));
     }
+    let Some(entered) = state.programming_at(generation) else { return Ok(0) };
     let mut event = decode_debug_exit(arch, &entered.registers());
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
         let stepped_over = state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step)).transpose()?;
@@ -433,15 +434,15 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
 }
 
 /// True for the exit nearly every single step ends in: a step the VMM asked
-/// for and KVM was given, no debug register hit, and no step of the
-/// library's own (over a breakpoint, or through a protected page) under
-/// way. Decoding and judging it would report it as it is
-/// ([`plain_step_event`]), with nothing to resume over; the run of steps
-/// skips both.
-fn is_plain_step(state: &VcpuDebug, entered: &Programming, arch: &kvm_debug_exit_arch) -> bool {
+/// for and KVM was given (`entered_stepping`: the vcpu entered with it), no
+/// debug register hit, and no step of the library's own (over a
+/// breakpoint, or through a protected page) under way. Decoding and judging
+/// it would report it as it is ([`plain_step_event`]), with nothing to
+/// resume over; the run of steps skips both.
+fn is_plain_step(state: &VcpuDebug, entered_stepping: bool, arch: &kvm_debug_exit_arch) -> bool {
     arch.exception == DEBUG_EXCEPTION
         && arch.dr6 & (DR6_BS | DR6_HIT_MASK) == DR6_BS
-        && entered.single_steps()
+        && entered_stepping
         && state.stepping()
         && state.step_over.is_none()
         && !state.stepping_through
@@ -675,7 +676,7 @@ mod tests {
                     {
                         let state = VcpuDebug { singlestep, step_over, stepping_through, ..VcpuDebug::default() };
                         let arch = kvm_debug_exit_arch { exception, pad: 0, pc: 0x1234, dr6, dr7: 0x400 };
-                        if !is_plain_step(&state, entered, &arch) {
+                        if !is_plain_step(&state, entered.single_steps(), &arch) {
                             other += 1;
                             continue;
                         }

@@ -151,6 +151,21 @@ impl VcpuDebug {
         (at == generation && generation < self.generation).then_some(Programming(debug))
     }
 
+    /// True when KVM single-stepped at generation `generation` (false when
+    /// that is forgotten): [`VcpuDebug::programming_at`] without the copy.
+    pub fn single_stepped_at(&self, generation: u64) -> bool {
+        let control = if generation == self.generation {
+            self.programmed.control
+        } else {
+            let (at, debug) = &self.earlier[generation as usize % REMEMBERED_PROGRAMMINGS];
+            if *at != generation || generation >= self.generation {
+                return false;
+            }
+            debug.control
+        };
+        control & KVM_GUESTDBG_SINGLESTEP != 0
+    }
+
     /// True when KVM had debug register `n` enabled now or in any of the
     /// remembered earlier programmings.
     pub fn recently_programmed_register(&self, n: u8) -> bool {
@@ -250,11 +265,14 @@ mod tests {
         let entered = state.set_programmed(step);
         let off = state.set_programmed(kvm_guest_debug::default());
         assert!(state.programming_at(entered).unwrap().single_steps(), "the vcpu entered stepping");
+        assert!(state.single_stepped_at(entered));
         assert!(!state.programming_at(off).unwrap().single_steps());
+        assert!(!state.single_stepped_at(off));
         for _ in 0..REMEMBERED_PROGRAMMINGS {
             state.set_programmed(step);
         }
         assert_eq!(state.programming_at(entered), None, "forgotten, not mistaken");
+        assert!(!state.single_stepped_at(entered), "forgotten, not mistaken");
         assert_eq!(state.programming_at(state.generation + 1), None);
     }
 

@@ -218,6 +218,14 @@ impl Vcpu {
     /// The paging registers (CR0, CR3, CR4, EFER), read from the vcpu once
     /// per stop.
     pub fn paging_registers(&self) -> Result<PagingRegisters> {
+        if kick::runs_on_this_thread(self) {
+            // The runner (at a stop) has its exit's registers at hand and
+            // needs no pause: no cache either, where they are.
+            let synced = self.with_fd(|fd| self.synced_at_exit(fd).map(|synced| paging_registers_of(&synced.sregs)));
+            if let Some(regs) = synced {
+                return Ok(regs);
+            }
+        }
         let mut cache = lock(&self.paging);
         let epoch = self.state_epoch();
         if let Some((at, regs)) = *cache {
