@@ -10,6 +10,7 @@
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
+use super::breakpoints::INT3;
 use super::exits::CodeAt;
 use crate::context::Context;
 use crate::error::Result;
@@ -108,6 +109,12 @@ pub(crate) fn is_legacy_prefix(byte: u8) -> bool {
     matches!(byte, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3)
 }
 
+/// False when an instruction whose first byte is `first` keeps TF whatever
+/// follows: it is neither `popf` nor `iret` nor a prefix of them.
+fn may_load_trap_flag(first: u8, long: bool) -> bool {
+    matches!(first, 0x66 | 0x9d | 0xcf) || is_legacy_prefix(first) || (long && first & 0xf0 == 0x40)
+}
+
 /// Decodes the few instructions that load TF, from their leading `bytes`,
 /// in a code segment of `default_operand` bytes (2, 4; 4 in 64-bit mode,
 /// where `long` is set).
@@ -150,10 +157,20 @@ pub(crate) fn before_step(ctx: &Context, vcpu: &Vcpu, code: &CodeAt) -> Result<T
         let mut byte = [0u8];
         ctx.read_guest_virt(vcpu, linear, &mut byte).ok().map(|()| byte[0])
     };
-    let (bytes, len) = ctx.read_instruction_at(&paging, code.pc, code.gpa);
+    // Nearly every instruction tells by its first byte that it keeps TF.
+    // Not an int3, which may be a breakpoint's: its original byte counts
+    // (a step over a debug register there runs into the int3, and the
+    // instruction under it is stepped next with this flag).
+    let effect = match code.byte {
+        Some(first) if first != INT3 && !may_load_trap_flag(first, long) => Effect::Keeps,
+        _ => {
+            let (bytes, len) = ctx.read_instruction_at(&paging, code.pc, code.gpa);
+            effect_of(&bytes[..len], default_operand, long)
+        }
+    };
     // TF is bit 8: bit 0 of the flags' second byte, whatever the operand size.
     let flag_at = |offset: u64| byte_at(stack.wrapping_add(offset + 1)).map(|b| b & 1 != 0);
-    let after = match effect_of(&bytes[..len], default_operand, long) {
+    let after = match effect {
         Effect::Keeps => Some(before),
         Effect::Popf => flag_at(0),
         Effect::Iret { operand } => flag_at(2 * operand),
@@ -186,6 +203,29 @@ mod tests {
         assert_eq!(effect_of(&[0xcf], 2, false), Effect::Iret { operand: 2 });
         assert_eq!(effect_of(&[0x66, 0xcf], 2, false), Effect::Iret { operand: 4 });
         assert_eq!(effect_of(&[0x66, 0xcf], 4, false), Effect::Iret { operand: 2 });
+    }
+
+    #[test]
+    fn a_first_byte_that_cannot_load_the_flag_keeps_it_whatever_follows() {
+        let tails: [&[u8]; 4] = [&[], &[0x9d], &[0xcf], &[0x48, 0xcf]];
+        let mut keeping = 0;
+        for long in [false, true] {
+            for first in 0..=255u8 {
+                if may_load_trap_flag(first, long) {
+                    continue;
+                }
+                keeping += 1;
+                for tail in tails {
+                    let bytes: Vec<u8> = std::iter::once(first).chain(tail.iter().copied()).collect();
+                    for operand in [2, 4] {
+                        assert_eq!(effect_of(&bytes, operand, long), Effect::Keeps, "{bytes:x?} long={long}");
+                    }
+                }
+            }
+        }
+        // 13 bytes may load it (0x66, popf, iret, 10 legacy prefixes), and
+        // the 16 REX bytes too in 64-bit mode.
+        assert_eq!(keeping, (256 - 13) + (256 - 13 - 16));
     }
 
     #[test]
