@@ -29,6 +29,8 @@ DECLARE_GUEST_LABEL(own_int3, debugger_spot);
 DECLARE_GUEST_LABEL(own_int3, handler);
 DECLARE_GUEST(own_trap_flag);
 DECLARE_GUEST_LABEL(own_trap_flag, handler);
+DECLARE_GUEST(stack_off_the_map);
+DECLARE_GUEST_LABEL(stack_off_the_map, move);
 DECLARE_GUEST(patched_by_frontend);
 DECLARE_GUEST_LABEL(patched_by_frontend, int3);
 DECLARE_GUEST(map_and_jump);
@@ -288,6 +290,33 @@ static void single_step_onto_an_unmapped_page_faults_in_the_guest(void)
             CHECK_EQ(log.ev[i].type, KVM_GDB_SINGLESTEP);
         test_vm_destroy(&vm);
     }
+}
+
+/* A breakpoint on an instruction that moves RSP to where nothing is mapped
+ * (a stack about to grow into a page the guest maps on its fault): the step
+ * over it looks for a frame the step pushed, finds the stack unreadable,
+ * and the guest runs on as without the breakpoint. */
+static void step_over_a_breakpoint_that_moves_the_stack_off_the_map(void)
+{
+    const uint64_t map_end = 1ULL << 32; /* the 4 GiB identity map */
+    struct kvm_callbacks cb;
+    struct kvm_regs regs;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, stack_off_the_map) == 0);
+    log.debug_result = 0;
+    REQUIRE(kvm_get_regs(vm.kvm, 0, &regs) == 0);
+    regs.rsp = map_end; /* after `sub $8`, the 32 bytes at RSP cross the end */
+    REQUIRE(kvm_set_regs(vm.kvm, 0, &regs) == 0);
+    CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_LABEL_ADDR(stack_off_the_map, move), 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.n, 1);
+    CHECK_EQ(log.ev[0].type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(log.outs, 1);
+    REQUIRE(kvm_get_regs(vm.kvm, 0, &regs) == 0);
+    CHECK_EQ(regs.rsp, map_end);
+    test_vm_destroy(&vm);
 }
 
 /* Each piece of a long `rep outsb` reaches the VMM with its own bytes while
@@ -860,6 +889,7 @@ int main(void)
     RUN(hardware_breakpoint_hits_and_resumes);
     RUN(single_step_reports_each_instruction);
     RUN(single_step_onto_an_unmapped_page_faults_in_the_guest);
+    RUN(step_over_a_breakpoint_that_moves_the_stack_off_the_map);
     RUN(single_stepped_string_output_delivers_every_byte);
     RUN(single_step_over_a_software_breakpoint_reports_both);
     RUN(debug_register_write_watchpoint_reports_the_address);

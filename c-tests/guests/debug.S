@@ -81,6 +81,16 @@ LABEL(own_trap_flag, handler)
     iretq
 GUEST_END(own_trap_flag)
 
+/* Moves RSP below the top of mapped memory and back without touching the
+ * stack (the test puts RSP at the end of the page tables' map). */
+GUEST_BEGIN(stack_off_the_map)
+LABEL(stack_off_the_map, move)
+    sub $8, %rsp
+    add $8, %rsp
+    out %al, $0x10
+    hlt
+GUEST_END(stack_off_the_map)
+
 /* Code with an int3 in it, as a 2008 frontend would have patched. */
 GUEST_BEGIN(patched_by_frontend)
     mov $7, %eax

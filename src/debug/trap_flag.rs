@@ -74,12 +74,14 @@ pub fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore) -> Result<
     }
     let w = before.width as usize;
     let mut frame = [0u8; 64];
-    let frame = &mut frame[..4 * w];
-    ctx.read_guest_virt(vcpu, sp, frame)?;
-    let slot = |i: usize| frame[i * w..(i + 1) * w].iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
     // The frame is IP, CS, FLAGS, with an error code below them for some
-    // exceptions.
-    for flags_slot in [2, 3] {
+    // exceptions: four slots, or three where the stack's mapping ends
+    // after them. Nothing readable: nothing was pushed, the instruction
+    // only moved RSP (say, onto a page the guest maps when it faults).
+    let slots = [4, 3].into_iter().find(|&n| ctx.read_guest_virt(vcpu, sp, &mut frame[..n * w]).is_ok());
+    let Some(slots) = slots else { return Ok(()) };
+    let slot = |i: usize| frame[i * w..(i + 1) * w].iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
+    for flags_slot in 2..slots {
         let flags = slot(flags_slot);
         if slot(flags_slot - 1) as u16 == before.cs && flags & TRAP_FLAG != 0 && flags & 2 != 0 {
             let cleared = (flags & !TRAP_FLAG).to_le_bytes();
