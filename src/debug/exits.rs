@@ -518,6 +518,7 @@ fn act(
 /// Tells the VMM (or an attached gdb) about `event` on `vcpu`, after every
 /// lock is released; the stop also re-arms breakpoints. A stop on a
 /// library breakpoint asks for attention: the next entry steps over it.
+#[inline]
 pub(crate) fn report(
     ctx: &Context,
     vcpu: &Vcpu,
@@ -540,10 +541,17 @@ pub(crate) fn report(
 }
 
 /// At a stop, arm again the breakpoints the guest overwrote or remapped.
+#[inline]
 fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
     if !ctx.debugger().has_breakpoints() {
         return Ok(());
     }
+    rearm_table(ctx, vcpu)
+}
+
+/// [`rearm_breakpoints`] once the table may hold some.
+#[inline(never)]
+fn rearm_table(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
     let mut table = ctx.debugger().table();
     if table.is_empty() {
         return Ok(());
