@@ -55,6 +55,21 @@ pub struct DebugEvent {
 }
 
 impl DebugEvent {
+    /// An `int3` at `pc`, as [`decode_debug_exit`] decodes `#BP` whatever
+    /// was programmed.
+    pub fn int3(pc: u64) -> DebugEvent {
+        DebugEvent {
+            cause: DebugCause::Int3,
+            break_type: BreakType::SoftwareBreakpoint,
+            pc,
+            watch_addr: 0,
+            watch_len: 0,
+            exception: BREAKPOINT_EXCEPTION,
+            dr6: 0,
+            dr7: 0,
+        }
+    }
+
     /// A single step that ended at `pc`.
     pub fn single_step(pc: u64) -> DebugEvent {
         DebugEvent {
@@ -164,6 +179,15 @@ mod tests {
             (e.cause, e.break_type, e.pc, e.watch_addr),
             (DebugCause::Int3, BreakType::SoftwareBreakpoint, 0x10_0004, 0)
         );
+    }
+
+    #[test]
+    fn an_int3_event_is_what_decoding_bp_gives_whatever_was_programmed() {
+        let watching = ProgrammedRegisters { addresses: ADDRS, dr7: dr7_slot(0, 1, 3) | dr7_slot(2, 0, 0) };
+        for programmed in [NOTHING_PROGRAMMED, watching] {
+            let arch = kvm_debug_exit_arch { exception: 3, pad: 0, pc: 0x10_0004, dr6: 0, dr7: 0 };
+            assert_eq!(decode_debug_exit(&arch, &programmed), DebugEvent::int3(0x10_0004));
+        }
     }
 
     #[test]

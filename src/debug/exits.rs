@@ -400,7 +400,8 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
         return report(ctx, vcpu, state, plain_step_event(arch));
     }
     let Some(entered) = state.programming_at(generation) else { return Ok(0) };
-    let mut event = decode_debug_exit(arch, &entered.registers());
+    let mut event =
+        if is_bare_step(arch) { plain_step_event(arch) } else { decode_debug_exit(arch, &entered.registers()) };
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
         let stepped_over = state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step)).transpose()?;
         if stepped_over.is_some() && give_back_trap_flag(ctx, vcpu, &mut state, &event)? {
@@ -440,15 +441,16 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
 /// it would report it as it is ([`plain_step_event`]), with nothing to
 /// resume over; the run of steps skips both.
 fn is_plain_step(state: &VcpuDebug, entered_stepping: bool, arch: &kvm_debug_exit_arch) -> bool {
-    arch.exception == DEBUG_EXCEPTION
-        && arch.dr6 & (DR6_BS | DR6_HIT_MASK) == DR6_BS
-        && entered_stepping
-        && state.stepping()
-        && state.step_over.is_none()
-        && !state.stepping_through
+    is_bare_step(arch) && entered_stepping && state.stepping() && state.step_over.is_none() && !state.stepping_through
 }
 
-/// The event of an exit [`is_plain_step`] accepts.
+/// True for a `#DB` with DR6.BS and no debug register hit: whatever was
+/// programmed, it decodes as [`plain_step_event`].
+fn is_bare_step(arch: &kvm_debug_exit_arch) -> bool {
+    arch.exception == DEBUG_EXCEPTION && arch.dr6 & (DR6_BS | DR6_HIT_MASK) == DR6_BS
+}
+
+/// The event of an exit [`is_bare_step`] accepts.
 fn plain_step_event(arch: &kvm_debug_exit_arch) -> DebugEvent {
     DebugEvent { exception: arch.exception, dr6: arch.dr6, dr7: arch.dr7, ..DebugEvent::single_step(arch.pc) }
 }
@@ -463,10 +465,8 @@ pub fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -
     Some((|| {
         let pc = current_pc(vcpu)?;
         let state = lock(&vcpu.debug);
-        let arch = kvm_debug_exit_arch { exception: BREAKPOINT_EXCEPTION, pad: 0, pc, dr6: 0, dr7: 0 };
-        let event = decode_debug_exit(&arch, &state.programming().registers());
         let verdict = judge_int3(ctx, vcpu, &state, pc)?;
-        act(ctx, vcpu, state, event, verdict, Int3Exit::EmulationFailure)
+        act(ctx, vcpu, state, DebugEvent::int3(pc), verdict, Int3Exit::EmulationFailure)
     })())
 }
 
@@ -684,6 +684,9 @@ mod tests {
                     {
                         let state = VcpuDebug { singlestep, step_over, stepping_through, ..VcpuDebug::default() };
                         let arch = kvm_debug_exit_arch { exception, pad: 0, pc: 0x1234, dr6, dr7: 0x400 };
+                        if is_bare_step(&arch) {
+                            assert_eq!(decode_debug_exit(&arch, &entered.registers()), plain_step_event(&arch));
+                        }
                         if !is_plain_step(&state, entered.single_steps(), &arch) {
                             other += 1;
                             continue;

@@ -111,8 +111,9 @@ pub(crate) fn is_legacy_prefix(byte: u8) -> bool {
     matches!(byte, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x67 | 0xf0 | 0xf2 | 0xf3)
 }
 
-/// False when an instruction whose first byte is `first` keeps TF whatever
-/// follows: it is neither `popf` nor `iret` nor a prefix of them.
+/// True when an instruction starting with `first` may load TF: `popf`,
+/// `iret`, or a prefix that may come before them. Any other first byte
+/// keeps TF, whatever follows.
 fn may_load_trap_flag(first: u8, long: bool) -> bool {
     matches!(first, 0x66 | 0x9d | 0xcf) || is_legacy_prefix(first) || (long && first & 0xf0 == 0x40)
 }

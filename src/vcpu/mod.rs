@@ -369,6 +369,7 @@ impl Vcpu {
         Some(self.pause_from_another_thread())
     }
 
+    /// [`Vcpu::pause`] from a thread other than the runner's.
     #[inline(never)]
     fn pause_from_another_thread(&self) -> PauseGuard<'_> {
         let guard = self.gate.request(|| self.kick());
