@@ -2,7 +2,8 @@
  * Guest debugging with real guests: software and hardware breakpoints,
  * single steps, watchpoints (where the host reports them), the guest's own
  * int3, the 2008 debug request, breakpoints in code loaded later or at
- * unmapped addresses, real mode, and guest memory by virtual address.
+ * unmapped addresses, real mode, guest memory by virtual address, and the
+ * guest's own faults on unmapped code and stack while it is debugged.
  */
 #include <errno.h>
 #include <pthread.h>
