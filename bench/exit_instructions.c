@@ -6,9 +6,11 @@
  *   valgrind --tool=callgrind --toggle-collect=kvm_run c-tests/build/exit_instructions pio
  *
  * "Collected" divided by the count the program prints is the user-space
- * instructions per exit (`make bench-instructions` prints all four). A
+ * instructions per exit (`make bench-instructions` prints them all). A
  * breakpoint hit is the hit and its resume: the exit, the step over the
- * breakpoint that the library makes, and the callback.
+ * breakpoint that the library makes, and the callback. `breakpoints64` is
+ * the same hit with 63 more software breakpoints inserted, each on a page
+ * of its own, which every stop re-arms.
  */
 #include <stdio.h>
 #include <string.h>
@@ -58,7 +60,7 @@ int main(int argc, char **argv)
         return 1;
     if (strcmp(kind, "mmio") == 0) {
         TEST_VM_LOAD_GUEST(&vm, mmio_forever);
-    } else if (strcmp(kind, "step") == 0 || strcmp(kind, "breakpoint") == 0) {
+    } else if (strcmp(kind, "step") == 0 || strncmp(kind, "breakpoint", 10) == 0) {
         /* Each costs thousands of instructions: fewer do. */
         wanted = 10000;
         TEST_VM_LOAD_GUEST(&vm, nops_forever);
@@ -69,9 +71,15 @@ int main(int argc, char **argv)
         return 1;
     if (strcmp(kind, "step") == 0 && kvm_set_singlestep(vm.kvm, 0, 1) < 0)
         return 1;
-    if (strcmp(kind, "breakpoint") == 0 &&
+    if (strncmp(kind, "breakpoint", 10) == 0 &&
         kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_LABEL_ADDR(nops_forever, spot), 1) < 0)
         return 1;
+    if (strcmp(kind, "breakpoints64") == 0) {
+        uint64_t page;
+        for (page = 0; page < 63; page++)
+            if (kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_DATA + 0x10000 + page * 4096, 1) < 0)
+                return 1;
+    }
     r = kvm_run(vm.kvm, 0);
     test_vm_destroy(&vm);
     printf("%s: kvm_run returned %d after %ld exits\n", kind, r, exits);

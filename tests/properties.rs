@@ -364,7 +364,7 @@ proptest! {
                     mem.write_byte(u64::from(gpa), byte).unwrap();
                     guest[gpa as usize] = byte;
                 }
-                Op::Rearm => { table.rearm(translate, &mem); }
+                Op::Rearm => { table.rearm(|gva, _| translate(gva), &mem); }
                 Op::RemoveAll => {
                     table.remove_all(&mem);
                     refs.clear();

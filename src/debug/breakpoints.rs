@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 
 use super::debugregs::{watch_fits, Condition, DebugRegisterSlot, DEBUG_REGISTERS};
+use super::pagewalk::RememberedWalks;
 use super::BreakType;
 use crate::error::{Errno, Result};
 
@@ -120,9 +121,13 @@ impl HardwareBreakpoint {
 }
 
 /// The breakpoints of one VM.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct BreakpointTable {
     software: Vec<SoftwareBreakpoint>,
+    /// The page walk of each software breakpoint's address (by its index in
+    /// `software`), remembered for the re-arm at every stop: checking it
+    /// again is a few loads, with no search among the others.
+    software_walks: Vec<RememberedWalks<1>>,
     patches: Vec<Patch>,
     registers: [Option<HardwareBreakpoint>; DEBUG_REGISTERS],
 }
@@ -262,6 +267,7 @@ impl BreakpointTable {
             (Err(e), Err(_)) => return Err(e),
         };
         self.software.push(SoftwareBreakpoint { gva, location, refs: 1 });
+        self.software_walks.push(RememberedWalks::default());
         Ok(())
     }
 
@@ -283,6 +289,7 @@ impl BreakpointTable {
             return Ok(());
         }
         let bp = self.software.swap_remove(index);
+        self.software_walks.swap_remove(index);
         match bp.location {
             Location::Patched(gpa) => self.disarm(gpa, mem),
             Location::Register(n) => self.registers[n as usize] = None,
@@ -357,6 +364,7 @@ impl BreakpointTable {
             !patch.armed()
         });
         self.software.clear();
+        self.software_walks.clear();
         self.registers = [None; DEBUG_REGISTERS];
     }
 
@@ -373,9 +381,15 @@ impl BreakpointTable {
     /// guest overwrote (code loaded after the insertion) takes the new byte
     /// as its original and gets its `int3` back; a breakpoint whose address
     /// now maps elsewhere moves there; one parked in a debug register while
-    /// unmapped moves into memory once mapped. Returns true when the debug
-    /// registers changed.
-    pub fn rearm(&mut self, mut translate: impl FnMut(u64) -> Result<u64>, mem: &impl CodeMemory) -> bool {
+    /// unmapped moves into memory once mapped. `translate` translates a
+    /// breakpoint's address with the walk it remembers. Returns true when
+    /// the debug registers changed.
+    pub fn rearm(
+        &mut self,
+        mut translate: impl FnMut(u64, &mut RememberedWalks<1>) -> Result<u64>,
+        mem: &impl CodeMemory,
+    ) -> bool {
+        debug_assert_eq!(self.software.len(), self.software_walks.len());
         for patch in self.patches.iter_mut().filter(|p| p.armed()) {
             if let Ok(byte) = mem.read_byte(patch.gpa) {
                 if byte != INT3 && mem.write_byte(patch.gpa, INT3).is_ok() {
@@ -386,7 +400,7 @@ impl BreakpointTable {
         let mut registers_changed = false;
         for i in 0..self.software.len() {
             let bp = self.software[i];
-            let Ok(gpa) = translate(bp.gva) else { continue };
+            let Ok(gpa) = translate(bp.gva, &mut self.software_walks[i]) else { continue };
             match bp.location {
                 Location::Patched(old) if old != gpa && self.arm(gpa, mem).is_ok() => {
                     self.disarm(old, mem);
@@ -541,7 +555,7 @@ mod tests {
         let mut t = BreakpointTable::default();
         t.insert_software(0x500, Ok(0x500), false, &mem).unwrap();
         mem.write_byte(0x500, 0x55).unwrap(); // guest loads new code there
-        assert!(!t.rearm(Ok, &mem));
+        assert!(!t.rearm(|gva, _| Ok(gva), &mem));
         assert_eq!(mem.borrow()[0x500], INT3);
         t.remove_software(0x500, &mem).unwrap();
         assert_eq!(mem.borrow()[0x500], 0x55);
@@ -553,7 +567,7 @@ mod tests {
         let original = mem.borrow()[0x600];
         let mut t = BreakpointTable::default();
         t.insert_software(0x7000_0600, Err(Errno::FAULT), false, &mem).unwrap();
-        assert!(t.rearm(|_| Ok(0x600), &mem));
+        assert!(t.rearm(|_, _| Ok(0x600), &mem));
         assert!(t.register(0).is_none());
         assert_eq!(mem.borrow()[0x600], INT3);
         assert_eq!(t.patch_at(0x600).unwrap().original, original);
@@ -565,7 +579,7 @@ mod tests {
         let before = mem.borrow().clone();
         let mut t = BreakpointTable::default();
         t.insert_software(0x4000_0010, Ok(0x1010), false, &mem).unwrap();
-        t.rearm(|_| Ok(0x2010), &mem);
+        t.rearm(|_, _| Ok(0x2010), &mem);
         assert_eq!(mem.borrow()[0x1010], before[0x1010]);
         assert_eq!(mem.borrow()[0x2010], INT3);
         t.remove_software(0x4000_0010, &mem).unwrap();

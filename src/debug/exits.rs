@@ -17,7 +17,7 @@ use super::debugregs::DEBUG_REGISTERS;
 use super::decode::{
     decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS, DR6_HIT_MASK,
 };
-use super::pagewalk::PagingRegisters;
+use super::pagewalk::{PagingRegisters, RememberedWalks};
 use super::vcpu_state::{CodePage, Programming, ResumePoint, StepOver, VcpuDebug};
 use super::{program, trap_flag, BreakType};
 use crate::context::Context;
@@ -558,9 +558,9 @@ fn rearm_table(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
     }
     let regs = vcpu.paging_registers()?;
     let mem = ctx.memory();
-    // The same pages at every stop, nearly always: remembered walks.
-    let mut walks = lock(&ctx.debugger().breakpoint_walks);
-    let walk = |gva| walks.translate(&regs, &*mem, gva).map_err(|_| Errno::FAULT);
+    // The same pages at every stop, nearly always: each breakpoint's walk is
+    // remembered.
+    let walk = |gva, walk: &mut RememberedWalks<1>| walk.translate(&regs, &*mem, gva).map_err(|_| Errno::FAULT);
     if table.rearm(walk, &*mem) {
         drop(mem);
         drop(table);

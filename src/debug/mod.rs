@@ -97,9 +97,6 @@ pub struct Debugger {
     real_mode_int3_exits: OnceLock<bool>,
     /// Kicks vcpus stuck on protected pages (see `progress`).
     pub(crate) progress_watchdog: Mutex<Option<progress::ProgressWatchdog>>,
-    /// The walks of the software breakpoints' pages at the last re-arms
-    /// (see `exits::rearm_breakpoints`).
-    pub(crate) breakpoint_walks: Mutex<pagewalk::RememberedWalks<16>>,
 }
 
 impl Debugger {
@@ -118,7 +115,6 @@ impl Debugger {
             single_step_skips_halts: OnceLock::new(),
             real_mode_int3_exits: OnceLock::new(),
             progress_watchdog: Mutex::new(None),
-            breakpoint_walks: Mutex::default(),
         }
     }
 

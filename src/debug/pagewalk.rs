@@ -256,10 +256,17 @@ impl<const N: usize> Default for RememberedWalks<N> {
 
 impl<const N: usize> RememberedWalks<N> {
     /// The guest-physical address of `gva`.
+    #[inline]
     pub fn translate(&mut self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Result<u64, WalkError> {
-        if let Some(gpa) = self.walks.iter().flatten().find_map(|walk| walk.translate(regs, mem, gva)) {
-            return Ok(gpa);
+        match self.walks.iter().flatten().find_map(|walk| walk.translate(regs, mem, gva)) {
+            Some(gpa) => Ok(gpa),
+            None => self.walk_anew(regs, mem, gva),
         }
+    }
+
+    /// [`RememberedWalks::translate`] when no remembered walk holds.
+    #[inline(never)]
+    fn walk_anew(&mut self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Result<u64, WalkError> {
         let (translation, walk) = RememberedTranslation::walk(regs, mem, gva)?;
         self.walks[self.next] = Some(walk);
         self.next = (self.next + 1) % N;
