@@ -560,8 +560,9 @@ fn rearm_table(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
     let mem = ctx.memory();
     // The same pages at every stop, nearly always: each breakpoint's walk is
     // remembered.
-    let walk = |gva, walk: &mut RememberedWalks<1>| walk.translate(&regs, &*mem, gva).map_err(|_| Errno::FAULT);
-    if table.rearm(walk, &*mem) {
+    let translate =
+        |gva, remembered: &mut RememberedWalks<1>| remembered.translate(&regs, &*mem, gva).map_err(|_| Errno::FAULT);
+    if table.rearm(translate, &*mem) {
         drop(mem);
         drop(table);
         for other in ctx.vcpus() {

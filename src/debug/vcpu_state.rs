@@ -144,26 +144,22 @@ impl VcpuDebug {
     /// What KVM had at generation `generation`; `None` when it changed so
     /// often since that it is forgotten.
     pub fn programming_at(&self, generation: u64) -> Option<Programming> {
-        if generation == self.generation {
-            return Some(Programming(self.programmed));
-        }
-        let (at, debug) = self.earlier[generation as usize % REMEMBERED_PROGRAMMINGS];
-        (at == generation && generation < self.generation).then_some(Programming(debug))
+        self.programmed_at(generation).copied().map(Programming)
     }
 
     /// True when KVM single-stepped at generation `generation` (false when
     /// that is forgotten): [`VcpuDebug::programming_at`] without the copy.
     pub fn single_stepped_at(&self, generation: u64) -> bool {
-        let control = if generation == self.generation {
-            self.programmed.control
-        } else {
-            let (at, debug) = &self.earlier[generation as usize % REMEMBERED_PROGRAMMINGS];
-            if *at != generation || generation >= self.generation {
-                return false;
-            }
-            debug.control
-        };
-        control & KVM_GUESTDBG_SINGLESTEP != 0
+        self.programmed_at(generation).is_some_and(|debug| debug.control & KVM_GUESTDBG_SINGLESTEP != 0)
+    }
+
+    /// What KVM had at generation `generation`, where it is remembered.
+    fn programmed_at(&self, generation: u64) -> Option<&kvm_guest_debug> {
+        if generation == self.generation {
+            return Some(&self.programmed);
+        }
+        let (at, debug) = &self.earlier[generation as usize % REMEMBERED_PROGRAMMINGS];
+        (*at == generation && generation < self.generation).then_some(debug)
     }
 
     /// True when KVM had debug register `n` enabled now or in any of the

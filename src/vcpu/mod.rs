@@ -221,8 +221,7 @@ impl Vcpu {
         if kick::runs_on_this_thread(self) {
             // The runner (at a stop) has its exit's registers at hand and
             // needs no pause: no cache either, where they are.
-            let synced = self.with_fd(|fd| self.synced_at_exit(fd).map(|synced| paging_registers_of(&synced.sregs)));
-            if let Some(regs) = synced {
+            if let Some(regs) = self.with_fd(|fd| self.synced_paging_registers(fd)) {
                 return Ok(regs);
             }
         }
@@ -233,8 +232,8 @@ impl Vcpu {
                 return Ok(regs);
             }
         }
-        let regs = self.with_fd(|fd| match self.synced_at_exit(fd) {
-            Some(synced) => Ok(paging_registers_of(&synced.sregs)),
+        let regs = self.with_fd(|fd| match self.synced_paging_registers(fd) {
+            Some(regs) => Ok(regs),
             None => fd.get_sregs().map(|sregs| paging_registers_of(&sregs)).map_err(Errno::from),
         })?;
         *cache = Some((epoch, regs));
@@ -373,7 +372,7 @@ impl Vcpu {
     #[inline(never)]
     fn pause_from_another_thread(&self) -> PauseGuard<'_> {
         let guard = self.gate.request(|| self.kick());
-        self.gate.wait_out(&guard, || self.kick());
+        self.wait_paused(&guard);
         guard
     }
 
@@ -516,6 +515,12 @@ impl Vcpu {
         // SAFETY: the last run asked for KVM_SYNC_X86_REGS and _SREGS
         // (synced_epoch says so), so the kernel filled the `regs` member.
         Some(unsafe { &fd.get_kvm_run().s.regs })
+    }
+
+    /// The paging registers at the last exit, where it synced them (the
+    /// caller holds the fd).
+    fn synced_paging_registers(&self, fd: &mut VcpuFd) -> Option<PagingRegisters> {
+        self.synced_at_exit(fd).map(|synced| paging_registers_of(&synced.sregs))
     }
 
     /// The general and segment registers: from the last exit when they are
