@@ -174,6 +174,10 @@ impl BreakpointTable {
 
     /// The debug registers as DR0-DR3/DR7 slots.
     pub fn slots(&self) -> [Option<DebugRegisterSlot>; DEBUG_REGISTERS] {
+        if self.registers.iter().all(Option::is_none) {
+            // Nearly always (software breakpoints only): nothing to convert.
+            return [None; DEBUG_REGISTERS];
+        }
         self.registers.map(|r| r.map(|r| r.slot()))
     }
 

@@ -18,6 +18,7 @@ use super::decode::{
     decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS, DR6_HIT_MASK,
 };
 use super::pagewalk::{PagingRegisters, RememberedWalks};
+use super::trap_flag::RegistersBeforeStep;
 use super::vcpu_state::{CodePage, Programming, ResumePoint, StepOver, VcpuDebug};
 use super::{program, trap_flag, BreakType};
 use crate::context::Context;
@@ -88,10 +89,23 @@ impl CodeAt {
     #[inline(always)]
     fn of(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<CodeAt> {
         let (pc, regs) = pc_and_paging(vcpu)?;
+        Ok(CodeAt::at(ctx, code_page, pc, &regs))
+    }
+
+    /// [`CodeAt::of`], and what the step over a breakpoint needs of the
+    /// registers, in the same register read.
+    fn with_registers(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<(CodeAt, RegistersBeforeStep)> {
+        let (pc, registers) =
+            vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), RegistersBeforeStep::of(regs, sregs)))?;
+        Ok((CodeAt::at(ctx, code_page, pc, &registers.paging()), registers))
+    }
+
+    #[inline(always)]
+    fn at(ctx: &Context, code_page: &mut CodePage, pc: u64, regs: &PagingRegisters) -> CodeAt {
         let mem = ctx.memory();
-        let gpa = code_page.translate(&regs, &*mem, pc).ok();
+        let gpa = code_page.translate(regs, &*mem, pc).ok();
         let byte = gpa.and_then(|gpa| mem.read_byte(gpa).ok());
-        Ok(CodeAt { pc, gpa, byte })
+        CodeAt { pc, gpa, byte }
     }
 }
 
@@ -116,9 +130,7 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let mut state = lock(&vcpu.debug);
     let mut code = None;
     if let Some(resume) = state.resume.take() {
-        let mut at = CodeAt::of(ctx, vcpu, &mut state.code_page)?;
-        start_step_over(ctx, vcpu, &mut state, resume, &mut at)?;
-        code = Some(at);
+        code = Some(start_step_over(ctx, vcpu, &mut state, resume)?);
         changed = true;
     }
     // Whatever was asked, a single step KVM was not given is not lost.
@@ -243,17 +255,25 @@ pub fn finish_watched_instruction(
 /// Resuming on a library breakpoint would trap on it again at once: put the
 /// original byte back (or turn the register off) for one single step. The
 /// table decides, not the stop: a breakpoint may have moved from a debug
-/// register into memory (or been removed) since.
-fn start_step_over(
+/// register into memory (or been removed) since. Returns the instruction
+/// the vcpu resumes on, as it will fetch it.
+fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: ResumePoint) -> Result<CodeAt> {
+    let (mut code, registers) = CodeAt::with_registers(ctx, vcpu, &mut state.code_page)?;
+    if code.pc == resume.pc {
+        step_over_at(ctx, vcpu, state, resume, &mut code, &registers)?;
+    }
+    Ok(code)
+}
+
+/// [`start_step_over`] once the vcpu is at the breakpoint's address.
+fn step_over_at(
     ctx: &Context,
     vcpu: &Vcpu,
     state: &mut VcpuDebug,
     resume: ResumePoint,
     code: &mut CodeAt,
+    registers: &RegistersBeforeStep,
 ) -> Result<()> {
-    if code.pc != resume.pc {
-        return Ok(());
-    }
     let gpa = code.gpa;
     let mut table = ctx.debugger().table();
     // An execution breakpoint in a debug register at the same address.
@@ -284,7 +304,7 @@ fn start_step_over(
     // KVM hides the guest's TF while it single-steps: note it now, unless
     // the VMM's own single step already hides it.
     if state.step_over.is_some() && !state.programming().single_steps() {
-        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, code)?);
+        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, code, registers)?);
     }
     Ok(())
 }
@@ -431,7 +451,7 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
             || guest_sets_trap_flag(vcpu),
         ),
     };
-    act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit)
+    act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit, None)
 }
 
 /// True for the exit nearly every single step ends in: a step the VMM asked
@@ -463,14 +483,16 @@ pub fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -
             .or_else(|| super::progress::after_emulation_failure(ctx, vcpu));
     }
     Some((|| {
-        let pc = current_pc(vcpu)?;
+        // One register read for the judgement and the re-arm at the stop.
+        let (pc, paging) = pc_and_paging(vcpu)?;
         let state = lock(&vcpu.debug);
         let verdict = judge_int3(ctx, vcpu, &state, pc)?;
-        act(ctx, vcpu, state, DebugEvent::int3(pc), verdict, Int3Exit::EmulationFailure)
+        act(ctx, vcpu, state, DebugEvent::int3(pc), verdict, Int3Exit::EmulationFailure, Some(&paging))
     })())
 }
 
-/// Carries out a verdict. The VMM's callback runs after every lock is released.
+/// Carries out a verdict. The VMM's callback runs after every lock is
+/// released. `paging`: the vcpu's paging registers, where the exit read them.
 fn act(
     ctx: &Context,
     vcpu: &Vcpu,
@@ -478,6 +500,7 @@ fn act(
     event: DebugEvent,
     verdict: Verdict,
     shape: Int3Exit,
+    paging: Option<&PagingRegisters>,
 ) -> Result<c_int> {
     match verdict {
         Verdict::Report(mut resume) => {
@@ -487,7 +510,7 @@ fn act(
                     table.software_at(point.pc).is_some_and(|b| matches!(b.location, Location::Patched(_)));
             }
             state.resume = resume;
-            report(ctx, vcpu, state, event)
+            report_with(ctx, vcpu, state, event, paging)
         }
         Verdict::Resume => Ok(0),
         Verdict::ReinjectBreakpoint => {
@@ -522,8 +545,21 @@ fn act(
 pub(crate) fn report(
     ctx: &Context,
     vcpu: &Vcpu,
+    state: std::sync::MutexGuard<'_, VcpuDebug>,
+    event: DebugEvent,
+) -> Result<c_int> {
+    report_with(ctx, vcpu, state, event, None)
+}
+
+/// [`report`], given the vcpu's paging registers where the exit read them
+/// (else the re-arm reads them).
+#[inline]
+fn report_with(
+    ctx: &Context,
+    vcpu: &Vcpu,
     mut state: std::sync::MutexGuard<'_, VcpuDebug>,
     event: DebugEvent,
+    paging: Option<&PagingRegisters>,
 ) -> Result<c_int> {
     state.last_event = Some(event);
     let resumes = state.resume.is_some();
@@ -531,7 +567,7 @@ pub(crate) fn report(
     if resumes {
         vcpu.request_debug_attention();
     }
-    rearm_breakpoints(ctx, vcpu)?;
+    rearm_breakpoints(ctx, vcpu, paging)?;
     if ctx.stopper().attached() {
         // gdb owns the debug events: stop everything and tell it.
         ctx.stopper().report(ctx, vcpu, event);
@@ -542,21 +578,24 @@ pub(crate) fn report(
 
 /// At a stop, arm again the breakpoints the guest overwrote or remapped.
 #[inline]
-fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
+fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu, paging: Option<&PagingRegisters>) -> Result<()> {
     if !ctx.debugger().has_breakpoints() {
         return Ok(());
     }
-    rearm_table(ctx, vcpu)
+    rearm_table(ctx, vcpu, paging)
 }
 
 /// [`rearm_breakpoints`] once the table may hold some.
 #[inline(never)]
-fn rearm_table(ctx: &Context, vcpu: &Vcpu) -> Result<()> {
+fn rearm_table(ctx: &Context, vcpu: &Vcpu, paging: Option<&PagingRegisters>) -> Result<()> {
     let mut table = ctx.debugger().table();
     if table.is_empty() {
         return Ok(());
     }
-    let regs = vcpu.paging_registers()?;
+    let regs = match paging {
+        Some(&regs) => regs,
+        None => vcpu.paging_registers()?,
+    };
     let mem = ctx.memory();
     // The same pages at every stop, nearly always: each breakpoint's walk is
     // remembered.

@@ -12,6 +12,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 
 use super::breakpoints::INT3;
 use super::exits::CodeAt;
+use super::pagewalk::PagingRegisters;
 use crate::context::Context;
 use crate::error::Result;
 use crate::vcpu::{paging_registers_of, Vcpu};
@@ -140,21 +141,48 @@ fn effect_of(bytes: &[u8], default_operand: u64, long: bool) -> Effect {
     Effect::Keeps
 }
 
+/// What [`before_step`] needs of the vcpu's registers, taken from the read
+/// that finds the instruction at RIP (one read for both).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegistersBeforeStep {
+    trap_flag: bool,
+    long: bool,
+    default_operand: u64,
+    /// The linear address of the top of the stack.
+    stack: u64,
+    stack_before: StackBefore,
+    paging: PagingRegisters,
+}
+
+impl RegistersBeforeStep {
+    pub(crate) fn of(regs: &kvm_regs, sregs: &kvm_sregs) -> RegistersBeforeStep {
+        let long = sregs.cs.l != 0;
+        RegistersBeforeStep {
+            trap_flag: regs.rflags & TRAP_FLAG != 0,
+            long,
+            default_operand: if long || sregs.cs.db != 0 { 4 } else { 2 },
+            stack: if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) },
+            stack_before: StackBefore::from_registers(regs, sregs),
+            paging: paging_registers_of(sregs),
+        }
+    }
+
+    /// The paging registers.
+    pub(crate) fn paging(&self) -> PagingRegisters {
+        self.paging
+    }
+}
+
 /// The guest's trap flag before the instruction at RIP, and after it. Only
 /// meaningful while KVM does not single-step the vcpu (it hides TF then).
-/// `code` is the instruction at RIP.
-pub(crate) fn before_step(ctx: &Context, vcpu: &Vcpu, code: &CodeAt) -> Result<TrapFlagAcrossStep> {
-    let (before, long, default_operand, stack, stack_before, paging) = vcpu.read_registers(|regs, sregs| {
-        let long = sregs.cs.l != 0;
-        (
-            regs.rflags & TRAP_FLAG != 0,
-            long,
-            if long || sregs.cs.db != 0 { 4 } else { 2 },
-            if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) },
-            StackBefore::from_registers(regs, sregs),
-            paging_registers_of(sregs),
-        )
-    })?;
+/// `code` is the instruction at RIP, `registers` the vcpu's as it is there.
+pub(crate) fn before_step(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    code: &CodeAt,
+    registers: &RegistersBeforeStep,
+) -> Result<TrapFlagAcrossStep> {
+    let RegistersBeforeStep { trap_flag: before, long, default_operand, stack, stack_before, paging } = *registers;
     // The guest's bytes: originals under software breakpoints.
     let byte_at = |linear: u64| -> Option<u8> {
         let mut byte = [0u8];

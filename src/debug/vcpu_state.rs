@@ -216,6 +216,29 @@ pub fn effective_debug(state: &VcpuDebug, library: &LibraryDebug, blockirq: bool
         }
     }
 
+    let mut debug = kvm_guest_debug::default();
+    // Nearly always (software breakpoints, steps), no register is used.
+    if request.control & KVM_GUESTDBG_USE_HW_BP != 0 || library.slots.iter().any(Option::is_some) {
+        let slots = register_slots(state, library);
+        if slots.iter().any(Option::is_some) {
+            control |= KVM_GUESTDBG_USE_HW_BP;
+            let (addrs, dr7) = encode(&slots);
+            debug.arch.debugreg[..DEBUG_REGISTERS].copy_from_slice(&addrs);
+            debug.arch.debugreg[7] = dr7;
+        }
+    }
+    if control != 0 {
+        control |= KVM_GUESTDBG_ENABLE;
+    }
+    debug.control = control;
+    debug
+}
+
+/// The debug registers of [`effective_debug`]: the library's, but the one
+/// a step over a breakpoint turned off, and the VMM's requested ones where
+/// the library leaves a register free.
+fn register_slots(state: &VcpuDebug, library: &LibraryDebug) -> [Option<DebugRegisterSlot>; DEBUG_REGISTERS] {
+    let request = &state.request;
     let mut slots = library.slots;
     let stepped_over = state.step_over.and_then(|step| step.register());
     if let Some(n) = stepped_over {
@@ -231,19 +254,7 @@ pub fn effective_debug(state: &VcpuDebug, library: &LibraryDebug, blockirq: bool
             });
         }
     }
-
-    let mut debug = kvm_guest_debug::default();
-    if slots.iter().any(Option::is_some) {
-        control |= KVM_GUESTDBG_USE_HW_BP;
-        let (addrs, dr7) = encode(&slots);
-        debug.arch.debugreg[..DEBUG_REGISTERS].copy_from_slice(&addrs);
-        debug.arch.debugreg[7] = dr7;
-    }
-    if control != 0 {
-        control |= KVM_GUESTDBG_ENABLE;
-    }
-    debug.control = control;
-    debug
+    slots
 }
 
 #[cfg(test)]
