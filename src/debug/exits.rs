@@ -163,6 +163,19 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     Ok(Entry::Enter)
 }
 
+/// At an exit that changed the debug state (the end of the library's own
+/// step): gives it to KVM now, where the next entry would have nothing else
+/// to do (no step over to start, no trap flag to give back), so that the
+/// entry need not look at the state again. The attention is taken before
+/// the state is computed: a change asked for meanwhile asks again.
+fn program_at_exit(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug) -> Result<()> {
+    if state.resume.is_some() || state.restore_trap_flag {
+        return Ok(());
+    }
+    vcpu.take_debug_attention();
+    program(ctx, vcpu, state)
+}
+
 /// Moves RIP past the one-byte instruction (`hlt`, `int3`) it points at.
 fn step_past_one_byte_instruction(vcpu: &Vcpu) -> Result<()> {
     let (mut regs, _) = vcpu.regs_and_sregs()?;
@@ -438,6 +451,7 @@ pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> 
         }
         let libraries_step = stepped_over.is_some() || stepped_through;
         if libraries_step && event.cause == DebugCause::SingleStep && !state.stepping() {
+            program_at_exit(ctx, vcpu, &mut state)?;
             return Ok(0);
         }
     }
