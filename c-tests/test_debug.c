@@ -23,6 +23,8 @@ DECLARE_GUEST_LABEL(straight, last);
 DECLARE_GUEST(string_out);
 DECLARE_GUEST(loop3);
 DECLARE_GUEST_LABEL(loop3, body);
+DECLARE_GUEST(spin_after);
+DECLARE_GUEST_LABEL(spin_after, spot);
 DECLARE_GUEST(store_variable);
 DECLARE_GUEST_LABEL(store_variable, variable);
 DECLARE_GUEST(own_int3);
@@ -59,6 +61,7 @@ struct debug_log {
     uint8_t values[MAX_OUT_BYTES];
     int outs;
     int debug_result; /* what the debug callback returns: 0 runs on */
+    int entries;      /* counted by count_entry, the pre_kvm_run hook */
 };
 
 static int log_debug(void *opaque, int vcpu, int type, uint64_t watch)
@@ -87,9 +90,10 @@ static int log_outb(void *opaque, uint16_t port, uint8_t value)
     return 0;
 }
 
-/* A VM with a 64-bit vcpu 0 at GUEST_CODE running `start..end`. */
+/* A VM with a 64-bit vcpu 0 at GUEST_CODE running `start..end`, with the
+ * `pre_kvm_run` hook `entry_hook` (none if NULL). */
 static int debug_vm(struct test_vm *vm, struct debug_log *log, struct kvm_callbacks *cb, const uint8_t *start,
-                    const uint8_t *end)
+                    const uint8_t *end, int (*entry_hook)(void *opaque, int vcpu))
 {
     memset(log, 0, sizeof(*log));
     memset(cb, 0, sizeof(*cb));
@@ -97,6 +101,7 @@ static int debug_vm(struct test_vm *vm, struct debug_log *log, struct kvm_callba
     cb->debug = log_debug;
     cb->outb = log_outb;
     cb->halt = test_stop_on_halt;
+    cb->pre_kvm_run = entry_hook;
     if (test_vm_create(vm, cb, log, RAM, 0) < 0)
         return -1;
     log->kvm = vm->kvm;
@@ -104,7 +109,7 @@ static int debug_vm(struct test_vm *vm, struct debug_log *log, struct kvm_callba
     return test_vcpu_long_mode(vm, 0, GUEST_CODE);
 }
 
-#define DEBUG_VM(vm, log, cb, name) debug_vm((vm), (log), (cb), name##_start, name##_end)
+#define DEBUG_VM(vm, log, cb, name) debug_vm((vm), (log), (cb), name##_start, name##_end, NULL)
 
 static uint64_t rip_of_kvm(kvm_context_t kvm, int vcpu)
 {
@@ -186,6 +191,41 @@ static void a_debug_callback_returning_0_runs_on_through_every_hit(void)
     CHECK_EQ(log.n, 3);
     CHECK_EQ(log.outs, 3);
     test_vm_destroy(&vm);
+}
+
+static int count_entry(void *opaque, int vcpu)
+{
+    (void)vcpu;
+    ((struct debug_log *)opaque)->entries++;
+    return 0;
+}
+
+/* After the step over a breakpoint (software, or a debug register) the
+ * guest runs on unstepped: its 3,000 instructions to the `out` take a few
+ * entries, not one each. */
+static void the_guest_runs_on_unstepped_after_the_step_over_a_breakpoint(void)
+{
+    const uint64_t spot = GUEST_LABEL_ADDR(spin_after, spot);
+    const int types[] = {KVM_GDB_BREAKPOINT_SW, KVM_GDB_BREAKPOINT_HW};
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    size_t i;
+
+    for (i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        REQUIRE(debug_vm(&vm, &log, &cb, spin_after_start, spin_after_end, count_entry) == 0);
+        log.debug_result = 0;
+        CHECK_EQ(kvm_insert_breakpoint(vm.kvm, 0, types[i], spot, 1), 0);
+        CHECK_EQ(kvm_run(vm.kvm, 0), 1); /* the halt */
+        CHECK_EQ(log.n, 1);
+        CHECK_EQ(log.outs, 1);
+        /* The hit, the step over it, the run to the out, the run to the
+         * halt: one entry more per exit the host adds. */
+        if (log.entries > 8)
+            printf("  breakpoint type %d: %d entries\n", types[i], log.entries);
+        CHECK(log.entries <= 8);
+        test_vm_destroy(&vm);
+    }
 }
 
 static void removed_breakpoint_restores_the_byte_and_the_guest_continues(void)
@@ -886,6 +926,7 @@ int main(void)
     RUN(software_breakpoint_reports_vcpu_type_and_pc);
     RUN(resuming_on_a_breakpoint_steps_over_it_and_it_stays_armed);
     RUN(a_debug_callback_returning_0_runs_on_through_every_hit);
+    RUN(the_guest_runs_on_unstepped_after_the_step_over_a_breakpoint);
     RUN(removed_breakpoint_restores_the_byte_and_the_guest_continues);
     RUN(hardware_breakpoint_hits_and_resumes);
     RUN(single_step_reports_each_instruction);

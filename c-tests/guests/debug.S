@@ -39,6 +39,17 @@ LABEL(loop3, body)
     hlt
 GUEST_END(loop3)
 
+/* A spot to break on, then 1,000 turns of a loop without an exit, one
+ * `out` to port 0x10 and a halt. */
+GUEST_BEGIN(spin_after)
+LABEL(spin_after, spot)
+    mov $1000, %ecx
+1:  dec %ecx
+    jnz 1b
+    out %al, $0x10
+    hlt
+GUEST_END(spin_after)
+
 /* Writes 8 bytes to `variable`, says so on port 0x10, halts. */
 GUEST_BEGIN(store_variable)
     movq $0x1234, store_variable_variable(%rip)
