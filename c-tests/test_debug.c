@@ -201,7 +201,7 @@ static int count_entry(void *opaque, int vcpu)
 }
 
 /* After the step over a breakpoint (software, or a debug register) the
- * guest runs on unstepped: its 3,000 instructions to the `out` take a few
+ * guest runs on unstepped: its 2,000 instructions to the `out` take a few
  * entries, not one each. */
 static void the_guest_runs_on_unstepped_after_the_step_over_a_breakpoint(void)
 {

@@ -100,6 +100,7 @@ impl CodeAt {
         Ok((CodeAt::at(ctx, code_page, pc, &registers.paging()), registers))
     }
 
+    /// The instruction at linear `pc`, translated with `regs`.
     #[inline(always)]
     fn at(ctx: &Context, code_page: &mut CodePage, pc: u64, regs: &PagingRegisters) -> CodeAt {
         let mem = ctx.memory();

@@ -155,6 +155,7 @@ pub(crate) struct RegistersBeforeStep {
 }
 
 impl RegistersBeforeStep {
+    /// Taken from the vcpu's general and segment registers.
     pub(crate) fn of(regs: &kvm_regs, sregs: &kvm_sregs) -> RegistersBeforeStep {
         let long = sregs.cs.l != 0;
         RegistersBeforeStep {
