@@ -10,7 +10,9 @@
  * breakpoint hit is the hit and its resume: the exit, the step over the
  * breakpoint that the library makes, and the callback. `breakpoints64` is
  * the same hit with 63 more software breakpoints inserted, each on a page
- * of its own, which every stop re-arms.
+ * of its own, which every stop re-arms. `step_breakpoint` is the single
+ * step with one software breakpoint inserted elsewhere (as under gdb with
+ * a breakpoint set), which every step re-arms.
  */
 #include <stdio.h>
 #include <string.h>
@@ -48,6 +50,7 @@ static int count_debug(void *opaque, int vcpu, int break_type, uint64_t watchpoi
 int main(int argc, char **argv)
 {
     const char *kind = argc > 1 ? argv[1] : "pio";
+    const int steps = strncmp(kind, "step", 4) == 0;
     struct kvm_callbacks cb;
     struct test_vm vm;
     int r;
@@ -60,7 +63,7 @@ int main(int argc, char **argv)
         return 1;
     if (strcmp(kind, "mmio") == 0) {
         TEST_VM_LOAD_GUEST(&vm, mmio_forever);
-    } else if (strcmp(kind, "step") == 0 || strncmp(kind, "breakpoint", 10) == 0) {
+    } else if (steps || strncmp(kind, "breakpoint", 10) == 0) {
         /* Each costs thousands of instructions: fewer do. */
         wanted = 10000;
         TEST_VM_LOAD_GUEST(&vm, nops_forever);
@@ -69,7 +72,10 @@ int main(int argc, char **argv)
     }
     if (test_vcpu_long_mode(&vm, 0, GUEST_CODE) < 0)
         return 1;
-    if (strcmp(kind, "step") == 0 && kvm_set_singlestep(vm.kvm, 0, 1) < 0)
+    if (steps && kvm_set_singlestep(vm.kvm, 0, 1) < 0)
+        return 1;
+    if (strcmp(kind, "step_breakpoint") == 0 &&
+        kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_DATA + 0x10000, 1) < 0)
         return 1;
     if (strncmp(kind, "breakpoint", 10) == 0 &&
         kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, GUEST_LABEL_ADDR(nops_forever, spot), 1) < 0)
