@@ -125,6 +125,8 @@ pub enum Entry {
 /// step over the breakpoint the vcpu stopped on, and give KVM the current
 /// debug state if it changed. Between two single steps it has not: every
 /// change asks for attention, and only then is the state computed again.
+/// Its work besides programming is [`VcpuDebug::entry_has_work`]'s; where
+/// there is none, an exit may program instead (`program_at_exit`).
 #[inline(never)]
 pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let mut changed = vcpu.take_debug_attention();
@@ -170,7 +172,7 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
 /// entry need not look at the state again. The attention is taken before
 /// the state is computed: a change asked for meanwhile asks again.
 fn program_at_exit(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug) -> Result<()> {
-    if state.resume.is_some() || state.restore_trap_flag {
+    if state.entry_has_work() {
         return Ok(());
     }
     vcpu.take_debug_attention();

@@ -127,6 +127,13 @@ impl VcpuDebug {
         self.singlestep || self.request.control & KVM_GUESTDBG_SINGLESTEP != 0
     }
 
+    /// True when the next entry has work besides giving KVM the debug
+    /// state: a step over a breakpoint to start, or the guest's trap flag
+    /// to give back (see `exits::before_entry`).
+    pub fn entry_has_work(&self) -> bool {
+        self.resume.is_some() || self.restore_trap_flag
+    }
+
     /// True when the VMM itself turned on software breakpoints (the original
     /// patch's mode: every `#BP` is the VMM's).
     pub fn passes_int3_through(&self) -> bool {
