@@ -1,5 +1,7 @@
 //! The `KVM_RUN` loop of `kvm_run`: callbacks around each entry, and every
-//! exit dispatched to the VMM. Nothing here allocates.
+//! exit dispatched to the VMM. The debugger meets an exit in one place
+//! ([`debug::intercept`]), and hands the VMM its part back. Nothing here
+//! allocates.
 
 use std::ffi::c_int;
 
@@ -60,7 +62,12 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
         after_kvm_run(ctx, vcpu);
     }
     match exit {
-        Ok(exit) => handle_exit(ctx, vcpu, runner, exit, exit_data),
+        // Every exit meets the debugger here, or not at all.
+        Ok(exit) if debug::intercept::sees(ctx, vcpu, &exit) => {
+            let vmm = |exit, exit_data: &mut ExitData| to_vmm(ctx, vcpu, exit, exit_data);
+            debug::intercept::on_exit(ctx, vcpu, runner, exit, exit_data, &vmm)
+        }
+        Ok(exit) => to_vmm(ctx, vcpu, exit, exit_data),
         // A kick from the library is not the VMM's business: go round again
         // (and park there if a debugger holds the vcpu).
         Err(Errno(libc::EINTR | libc::EAGAIN)) if vcpu.take_kick() || vcpu.is_held() => {
@@ -121,14 +128,12 @@ fn after_kvm_run(ctx: &Context, vcpu: &Vcpu) {
     ctx.deliver_coalesced_mmio(vcpu);
 }
 
-/// Inlined into the run loop (the exit stays in registers); the exits that
-/// follow one go through [`handle_next_exit`].
+/// An exit for the VMM: its handler's result. Inlined into the run loop
+/// (the exit stays in registers).
 #[inline(always)]
-fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit, exit_data: &mut ExitData) -> c_int {
+fn to_vmm(ctx: &Context, vcpu: &Vcpu, exit: Exit, exit_data: &mut ExitData) -> c_int {
     let callbacks = ctx.callbacks();
-    // Port I/O and MMIO fall through to the single-step check below; every
-    // other exit returns its handler's result.
-    let io_result = match exit {
+    match exit {
         Exit::PortOut { port, width, value } => callbacks.port_out(port, width, value),
         Exit::Io { direction, port, size, count, payload } => {
             let data = &mut exit_data.io[..payload.bytes()];
@@ -143,26 +148,11 @@ fn handle_exit(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit: Exit,
             }
             result
         }
+        // `decode` keeps `len` within the 8 data bytes.
         Exit::Mmio { addr, len, is_write } => {
-            if ctx.debugger().pages_were_protected() {
-                match handle_mmio_with_protections(ctx, vcpu, runner, addr, len, is_write, exit_data) {
-                    Ok(result) => result,
-                    Err(r) => return r,
-                }
-            } else {
-                // `decode` keeps `len` within the 8 data bytes.
-                mmio_to_vmm(ctx, vcpu, addr, &mut exit_data.mmio[..usize::from(len)], is_write)
-            }
+            mmio_to_vmm(ctx, vcpu, addr, &mut exit_data.mmio[..usize::from(len)], is_write)
         }
-        Exit::Other => return handle_other_exit(ctx, vcpu, exit_data),
-    };
-    if io_result != 0 {
-        return io_result;
-    }
-    match debug::exits::after_io_exit(vcpu, runner, exit_data) {
-        Ok(Some(step)) => handle_next_exit(ctx, vcpu, runner, step, exit_data),
-        Ok(None) => 0,
-        Err(e) => e.negated(),
+        Exit::Other => handle_other_exit(ctx, vcpu, exit_data),
     }
 }
 
@@ -180,29 +170,15 @@ fn handle_other_exit(ctx: &Context, vcpu: &Vcpu, exit_data: &ExitData) -> c_int 
         }
         OtherExit::IrqWindowOpen | OtherExit::SetTpr | OtherExit::Interrupted => 0,
         OtherExit::TprAccess { rip, is_write } => callbacks.tpr_access(index, rip, is_write),
-        OtherExit::Debug => result_code(debug::exits::on_debug_exit(ctx, vcpu, &exit_data.debug)),
+        // The debugger handles every debug exit and the emulation failures
+        // it knows (debug::intercept); what it hands on is unexpected.
+        OtherExit::Debug => unexpected_exit(ctx, vcpu, "KVM_EXIT_DEBUG", exit_data.debug.exception.into()),
         OtherExit::InternalError => {
-            let error = &exit_data.internal;
-            match debug::exits::on_emulation_failure(ctx, vcpu, error) {
-                Some(outcome) => result_code(outcome),
-                None => unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", error.suberror.into()),
-            }
+            unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", exit_data.internal.suberror.into())
         }
         OtherExit::FailEntry(reason) => unexpected_exit(ctx, vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
         OtherExit::Unknown(reason) => unexpected_exit(ctx, vcpu, crate::exit::reason_name(reason), reason.into()),
     }
-}
-
-/// [`handle_exit`] for an exit that finishing another one caused (a step).
-#[inline(never)]
-fn handle_next_exit(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    runner: &RunnerGuard<'_>,
-    exit: Exit,
-    exit_data: &mut ExitData,
-) -> c_int {
-    handle_exit(ctx, vcpu, runner, exit, exit_data)
 }
 
 /// The VMM's MMIO handler for an access, and a load's answer for the guest.
@@ -215,71 +191,6 @@ fn mmio_to_vmm(ctx: &Context, vcpu: &Vcpu, addr: u64, data: &mut [u8], is_write:
     let r = callbacks.mmio_read(addr, data);
     vcpu.complete_mmio_read(data);
     r
-}
-
-/// An MMIO exit once pages were protected for watchpoints: the library
-/// completes an access to a protected page, and reports the watchpoint it
-/// fires; any other access is the VMM's. The handler's result, or
-/// `kvm_run`'s result when the exit ends it (`Err`).
-#[inline(never)]
-fn handle_mmio_with_protections(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    runner: &RunnerGuard<'_>,
-    addr: u64,
-    len: u8,
-    is_write: bool,
-    exit_data: &mut ExitData,
-) -> std::result::Result<c_int, c_int> {
-    // A copy: finishing a watched access may decode another exit.
-    let mut bytes = exit_data.mmio;
-    let data = &mut bytes[..usize::from(len)];
-    match debug::watch::complete_protected_access(ctx, vcpu, addr, data, is_write) {
-        Some(watched) => {
-            let watched =
-                watched.and_then(|hit| debug::progress::note_protected_access(ctx, vcpu, addr, is_write).map(|()| hit));
-            match on_watched_access(ctx, vcpu, runner, watched, data, is_write, exit_data) {
-                Some(r) => Err(r),
-                None => Ok(0),
-            }
-        }
-        None => Ok(mmio_to_vmm(ctx, vcpu, addr, data, is_write)),
-    }
-}
-
-/// A guest access to a page protected for a watchpoint, which the library
-/// completed: a watchpoint it fired is reported once its instruction is
-/// done (a load's instruction finishes at once, without entering the
-/// guest), as a hardware data breakpoint would be. `None` when no
-/// watchpoint fired: the exit is then done, like any handled MMIO.
-fn on_watched_access(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    runner: &RunnerGuard<'_>,
-    watched: Result<Option<debug::watch::WatchHit>>,
-    data: &[u8],
-    is_write: bool,
-    exit_data: &mut ExitData,
-) -> Option<c_int> {
-    let hit = match watched {
-        Ok(hit) => hit,
-        Err(e) => return Some(e.negated()),
-    };
-    if !is_write {
-        vcpu.complete_mmio_read(data);
-    }
-    let hit = hit?;
-    match debug::exits::finish_watched_instruction(ctx, vcpu, runner, is_write, exit_data) {
-        Ok(None) => {}
-        Ok(Some(next)) => {
-            let r = handle_next_exit(ctx, vcpu, runner, next, exit_data);
-            if r != 0 {
-                return Some(r);
-            }
-        }
-        Err(e) => return Some(e.negated()),
-    }
-    Some(result_code(debug::watch::report_hit(ctx, vcpu, hit)))
 }
 
 /// Calls the port handler for one element of `data` (1, 2 or 4 bytes).

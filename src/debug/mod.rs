@@ -5,6 +5,8 @@
 //! - [`breakpoints`]: the VM's software breakpoints and debug registers;
 //! - [`vcpu_state`]: each vcpu's requests and the `KVM_SET_GUEST_DEBUG`
 //!   state that follows;
+//! - [`intercept`]: the one place where the run loop's exits meet the
+//!   debugger;
 //! - [`exits`]: what happens on `#BP`, `#DB` and the emulation failure
 //!   that is an `int3` on emulating hosts, and stepping over breakpoints
 //!   ([`trap_flag`]: with the guest's own trap flag kept);
@@ -21,6 +23,7 @@ pub mod exits;
 pub mod guest_memory;
 pub mod host_quirks;
 pub mod implicit;
+pub mod intercept;
 pub mod mappings;
 pub mod pagewalk;
 pub mod progress;
