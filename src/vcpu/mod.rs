@@ -41,9 +41,12 @@ pub struct Vcpu {
     run_page: NonNull<kvm_run>,
     mmap_size: usize,
     running: AtomicBool,
-    /// Bumped whenever the guest has run or the VMM writes vcpu state, so
-    /// that copies of that state (the paging registers) know they are stale.
-    state_epoch: AtomicU64,
+    /// The runs of the guest (`KVM_RUN` returns), counted by the runner
+    /// alone. With `state_writes`, the state epoch ([`Vcpu::state_epoch`]).
+    guest_runs: AtomicU64,
+    /// The writes of vcpu state (the VMM's, the debugger's), counted from
+    /// any thread.
+    state_writes: AtomicU64,
     /// The paging registers at `state_epoch` (see `paging_registers`).
     paging: Mutex<Option<(u64, PagingRegisters)>>,
     /// Debugging state; see [`crate::debug`].
@@ -156,7 +159,8 @@ impl Vcpu {
             run_page,
             mmap_size,
             running: AtomicBool::new(false),
-            state_epoch: AtomicU64::new(0),
+            guest_runs: AtomicU64::new(0),
+            state_writes: AtomicU64::new(0),
             paging: Mutex::new(None),
             debug: Mutex::new(VcpuDebug::default()),
             progress: Mutex::new(Default::default()),
@@ -207,12 +211,15 @@ impl Vcpu {
 
     /// Records that the vcpu's registers may have changed.
     pub fn state_changed(&self) {
-        self.state_epoch.fetch_add(1, Ordering::Release);
+        self.state_writes.fetch_add(1, Ordering::Release);
     }
 
-    /// Changes whenever the vcpu's registers may have changed.
+    /// Changes whenever the vcpu's registers may have changed: the guest
+    /// ran, or someone wrote them. Two counts that only grow, so that their
+    /// sum grows at each; the runner's count costs no locked instruction
+    /// per exit.
     pub fn state_epoch(&self) -> u64 {
-        self.state_epoch.load(Ordering::Acquire)
+        self.guest_runs.load(Ordering::Acquire).wrapping_add(self.state_writes.load(Ordering::Acquire))
     }
 
     /// The paging registers (CR0, CR3, CR4, EFER), read from the vcpu once
@@ -491,11 +498,12 @@ impl Vcpu {
     /// become stale when it returns; registers synced into `kvm_run` are
     /// valid until the next write.
     fn after_run(&self, synced: u64) {
-        let epoch = self.state_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        // The runner alone counts runs: a load and a store, not a locked add.
+        self.guest_runs.store(self.guest_runs.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
         // Without synced registers there is nothing to store: the epoch
         // only grows, so `synced_epoch` already differs from it.
         if synced != 0 {
-            self.synced_epoch.store(epoch, Ordering::Release);
+            self.synced_epoch.store(self.state_epoch(), Ordering::Release);
         }
     }
 
