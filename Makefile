@@ -145,7 +145,7 @@ $(BUILD)/exit_instructions: bench/exit_instructions.c $(TEST_SUPPORT) $(HEADER) 
 
 # User-space instructions per exit, counted by callgrind (exact, unlike times).
 bench-instructions: lib $(BUILD)/exit_instructions
-	@for kind in pio mmio step step_breakpoint breakpoint breakpoints64; do \
+	@for kind in pio mmio hlt step step_breakpoint breakpoint breakpoints64; do \
 	    valgrind --tool=callgrind --toggle-collect=kvm_run --callgrind-out-file=/dev/null \
 	        $(BUILD)/exit_instructions $$kind 2>&1 | \
 	        awk -v kind=$$kind '/Collected/ { n = $$4 } / after [0-9]+ exits/ { exits = $$(NF - 1) } \

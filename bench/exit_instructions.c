@@ -1,5 +1,5 @@
 /*
- * Port exits, MMIO exits, single steps or breakpoint hits, each through
+ * Port exits, MMIO exits, halts, single steps or breakpoint hits, each through
  * kvm_run with a callback that only counts. Run under callgrind, which
  * counts what the library executes independently of the machine's load:
  *
@@ -21,6 +21,7 @@
 
 DECLARE_GUEST(pio_forever);
 DECLARE_GUEST(mmio_forever);
+DECLARE_GUEST(hlt_forever);
 DECLARE_GUEST(nops_forever);
 DECLARE_GUEST_LABEL(nops_forever, spot);
 
@@ -41,6 +42,12 @@ static int count_mmio_write(void *opaque, uint64_t addr, uint8_t *data, int len)
     return ++exits >= wanted;
 }
 
+static int count_halt(void *opaque, int vcpu)
+{
+    (void)opaque, (void)vcpu;
+    return ++exits >= wanted;
+}
+
 static int count_debug(void *opaque, int vcpu, int break_type, uint64_t watchpoint)
 {
     (void)opaque, (void)vcpu, (void)break_type, (void)watchpoint;
@@ -58,11 +65,14 @@ int main(int argc, char **argv)
     memset(&cb, 0, sizeof(cb));
     cb.outb = count_outb;
     cb.mmio_write = count_mmio_write;
+    cb.halt = count_halt;
     cb.debug = count_debug;
     if (test_vm_create(&vm, &cb, NULL, RAM, 0) < 0)
         return 1;
     if (strcmp(kind, "mmio") == 0) {
         TEST_VM_LOAD_GUEST(&vm, mmio_forever);
+    } else if (strcmp(kind, "hlt") == 0) {
+        TEST_VM_LOAD_GUEST(&vm, hlt_forever);
     } else if (steps || strncmp(kind, "breakpoint", 10) == 0) {
         /* Each costs thousands of instructions: fewer do. */
         wanted = 10000;
