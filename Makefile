@@ -143,13 +143,20 @@ $(BUILD)/exit_bench: bench/exit_bench.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) 
 $(BUILD)/exit_instructions: bench/exit_instructions.c $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
 	$(CC) $(TEST_CFLAGS) -O2 -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
 
-# User-space instructions per exit, counted by callgrind (exact, unlike times).
+# User-space instructions per exit, counted by callgrind (exact, unlike
+# times), and of them the locked ones (bench/locked_per_exit.py), which
+# cost far more than their count.
 bench-instructions: lib $(BUILD)/exit_instructions
 	@for kind in pio mmio hlt step step_breakpoint breakpoint breakpoints64; do \
-	    valgrind --tool=callgrind --toggle-collect=kvm_run --callgrind-out-file=/dev/null \
-	        $(BUILD)/exit_instructions $$kind 2>&1 | \
-	        awk -v kind=$$kind '/Collected/ { n = $$4 } / after [0-9]+ exits/ { exits = $$(NF - 1) } \
-	            END { printf "bench %s_exit_instructions %.0f per_exit\n", kind, n / exits }'; \
+	    out=$(BUILD)/callgrind.$$kind; \
+	    valgrind --tool=callgrind --toggle-collect=kvm_run --dump-instr=yes --compress-pos=no \
+	        --callgrind-out-file=$$out $(BUILD)/exit_instructions $$kind > $$out.log 2>&1 || { cat $$out.log; exit 1; }; \
+	    n=$$(awk '/Collected/ { print $$4 }' $$out.log); \
+	    exits=$$(awk '/ after [0-9]+ exits/ { print $$(NF - 1) }' $$out.log); \
+	    awk -v kind=$$kind -v n=$$n -v exits=$$exits \
+	        'BEGIN { printf "bench %s_exit_instructions %.0f per_exit\n", kind, n / exits }'; \
+	    echo "bench $${kind}_exit_locked_instructions $$(python3 bench/locked_per_exit.py $$out $(BUILD)/exit_instructions $$exits) per_exit"; \
+	    rm -f $$out $$out.log; \
 	done
 
 bench: lib $(BUILD)/exit_bench $(BUILD)/gdb_vmm bench-instructions

@@ -137,17 +137,12 @@ pub enum Exit {
         /// True for a store.
         is_write: bool,
     },
-    /// `KVM_EXIT_DEBUG`, described in [`ExitData::debug`]: the debugger's.
-    Debug,
-    /// `KVM_EXIT_INTERNAL_ERROR` (on this project's host: an `int3`),
-    /// described in [`ExitData::internal`]: the debugger's first.
-    InternalError,
     /// Any other exit, described in [`ExitData::other`]: so that the
     /// common exits above move in registers.
     Other,
 }
 
-/// The exits other than port I/O, MMIO and the debugger's.
+/// The exits other than port I/O and MMIO.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OtherExit {
     /// `hlt` with no in-kernel irqchip.
@@ -165,6 +160,11 @@ pub enum OtherExit {
         /// True for a write.
         is_write: bool,
     },
+    /// `KVM_EXIT_DEBUG`, described in [`ExitData::debug`].
+    Debug,
+    /// `KVM_EXIT_INTERNAL_ERROR` (on this project's host: an `int3`),
+    /// described in [`ExitData::internal`].
+    InternalError,
     /// `KVM_EXIT_INTR`: a signal arrived.
     Interrupted,
     /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason.
@@ -184,9 +184,9 @@ pub struct ExitData {
     pub mmio: [u8; 8],
     /// Which exit `Exit::Other` is.
     pub other: OtherExit,
-    /// The exit of `Exit::Debug`.
+    /// The exit of `OtherExit::Debug`.
     pub debug: kvm_debug_exit_arch,
-    /// The exit of `Exit::InternalError`.
+    /// The exit of `OtherExit::InternalError`.
     pub internal: InternalError,
 }
 
@@ -259,22 +259,10 @@ pub fn decode(mapping: RunMapping<'_>, data: &mut ExitData, on_other: impl FnOnc
         }
         _ => {
             on_other();
-            match decode_other(run, data) {
-                FieldlessExit::Debug => Exit::Debug,
-                FieldlessExit::InternalError => Exit::InternalError,
-                FieldlessExit::Other => Exit::Other,
-            }
+            data.other = decode_other(run, data);
+            Exit::Other
         }
     }
-}
-
-/// The [`Exit`]s whose data `decode_other` puts in [`ExitData`]: one byte,
-/// returned in a register (an `Exit` would come back through memory, and
-/// with it every exit, merged after the decoding).
-enum FieldlessExit {
-    Debug,
-    InternalError,
-    Other,
 }
 
 /// An exit that is not port I/O the kernel would report.
@@ -327,9 +315,9 @@ fn decode_other_port_io(
 /// [`decode`] for every exit but port I/O and MMIO: out of line, so that
 /// the common exits are told apart by two comparisons.
 #[inline(never)]
-fn decode_other(run: &kvm_run, data: &mut ExitData) -> FieldlessExit {
+fn decode_other(run: &kvm_run, data: &mut ExitData) -> OtherExit {
     // SAFETY (every union read below): as in `decode`.
-    let other = match run.exit_reason {
+    match run.exit_reason {
         KVM_EXIT_HLT => OtherExit::Hlt,
         KVM_EXIT_SHUTDOWN => OtherExit::Shutdown,
         KVM_EXIT_IRQ_WINDOW_OPEN => OtherExit::IrqWindowOpen,
@@ -340,23 +328,21 @@ fn decode_other(run: &kvm_run, data: &mut ExitData) -> FieldlessExit {
         }
         KVM_EXIT_DEBUG => {
             data.debug = unsafe { run.__bindgen_anon_1.debug.arch };
-            return FieldlessExit::Debug;
+            OtherExit::Debug
         }
         KVM_EXIT_INTERNAL_ERROR => {
             let internal = unsafe { &run.__bindgen_anon_1.internal };
             let mut words = [0; INTERNAL_ERROR_DATA];
             words.copy_from_slice(&internal.data[..INTERNAL_ERROR_DATA]);
             data.internal = InternalError { suberror: internal.suberror, ndata: internal.ndata, data: words };
-            return FieldlessExit::InternalError;
+            OtherExit::InternalError
         }
         KVM_EXIT_INTR => OtherExit::Interrupted,
         KVM_EXIT_FAIL_ENTRY => {
             OtherExit::FailEntry(unsafe { run.__bindgen_anon_1.fail_entry.hardware_entry_failure_reason })
         }
         other => OtherExit::Unknown(other),
-    };
-    data.other = other;
-    FieldlessExit::Other
+    }
 }
 
 /// Copies the data of `outs` out of the mapping (where `io_payload` found it).
@@ -505,7 +491,8 @@ mod tests {
         data[1] = u64::from_ne_bytes([1, 0xcc, 0x90, 0, 0, 0, 0, 0]);
         run.__bindgen_anon_1.internal = kvm_run__bindgen_ty_1__bindgen_ty_13 { suberror: 1, ndata: 4, data };
         let mut exit_data = ExitData::default();
-        assert_eq!(Mapping::new(run).decode_with(&mut exit_data), Exit::InternalError);
+        assert_eq!(Mapping::new(run).decode_with(&mut exit_data), Exit::Other);
+        assert_eq!(exit_data.other, OtherExit::InternalError);
         let (bytes, len) = exit_data.internal.instruction_bytes().unwrap();
         assert_eq!((len, bytes[0], bytes[1]), (1, 0xcc, 0x90));
     }

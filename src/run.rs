@@ -153,16 +153,10 @@ fn to_vmm(ctx: &Context, vcpu: &Vcpu, exit: Exit, exit_data: &mut ExitData) -> c
             mmio_to_vmm(ctx, vcpu, addr, &mut exit_data.mmio[..usize::from(len)], is_write)
         }
         Exit::Other => handle_other_exit(ctx, vcpu, exit_data),
-        // The debugger's (debug::intercept): what it hands on is unexpected.
-        Exit::Debug => unexpected_exit(ctx, vcpu, "KVM_EXIT_DEBUG", exit_data.debug.exception.into()),
-        Exit::InternalError => {
-            unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", exit_data.internal.suberror.into())
-        }
     }
 }
 
-/// Every exit but port I/O, MMIO and the debugger's: its handler's result
-/// ends the trip.
+/// Every exit but port I/O and MMIO: its handler's result ends the trip.
 #[cold]
 #[inline(never)]
 fn handle_other_exit(ctx: &Context, vcpu: &Vcpu, exit_data: &ExitData) -> c_int {
@@ -176,6 +170,12 @@ fn handle_other_exit(ctx: &Context, vcpu: &Vcpu, exit_data: &ExitData) -> c_int 
         }
         OtherExit::IrqWindowOpen | OtherExit::SetTpr | OtherExit::Interrupted => 0,
         OtherExit::TprAccess { rip, is_write } => callbacks.tpr_access(index, rip, is_write),
+        // The debugger handles every debug exit and the emulation failures
+        // it knows (debug::intercept); what it hands on is unexpected.
+        OtherExit::Debug => unexpected_exit(ctx, vcpu, "KVM_EXIT_DEBUG", exit_data.debug.exception.into()),
+        OtherExit::InternalError => {
+            unexpected_exit(ctx, vcpu, "KVM_EXIT_INTERNAL_ERROR", exit_data.internal.suberror.into())
+        }
         OtherExit::FailEntry(reason) => unexpected_exit(ctx, vcpu, "KVM_EXIT_FAIL_ENTRY", reason),
         OtherExit::Unknown(reason) => unexpected_exit(ctx, vcpu, crate::exit::reason_name(reason), reason.into()),
     }

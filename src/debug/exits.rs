@@ -23,7 +23,7 @@ use super::vcpu_state::{CodePage, Programming, ResumePoint, StepOver, VcpuDebug}
 use super::{program, trap_flag, BreakType};
 use crate::context::Context;
 use crate::error::{Errno, Result};
-use crate::exit::{Exit, ExitData, InternalError};
+use crate::exit::{Exit, ExitData, InternalError, OtherExit};
 use crate::lock;
 use crate::vcpu::{paging_registers_of, RunnerGuard, Vcpu};
 use crate::x86;
@@ -219,7 +219,8 @@ fn finish_stepped_io(vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut Exit
     vcpu.request_debug_attention();
     let pc = current_pc(vcpu)?;
     exit_data.debug = kvm_debug_exit_arch { exception: DEBUG_EXCEPTION, pad: 0, pc, dr6: DR6_BS, dr7: 0 };
-    Ok(Some(Exit::Debug))
+    exit_data.other = OtherExit::Debug;
+    Ok(Some(Exit::Other))
 }
 
 /// A watchpoint fired on an access the library completed, of an
@@ -249,7 +250,7 @@ pub fn finish_watched_instruction(
         arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 && arch.dr6 & DR6_HIT_MASK == 0
     };
     let next = match next {
-        Some(Exit::Debug) if plain_step(&exit_data.debug) => None,
+        Some(Exit::Other) if exit_data.other == OtherExit::Debug && plain_step(&exit_data.debug) => None,
         Some(other) => return Ok(Some(other)),
         // KVM lost the step (and its trap flag): give it the step again.
         None => {

@@ -1,6 +1,5 @@
 //! The one place where an exit meets the debugger. The run loop asks
-//! [`sees`] of every exit (a load or two for port I/O and MMIO, none for
-//! the rest) and gives
+//! [`sees`] of every exit (a load or two for port I/O and MMIO) and gives
 //! the exits it accepts to [`on_exit`], which hands the VMM its part
 //! through the run loop's handler and does the debugger's around it: the
 //! debug exits, the `int3` that is an emulation failure, the accesses to
@@ -14,21 +13,20 @@ use std::ffi::c_int;
 use super::{exits, progress, watch};
 use crate::context::Context;
 use crate::error::{Errno, Result};
-use crate::exit::{Exit, ExitData};
+use crate::exit::{Exit, ExitData, OtherExit};
 use crate::vcpu::{RunnerGuard, Vcpu};
 
-/// True when the debugger has a part in `exit`: a debug exit, an
-/// emulation failure (an `int3` on emulating hosts, a fetch from a
-/// protected page), port I/O and MMIO of a single-stepping vcpu (the step
-/// to finish), and MMIO once pages were protected for watchpoints.
-/// Inlined into the run loop.
+/// True when the debugger may have a part in `exit`: every exit but port
+/// I/O and MMIO (they are rare, and [`on_exit`] hands on at once those
+/// that are neither a debug exit nor an emulation failure), port I/O and
+/// MMIO of a single-stepping vcpu (the step to finish), and MMIO once pages
+/// were protected for watchpoints. Inlined into the run loop.
 #[inline(always)]
 pub fn sees(ctx: &Context, vcpu: &Vcpu, exit: &Exit) -> bool {
     match exit {
+        Exit::Other => true,
+        Exit::Mmio { .. } => ctx.debugger().pages_were_protected() || vcpu.stepping(),
         Exit::PortOut { .. } | Exit::Io { .. } => vcpu.stepping(),
-        Exit::Mmio { .. } => vcpu.stepping() || ctx.debugger().pages_were_protected(),
-        Exit::Debug | Exit::InternalError => true,
-        Exit::Other => false,
     }
 }
 
@@ -36,8 +34,27 @@ pub fn sees(ctx: &Context, vcpu: &Vcpu, exit: &Exit) -> bool {
 /// handling of an exit for the VMM (its callbacks, and a load's answer
 /// given back to KVM), which returns the handler's result. The result is
 /// `kvm_run`'s loop result (0 to go on).
-#[inline(never)]
+#[inline(always)]
 pub fn on_exit(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    runner: &RunnerGuard<'_>,
+    exit: Exit,
+    exit_data: &mut ExitData,
+    vmm: &impl Fn(Exit, &mut ExitData) -> c_int,
+) -> c_int {
+    // A halt and the like go on at once. (Debug exits as `Exit` variants of
+    // their own would spare this look, but made the run loop's port and
+    // MMIO exits slower: measured.)
+    if exit == Exit::Other && !matches!(exit_data.other, OtherExit::Debug | OtherExit::InternalError) {
+        return vmm(exit, exit_data);
+    }
+    intercept(ctx, vcpu, runner, exit, exit_data, vmm)
+}
+
+/// [`on_exit`] for the exits the debugger has a part in.
+#[inline(never)]
+fn intercept(
     ctx: &Context,
     vcpu: &Vcpu,
     runner: &RunnerGuard<'_>,
@@ -47,8 +64,8 @@ pub fn on_exit(
 ) -> c_int {
     let intercepted = Intercepted { ctx, vcpu, runner, vmm };
     match exit {
-        // Nearly every exit the debugger sees: a step, a breakpoint hit.
-        Exit::Debug => intercepted.debug_exit(exit_data),
+        // Nearly every exit the debugger takes: a step, a breakpoint hit.
+        Exit::Other => intercepted.other_exit(exit_data),
         _ => intercepted.exit(exit, exit_data),
     }
 }
@@ -65,15 +82,14 @@ impl<V: Fn(Exit, &mut ExitData) -> c_int> Intercepted<'_, V> {
     /// [`on_exit`].
     fn exit(&self, exit: Exit, exit_data: &mut ExitData) -> c_int {
         let handled = match exit {
-            Exit::Debug => return self.debug_exit(exit_data),
-            Exit::InternalError => return self.emulation_failure(exit_data),
+            Exit::Other => return self.other_exit(exit_data),
             Exit::Mmio { addr, len, is_write } if self.ctx.debugger().pages_were_protected() => {
                 match self.mmio_with_protections(addr, len, is_write, exit_data) {
                     Ok(result) => result,
                     Err(end) => return end,
                 }
             }
-            Exit::Mmio { .. } | Exit::PortOut { .. } | Exit::Io { .. } | Exit::Other => (self.vmm)(exit, exit_data),
+            Exit::Mmio { .. } | Exit::PortOut { .. } | Exit::Io { .. } => (self.vmm)(exit, exit_data),
         };
         if handled != 0 {
             return handled;
@@ -95,18 +111,20 @@ impl<V: Fn(Exit, &mut ExitData) -> c_int> Intercepted<'_, V> {
         }
     }
 
-    /// `KVM_EXIT_DEBUG`: always the debugger's.
+    /// Every exit but port I/O and MMIO: the debug exits and the emulation
+    /// failures that are the debugger's; the rest are the VMM's.
     #[inline(always)]
-    fn debug_exit(&self, exit_data: &ExitData) -> c_int {
-        exits::on_debug_exit(self.ctx, self.vcpu, &exit_data.debug).unwrap_or_else(Errno::negated)
-    }
-
-    /// An emulation failure: the VMM's where the debugger does not know it.
-    fn emulation_failure(&self, exit_data: &mut ExitData) -> c_int {
-        match exits::on_emulation_failure(self.ctx, self.vcpu, &exit_data.internal) {
-            Some(outcome) => outcome.unwrap_or_else(Errno::negated),
-            None => (self.vmm)(Exit::InternalError, exit_data),
-        }
+    fn other_exit(&self, exit_data: &mut ExitData) -> c_int {
+        let (ctx, vcpu) = (self.ctx, self.vcpu);
+        let outcome = match exit_data.other {
+            OtherExit::Debug => exits::on_debug_exit(ctx, vcpu, &exit_data.debug),
+            OtherExit::InternalError => match exits::on_emulation_failure(ctx, vcpu, &exit_data.internal) {
+                Some(outcome) => outcome,
+                None => return (self.vmm)(Exit::Other, exit_data),
+            },
+            _ => return (self.vmm)(Exit::Other, exit_data),
+        };
+        outcome.unwrap_or_else(Errno::negated)
     }
 
     /// An MMIO exit once pages were protected for watchpoints: the library
