@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 # Locked instructions (a `lock` prefix, or `xchg` with memory) that the
 # library executes per exit, from a callgrind run with --dump-instr=yes
-# and the binary it ran. Each one costs some 8 ns on this project's
-# machine, far more than its one instruction: they are most of what a
-# single step or a breakpoint hit adds in time (BENCHMARKS.md).
+# and the binary it ran. One may cost up to some 8 ns on this project's
+# machine (in a tight loop of them), far more than an instruction of
+# another kind: BENCHMARKS.md weighs them.
 #
 #   bench/locked_per_exit.py CALLGRIND_OUT BINARY EXITS
 

@@ -79,7 +79,7 @@ struct Intercepted<'a, V> {
 }
 
 impl<V: Fn(Exit, &mut ExitData) -> c_int> Intercepted<'_, V> {
-    /// [`on_exit`].
+    /// [`on_exit`], for any exit.
     fn exit(&self, exit: Exit, exit_data: &mut ExitData) -> c_int {
         let handled = match exit {
             Exit::Other => return self.other_exit(exit_data),
