@@ -49,25 +49,7 @@ pub fn on_exit(
     if exit == Exit::Other && !matches!(exit_data.other, OtherExit::Debug | OtherExit::InternalError) {
         return vmm(exit, exit_data);
     }
-    intercept(ctx, vcpu, runner, exit, exit_data, vmm)
-}
-
-/// [`on_exit`] for the exits the debugger has a part in.
-#[inline(never)]
-fn intercept(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    runner: &RunnerGuard<'_>,
-    exit: Exit,
-    exit_data: &mut ExitData,
-    vmm: &impl Fn(Exit, &mut ExitData) -> c_int,
-) -> c_int {
-    let intercepted = Intercepted { ctx, vcpu, runner, vmm };
-    match exit {
-        // Nearly every exit the debugger takes: a step, a breakpoint hit.
-        Exit::Other => intercepted.other_exit(exit_data),
-        _ => intercepted.exit(exit, exit_data),
-    }
+    Intercepted { ctx, vcpu, runner, vmm }.take(exit, exit_data)
 }
 
 /// The vcpu whose exit the debugger handles, and where the VMM's part goes.
@@ -79,6 +61,16 @@ struct Intercepted<'a, V> {
 }
 
 impl<V: Fn(Exit, &mut ExitData) -> c_int> Intercepted<'_, V> {
+    /// [`on_exit`] for the exits the debugger has a part in.
+    #[inline(never)]
+    fn take(&self, exit: Exit, exit_data: &mut ExitData) -> c_int {
+        match exit {
+            // Nearly every exit the debugger takes: a step, a breakpoint hit.
+            Exit::Other => self.other_exit(exit_data),
+            _ => self.exit(exit, exit_data),
+        }
+    }
+
     /// [`on_exit`], for any exit.
     fn exit(&self, exit: Exit, exit_data: &mut ExitData) -> c_int {
         let handled = match exit {
