@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 
-LOCKED = re.compile(r"\block\b|\bxchg\b")
 
 
 def executions_by_address(callgrind_out):
@@ -33,15 +32,20 @@ def executions_by_address(callgrind_out):
     return counts
 
 
+def is_locked(instruction):
+    """A `lock` prefix, or `xchg` with a memory operand (locked without
+    one; `xchg` between two registers is not)."""
+    return instruction.startswith("lock ") or (instruction.startswith("xchg ") and "(" in instruction)
+
+
 def locked_addresses(binary):
-    """Addresses of the binary's locked instructions. `xchg` between two
-    registers is not locked; with memory it is, prefix or not."""
+    """Addresses of the binary's locked instructions."""
     listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True,
                              check=True).stdout
     found = set()
     for line in listing.splitlines():
         m = re.match(r"^\s+([0-9a-f]+):\s+(.*)", line)
-        if m and LOCKED.search(m.group(2)) and ("lock" in m.group(2) or "(" in m.group(2)):
+        if m and is_locked(m.group(2)):
             found.add(int(m.group(1), 16))
     return found
 

@@ -12,6 +12,13 @@ pub struct Errno(pub i32);
 /// The result type of the safe core.
 pub type Result<T> = std::result::Result<T, Errno>;
 
+/// Turns the outcome of a library handler into `kvm_run`'s result: its
+/// value, or the errno negated.
+#[inline]
+pub fn result_code(outcome: Result<std::ffi::c_int>) -> std::ffi::c_int {
+    outcome.unwrap_or_else(Errno::negated)
+}
+
 impl Errno {
     /// An argument is out of range or inconsistent.
     pub const INVAL: Errno = Errno(libc::EINVAL);

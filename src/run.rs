@@ -8,7 +8,7 @@ use std::ffi::c_int;
 use crate::context::Context;
 use crate::debug;
 use crate::debug::exits::Entry;
-use crate::error::{Errno, Result};
+use crate::error::{result_code, Errno};
 use crate::exit::{Exit, ExitData, IoDirection, OtherExit, PortWidth};
 use crate::gdb::stopper::Checkpoint;
 use crate::vcpu::kick::KvmRunThread;
@@ -219,11 +219,6 @@ fn handle_string_port_io(ctx: &Context, direction: IoDirection, port: u16, size:
         }
     }
     0
-}
-
-/// Turns the outcome of a library handler into `kvm_run`'s result.
-fn result_code(outcome: Result<c_int>) -> c_int {
-    outcome.unwrap_or_else(Errno::negated)
 }
 
 /// An exit the library cannot handle: show the vcpu state (and write a

@@ -200,7 +200,7 @@ fn at_hlt(code: &CodeAt) -> bool {
 /// while finishing; emulating hosts finish without a trap, and the step
 /// would be lost (the next one reported after two instructions).
 #[inline]
-pub fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> Result<Option<Exit>> {
+pub(super) fn after_io_exit(vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData) -> Result<Option<Exit>> {
     if !vcpu.stepping() {
         return Ok(None);
     }
@@ -230,7 +230,7 @@ fn finish_stepped_io(vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut Exit
 /// instruction's one stop. Any step over a breakpoint ends with it. Returns
 /// another exit finishing caused (the rest of a split access, the `out` of
 /// a `rep outs`), to handle first.
-pub fn finish_watched_instruction(
+pub(super) fn finish_watched_instruction(
     ctx: &Context,
     vcpu: &Vcpu,
     runner: &RunnerGuard<'_>,
@@ -428,7 +428,7 @@ fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
 /// Handles `KVM_EXIT_DEBUG`, decoded against the debug state the vcpu
 /// entered with. When that state is forgotten (changed many times since),
 /// the event is dropped: never mistaken for the guest's own and injected.
-pub fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
+pub(super) fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
     let mut state = lock(&vcpu.debug);
     let generation = vcpu.entered_generation();
     if is_plain_step(&state, state.single_stepped_at(generation), arch) {
@@ -494,7 +494,7 @@ fn plain_step_event(arch: &kvm_debug_exit_arch) -> DebugEvent {
 
 /// Handles `KVM_EXIT_INTERNAL_ERROR` when it is an `int3` the emulator
 /// could not run; `None` when it is something else.
-pub fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -> Option<Result<c_int>> {
+pub(super) fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalError) -> Option<Result<c_int>> {
     if !emulated_int3(error) {
         return super::watch::on_fetch_from_watched_page(ctx, vcpu)
             .or_else(|| super::progress::after_emulation_failure(ctx, vcpu));

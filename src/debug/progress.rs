@@ -213,7 +213,7 @@ pub fn after_emulation_failure(ctx: &Context, vcpu: &Vcpu) -> Option<Result<c_in
 /// without end (`lgdt` from an unbacked page does that), and the
 /// instruction is stepped through. Should that happen with the
 /// protections lifted already, watching steps aside from the page.
-pub fn note_protected_access(ctx: &Context, vcpu: &Vcpu, gpa: u64, is_write: bool) -> Result<()> {
+pub(super) fn note_protected_access(ctx: &Context, vcpu: &Vcpu, gpa: u64, is_write: bool) -> Result<()> {
     {
         let mut progress = lock(&vcpu.progress);
         let repeat = &mut progress.repeat;

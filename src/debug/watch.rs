@@ -368,7 +368,7 @@ pub struct WatchHit {
 /// to the VMM's read-only memory). Only for MMIO exits once
 /// [`Debugger::pages_were_protected`](crate::debug::Debugger::pages_were_protected):
 /// before that every MMIO exit is the VMM's, and the run loop checks.
-pub fn complete_protected_access(
+pub(super) fn complete_protected_access(
     ctx: &Context,
     vcpu: &Vcpu,
     gpa: u64,
@@ -417,7 +417,7 @@ fn register_watch_hit(ctx: &Context, vcpu: &Vcpu, gpa: u64, len: u64, is_write: 
 }
 
 /// Reports a watchpoint hit; the access's instruction has completed.
-pub fn report_hit(ctx: &Context, vcpu: &Vcpu, hit: WatchHit) -> Result<c_int> {
+pub(super) fn report_hit(ctx: &Context, vcpu: &Vcpu, hit: WatchHit) -> Result<c_int> {
     let pc = super::exits::current_pc(vcpu)?;
     let event = DebugEvent {
         cause: DebugCause::Page,

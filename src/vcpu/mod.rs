@@ -47,7 +47,7 @@ pub struct Vcpu {
     /// The writes of vcpu state (the VMM's, the debugger's), counted from
     /// any thread.
     state_writes: AtomicU64,
-    /// The paging registers at `state_epoch` (see `paging_registers`).
+    /// The paging registers at a [`Vcpu::state_epoch`] (see `paging_registers`).
     paging: Mutex<Option<(u64, PagingRegisters)>>,
     /// Debugging state; see [`crate::debug`].
     pub(crate) debug: Mutex<VcpuDebug>,
@@ -63,7 +63,7 @@ pub struct Vcpu {
     /// carry the registers (`KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS`), which
     /// the debug handlers read instead of issuing ioctls; 0 otherwise.
     sync_registers: AtomicU64,
-    /// The `state_epoch` at which `kvm_run` held synced registers (the
+    /// The [`Vcpu::state_epoch`] at which `kvm_run` held synced registers (the
     /// last exit's), or `u64::MAX`.
     synced_epoch: AtomicU64,
     /// Set while the running thread is parked.
