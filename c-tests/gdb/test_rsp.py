@@ -393,6 +393,49 @@ def test_a_stop_reply_carries_rbp_rsp_and_rip():
         vmm.kill()
 
 
+def stub_cpu_ticks(vmm):
+    """User and system time of the stub's thread, in clock ticks."""
+    task_dir = "/proc/%d/task" % vmm.process.pid
+    for tid in os.listdir(task_dir):
+        with open("%s/%s/comm" % (task_dir, tid)) as f:
+            if f.read().strip() != "libkvm-gdbstub":
+                continue
+        with open("%s/%s/stat" % (task_dir, tid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    raise AssertionError("no libkvm-gdbstub thread")
+
+
+def test_the_stub_polls_only_for_a_moment_then_sleeps():
+    """Between gdb's packets the stub may poll without sleeping, but only
+    briefly: a connected gdb that sends nothing costs the VMM no CPU,
+    whether the guest is stopped or running."""
+    needs_local_vmm("threads' CPU time")
+    vmm = Vmm()
+    try:
+        rsp = Rsp(vmm.address)
+        check(rsp.ask("?").startswith("T"), "no stop reply")
+        for state in ("stopped", "running"):
+            if state == "running":
+                rsp.send("vCont;c")
+            for _ in range(50):
+                check(read_code(rsp, vmm) == vmm.code, "code read while %s" % state)
+            before = stub_cpu_ticks(vmm)
+            time.sleep(1.0)
+            used = stub_cpu_ticks(vmm) - before
+            ticks_per_s = os.sysconf("SC_CLK_TCK")
+            print("  stub CPU time in 1 s of silence, guest %s: %d ms" % (state, used * 1000 // ticks_per_s))
+            check(used * 10 < ticks_per_s, "the stub used %d of %d ticks in 1 s with the guest %s" %
+                  (used, ticks_per_s, state))
+        rsp.send_raw(b"\x03")
+        check(rsp.read_packet().startswith("T"), "no stop after Ctrl-C")
+        check(rsp.ask("D") == "OK", "detach")
+        rsp.close()
+        finish_cleanly(vmm)
+    finally:
+        vmm.kill()
+
+
 def test_thread_ids_beyond_the_vcpus_are_refused():
     vmm = Vmm()
     try:
