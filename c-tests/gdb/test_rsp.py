@@ -393,40 +393,48 @@ def test_a_stop_reply_carries_rbp_rsp_and_rip():
         vmm.kill()
 
 
-def stub_cpu_ticks(vmm):
-    """User and system time of the stub's thread, in clock ticks."""
-    task_dir = "/proc/%d/task" % vmm.process.pid
-    for tid in os.listdir(task_dir):
-        with open("%s/%s/comm" % (task_dir, tid)) as f:
-            if f.read().strip() != "libkvm-gdbstub":
-                continue
-        with open("%s/%s/stat" % (task_dir, tid)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime
-    raise AssertionError("no libkvm-gdbstub thread")
+def cpu_ticks(vmm, thread_name=None):
+    """User and system time, in clock ticks, of the VMM process or of its
+    thread named `thread_name`."""
+    stats = ["/proc/%d/stat" % vmm.process.pid]
+    if thread_name:
+        task_dir = "/proc/%d/task" % vmm.process.pid
+        stats = []
+        for tid in os.listdir(task_dir):
+            with open("%s/%s/comm" % (task_dir, tid)) as f:
+                if f.read().strip() == thread_name:
+                    stats.append("%s/%s/stat" % (task_dir, tid))
+        check(len(stats) == 1, "threads named %s: %d" % (thread_name, len(stats)))
+    with open(stats[0]) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
 
 
-def test_the_stub_polls_only_for_a_moment_then_sleeps():
-    """Between gdb's packets the stub may poll without sleeping, but only
-    briefly: a connected gdb that sends nothing costs the VMM no CPU,
-    whether the guest is stopped or running."""
+def test_the_stub_and_the_vcpu_poll_only_for_a_moment_then_sleep():
+    """Between gdb's packets the stub, and the vcpu that stopped, may wait
+    without sleeping, but only briefly: a connected gdb that sends nothing
+    costs the VMM no CPU while the guest is stopped, and the stub none
+    while it runs."""
     needs_local_vmm("threads' CPU time")
     vmm = Vmm()
     try:
         rsp = Rsp(vmm.address)
         check(rsp.ask("?").startswith("T"), "no stop reply")
-        for state in ("stopped", "running"):
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+        for state, thread in (("stopped", None), ("running", "libkvm-gdbstub")):
             if state == "running":
                 rsp.send("vCont;c")
+            else:
+                check(rsp.ask("vCont;s:1").startswith("T05"), "step")
             for _ in range(50):
                 check(read_code(rsp, vmm) == vmm.code, "code read while %s" % state)
-            before = stub_cpu_ticks(vmm)
+            before = cpu_ticks(vmm, thread)
             time.sleep(1.0)
-            used = stub_cpu_ticks(vmm) - before
-            ticks_per_s = os.sysconf("SC_CLK_TCK")
-            print("  stub CPU time in 1 s of silence, guest %s: %d ms" % (state, used * 1000 // ticks_per_s))
-            check(used * 10 < ticks_per_s, "the stub used %d of %d ticks in 1 s with the guest %s" %
-                  (used, ticks_per_s, state))
+            used = cpu_ticks(vmm, thread) - before
+            who = thread or "the VMM"
+            print("  CPU time of %s in 1 s of silence, guest %s: %d ms" % (who, state, used * 1000 // ticks_per_s))
+            check(used * 10 < ticks_per_s, "%s used %d of %d ticks in 1 s with the guest %s" %
+                  (who, used, ticks_per_s, state))
         rsp.send_raw(b"\x03")
         check(rsp.read_packet().startswith("T"), "no stop after Ctrl-C")
         check(rsp.ask("D") == "OK", "detach")

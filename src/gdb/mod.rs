@@ -7,13 +7,15 @@
 //! - [`target`]: the VM as a `gdbstub` target (threads are vcpus);
 //! - [`host_files`]: the guest's RAM as `/proc/<pid>/maps`, for `gcore`;
 //! - [`stopper`]: all-stop: parking and kicking vcpu threads;
-//! - [`server`]: the stub thread and its poll loop.
+//! - [`server`]: the stub thread and its poll loop;
+//! - [`spin`]: the brief waits without sleeping of the stub and the vcpus.
 
 pub mod arch;
 pub mod host_files;
 pub mod listen;
 pub mod registers;
 pub mod server;
+pub mod spin;
 pub mod stopper;
 pub mod target;
 

@@ -1,13 +1,13 @@
 //! The stub's thread: accepts one gdb at a time and drives `gdbstub`'s
 //! non-blocking state machine from a `poll` loop over the connection, the
-//! vcpus' stop events and a shutdown request. Where a core is free the
-//! loop polls without sleeping for a moment before it blocks (see
-//! [`SPIN`]).
+//! vcpus' stop events and a shutdown request. Where a core is free it
+//! polls without sleeping for a moment before it blocks (see
+//! [`super::spin`]).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gdbstub::common::Signal;
 use gdbstub::conn::Connection;
@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::arch::ExpeditedRegister;
 use super::listen::{Listener, Stream};
+use super::spin;
 use super::target::{tid_of, VmTarget};
 use crate::context::Context;
 
@@ -106,41 +107,21 @@ impl Connection for BufferedConnection {
     }
 }
 
-/// How long the stub polls its descriptors without sleeping before it
-/// blocks, when a core is free for it. gdb sends a command as a burst of
-/// packets (8 for a `stepi`: the resume, then reads of memory and the
-/// thread list), each sent when the reply to the one before arrives, and
-/// the vcpu's stop after a step comes within microseconds. A thread woken
-/// from `poll` takes some 30 µs to run on a virtualized host (a ping-pong
-/// over loopback TCP here: 66 µs a round trip with both sides sleeping,
-/// 23 µs with one side polling), which would be most of each exchange.
-/// The budget covers the gaps inside a burst, and is spent once in vain
-/// at its end.
-const SPIN: Duration = Duration::from_micros(200);
-
 /// Waits until one of `fds` is readable; returns a bit per fd. With
-/// `spin`, polls without sleeping for [`SPIN`] first.
-fn wait_readable(fds: &[RawFd], spin: bool) -> u32 {
+/// `may_spin`, polls without sleeping for [`spin::STUB_BUDGET`] first.
+fn wait_readable(fds: &[RawFd], may_spin: bool) -> u32 {
     let mut polls = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 4];
     for (p, fd) in polls.iter_mut().zip(fds) {
         p.fd = *fd;
     }
-    let spin_until = spin.then(|| Instant::now() + SPIN);
-    loop {
-        let timeout = match spin_until {
-            Some(until) if Instant::now() < until => 0,
-            _ => -1,
-        };
+    let mut poll = |timeout: libc::c_int| {
         // SAFETY: `polls` holds `fds.len()` initialised pollfd entries.
-        let n = unsafe { libc::poll(polls.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n > 0 {
-            return polls[..fds.len()]
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.revents != 0)
-                .fold(0, |bits, (i, _)| bits | (1 << i));
-        }
+        unsafe { libc::poll(polls.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) > 0 }
+    };
+    if !(may_spin && spin::until(spin::STUB_BUDGET, || poll(0))) {
+        while !poll(-1) {}
     }
+    polls[..fds.len()].iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |bits, (i, _)| bits | (1 << i))
 }
 
 /// Runs the stub until `shutdown` is signalled.
@@ -219,7 +200,7 @@ fn session(
     // The stub spins only where that takes no core from a thread with work
     // to do: while the VM is stopped, gdb's (it writes the next packet);
     // while it runs, the released vcpus' (gdb waits for the stop).
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cores = spin::cores();
     let spin_while_stopped = cores >= 2;
     let spin_while_running = || ctx.vcpus().filter(|v| !v.is_held()).count() < cores;
     loop {

@@ -6,12 +6,13 @@
 //! its vcpu is parked, and a kick does not reach the `io_window` callback.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::spin;
 use crate::context::Context;
 use crate::debug::decode::DebugEvent;
 use crate::error::Result;
@@ -46,6 +47,12 @@ pub struct Stopper {
     attached: AtomicBool,
     killed: AtomicBool,
     hold_new_vcpus: AtomicBool,
+    /// The vcpu that reported the last stop event: the one gdb resumes
+    /// next, most often (a step, or the step off a breakpoint).
+    last_reporter: AtomicU32,
+    /// True where a parked reporter may look for its release without
+    /// sleeping (see [`super::spin`]): two cores or more.
+    reporter_spins: bool,
 }
 
 impl Stopper {
@@ -58,6 +65,8 @@ impl Stopper {
             attached: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             hold_new_vcpus: AtomicBool::new(false),
+            last_reporter: AtomicU32::new(u32::MAX),
+            reporter_spins: spin::cores() >= 2,
         })
     }
 
@@ -103,6 +112,8 @@ impl Stopper {
     /// [`Stopper::checkpoint`] for a held vcpu: parks until released.
     /// A vcpu that parks with a stop event queued wakes the debugger: it
     /// then finds the vcpu already parked, with nothing to wait for.
+    /// The vcpu that reported the last stop looks for its release without
+    /// sleeping for a moment first (see [`super::spin`]).
     #[inline(never)]
     fn park(&self, vcpu: &Vcpu) -> Checkpoint {
         let events = lock(&self.events);
@@ -114,6 +125,9 @@ impl Stopper {
         self.changed.notify_all();
         if tell_debugger {
             let _ = self.wake.write(1);
+        }
+        if self.reporter_spins && self.last_reporter.load(Ordering::Relaxed) == vcpu.index() {
+            spin::until(spin::REPORTER_BUDGET, || !vcpu.is_held() || self.killed.load(Ordering::Acquire));
         }
         let mut events = lock(&self.events);
         while vcpu.is_held() && !self.killed.load(Ordering::Acquire) {
@@ -135,6 +149,7 @@ impl Stopper {
     /// only make its next entry return at once).
     pub fn report(&self, ctx: &Context, vcpu: &Vcpu, event: DebugEvent) {
         lock(&self.events).push_back(StopEvent { vcpu: vcpu.index(), event });
+        self.last_reporter.store(vcpu.index(), Ordering::Relaxed);
         vcpu.set_held(true);
         self.hold_all(ctx);
     }
