@@ -213,6 +213,16 @@ def finish_cleanly(vmm):
     return out, err
 
 
+def interrupt_detach_and_finish(rsp, vmm):
+    """Stops the running guest with Ctrl-C, detaches, and checks the VMM's
+    ending (`finish_cleanly`)."""
+    rsp.send_raw(b"\x03")
+    check(rsp.read_packet().startswith("T"), "no stop after Ctrl-C")
+    check(rsp.ask("D") == "OK", "detach")
+    rsp.close()
+    finish_cleanly(vmm)
+
+
 def test_packets_while_the_guest_runs_get_answers():
     vmm = Vmm()
     try:
@@ -229,11 +239,7 @@ def test_packets_while_the_guest_runs_get_answers():
             check(rsp.ask("Z0,%x,1" % vmm["regs_set"]) == "OK", "Z0 while running")
             check(read_code(rsp, vmm) == vmm.code, "a read shows the int3")
             check(rsp.ask("z0,%x,1" % vmm["regs_set"]) == "OK", "z0 while running")
-        rsp.send_raw(b"\x03")
-        check(rsp.read_packet().startswith("T"), "no stop after Ctrl-C")
-        check(rsp.ask("D") == "OK", "detach")
-        rsp.close()
-        finish_cleanly(vmm)
+        interrupt_detach_and_finish(rsp, vmm)
     finally:
         vmm.kill()
 
@@ -435,11 +441,7 @@ def test_the_stub_and_the_vcpu_poll_only_for_a_moment_then_sleep():
             print("  CPU time of %s in 1 s of silence, guest %s: %d ms" % (who, state, used * 1000 // ticks_per_s))
             check(used * 10 < ticks_per_s, "%s used %d of %d ticks in 1 s with the guest %s" %
                   (who, used, ticks_per_s, state))
-        rsp.send_raw(b"\x03")
-        check(rsp.read_packet().startswith("T"), "no stop after Ctrl-C")
-        check(rsp.ask("D") == "OK", "detach")
-        rsp.close()
-        finish_cleanly(vmm)
+        interrupt_detach_and_finish(rsp, vmm)
     finally:
         vmm.kill()
 

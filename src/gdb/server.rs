@@ -198,11 +198,12 @@ fn session(
     let mut pending = [0u8; 4096];
     let (mut next, mut len) = (0usize, 0usize);
     // The stub spins only where that takes no core from a thread with work
-    // to do: while the VM is stopped, gdb's (it writes the next packet);
-    // while it runs, the released vcpus' (gdb waits for the stop).
+    // to do, and never on one core: while the VM is stopped, gdb's (it
+    // writes the next packet); while it runs, the released vcpus' (gdb
+    // waits for the stop).
     let cores = spin::cores();
     let spin_while_stopped = cores >= 2;
-    let spin_while_running = || ctx.vcpus().filter(|v| !v.is_held()).count() < cores;
+    let spin_while_running = || spin_while_stopped && ctx.vcpus().filter(|v| !v.is_held()).count() < cores;
     loop {
         let step = match gdb {
             GdbStubStateMachine::Idle(mut g) => {
