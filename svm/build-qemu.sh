@@ -18,8 +18,10 @@ CONFIGURE_FLAGS=(
     --meson=/usr/bin/meson
     --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
 )
+# libfdt-dev: x86_64-softmmu needs libfdt (TARGET_NEED_FDT, for microvm), and
+# Debian's source has no dtc/ to build it from.
 BUILD_DEPS=(dpkg-dev build-essential python3 ninja-build meson pkg-config libglib2.0-dev
-            libpixman-1-dev zlib1g-dev libslirp-dev seabios qemu-system-data)
+            libpixman-1-dev zlib1g-dev libslirp-dev libfdt-dev seabios qemu-system-data)
 
 need_pkgs "${BUILD_DEPS[@]}"
 
