@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 
-
 def executions_by_address(callgrind_out):
     """Executions of each instruction address. A line after `calls=` is a
     call's inclusive cost, not the call instruction's own count."""

@@ -197,18 +197,15 @@ fn session(
     };
     let mut pending = [0u8; 4096];
     let (mut next, mut len) = (0usize, 0usize);
-    // The stub spins only where that takes no core from a thread with work
-    // to do, and never on one core: while the VM is stopped, gdb's (it
-    // writes the next packet); while it runs, the released vcpus' (gdb
-    // waits for the stop).
-    let cores = spin::cores();
-    let spin_while_stopped = cores >= 2;
-    let spin_while_running = || spin_while_stopped && ctx.vcpus().filter(|v| !v.is_held()).count() < cores;
+    // While the VM runs, the stub spins only where that takes no core from
+    // a released vcpu (gdb waits for the stop); while it is stopped, gdb
+    // writes the next packet on a core of its own.
+    let spin_while_running = || ctx.vcpus().filter(|v| !v.is_held()).count() < spin::cores();
     loop {
         let step = match gdb {
             GdbStubStateMachine::Idle(mut g) => {
                 if next == len {
-                    let ready = wait_readable(&[conn_fd, shutdown.as_raw_fd()], spin_while_stopped);
+                    let ready = wait_readable(&[conn_fd, shutdown.as_raw_fd()], true);
                     if ready & 0b10 != 0 {
                         break End::Shutdown;
                     }

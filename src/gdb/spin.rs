@@ -16,6 +16,7 @@
 //! it (gdb, above all), and they never spin on a machine with one core.
 //! A silent gdb costs a VMM no CPU beyond the budgets, spent once.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long the stub looks for gdb's next packet, or for the stop of a
@@ -28,14 +29,21 @@ pub const STUB_BUDGET: Duration = Duration::from_micros(200);
 /// to 7 exchanges).
 pub const REPORTER_BUDGET: Duration = Duration::from_millis(1);
 
-/// The cores this process may run on (1 where that cannot be found out).
+/// The cores this process may run on, as found at the first call (1 where
+/// that cannot be found out).
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// Looks at `done` until it is true, for at most `budget`, yielding the
-/// core between two looks; returns its last answer.
+/// core between two looks; returns its last answer. With one core it looks
+/// once: looking again would only keep the core from the thread it waits
+/// for.
 pub fn until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
+    if cores() < 2 {
+        return done();
+    }
     let end = Instant::now() + budget;
     loop {
         if done() {

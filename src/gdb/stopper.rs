@@ -6,7 +6,7 @@
 //! its vcpu is parked, and a kick does not reach the `io_window` callback.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -47,12 +47,6 @@ pub struct Stopper {
     attached: AtomicBool,
     killed: AtomicBool,
     hold_new_vcpus: AtomicBool,
-    /// The vcpu that reported the last stop event: the one gdb resumes
-    /// next, most often (a step, or the step off a breakpoint).
-    last_reporter: AtomicU32,
-    /// True where a parked reporter may look for its release without
-    /// sleeping (see [`super::spin`]): two cores or more.
-    reporter_spins: bool,
 }
 
 impl Stopper {
@@ -65,8 +59,6 @@ impl Stopper {
             attached: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             hold_new_vcpus: AtomicBool::new(false),
-            last_reporter: AtomicU32::new(u32::MAX),
-            reporter_spins: spin::cores() >= 2,
         })
     }
 
@@ -112,13 +104,15 @@ impl Stopper {
     /// [`Stopper::checkpoint`] for a held vcpu: parks until released.
     /// A vcpu that parks with a stop event queued wakes the debugger: it
     /// then finds the vcpu already parked, with nothing to wait for.
-    /// The vcpu that reported the last stop looks for its release without
-    /// sleeping for a moment first (see [`super::spin`]).
+    /// The vcpu that reported the last stop (the one gdb resumes next, most
+    /// often: a step, or the step off a breakpoint) looks for its release
+    /// without sleeping for a moment first (see [`super::spin`]).
     #[inline(never)]
     fn park(&self, vcpu: &Vcpu) -> Checkpoint {
         let events = lock(&self.events);
         vcpu.set_parked(true);
         let tell_debugger = !events.is_empty();
+        let reported_last = events.back().is_some_and(|stop| stop.vcpu == vcpu.index());
         // Stored under the lock, so that a waiter in `wait_all_stopped`
         // either sees it or is waiting already; woken outside it.
         drop(events);
@@ -126,7 +120,7 @@ impl Stopper {
         if tell_debugger {
             let _ = self.wake.write(1);
         }
-        if self.reporter_spins && self.last_reporter.load(Ordering::Relaxed) == vcpu.index() {
+        if reported_last {
             spin::until(spin::REPORTER_BUDGET, || !vcpu.is_held() || self.killed.load(Ordering::Acquire));
         }
         let mut events = lock(&self.events);
@@ -149,7 +143,6 @@ impl Stopper {
     /// only make its next entry return at once).
     pub fn report(&self, ctx: &Context, vcpu: &Vcpu, event: DebugEvent) {
         lock(&self.events).push_back(StopEvent { vcpu: vcpu.index(), event });
-        self.last_reporter.store(vcpu.index(), Ordering::Relaxed);
         vcpu.set_held(true);
         self.hold_all(ctx);
     }
