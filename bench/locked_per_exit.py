@@ -5,7 +5,11 @@
 # machine (in a tight loop of them), far more than an instruction of
 # another kind: BENCHMARKS.md weighs them.
 #
-#   bench/locked_per_exit.py CALLGRIND_OUT BINARY EXITS
+#   bench/locked_per_exit.py CALLGRIND_OUT BINARY EXITS [--by-function]
+#
+# With --by-function it also lists, per function of the binary, how many
+# locked instructions per exit run there (where the locks of a step or a
+# breakpoint hit are taken).
 
 import re
 import subprocess
@@ -38,14 +42,20 @@ def is_locked(instruction):
 
 
 def locked_addresses(binary):
-    """Addresses of the binary's locked instructions."""
-    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True,
+    """The binary's locked instructions: address to the (demangled)
+    function that holds it."""
+    listing = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", binary], capture_output=True, text=True,
                              check=True).stdout
-    found = set()
+    found = {}
+    function = "?"
     for line in listing.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.*)>:", line)
+        if m:
+            function = m.group(1)
+            continue
         m = re.match(r"^\s+([0-9a-f]+):\s+(.*)", line)
         if m and is_locked(m.group(2)):
-            found.add(int(m.group(1), 16))
+            found[int(m.group(1), 16)] = function
     return found
 
 
@@ -55,6 +65,14 @@ def main():
     locked_at = locked_addresses(binary)
     locked = sum(n for address, n in counts.items() if address in locked_at)
     print("%.1f" % (locked / exits))
+    if "--by-function" in sys.argv[4:]:
+        by_function = {}
+        for address, n in counts.items():
+            if address in locked_at:
+                by_function[locked_at[address]] = by_function.get(locked_at[address], 0) + n
+        for function, n in sorted(by_function.items(), key=lambda item: -item[1]):
+            if n / exits >= 0.05:
+                print("  %5.1f %s" % (n / exits, function))
 
 
 main()
