@@ -63,16 +63,14 @@ def main():
     callgrind_out, binary, exits = sys.argv[1], sys.argv[2], int(sys.argv[3])
     counts = executions_by_address(callgrind_out)
     locked_at = locked_addresses(binary)
-    locked = sum(n for address, n in counts.items() if address in locked_at)
-    print("%.1f" % (locked / exits))
+    by_function = {}
+    for address, n in counts.items():
+        if address in locked_at:
+            by_function[locked_at[address]] = by_function.get(locked_at[address], 0) + n
+    print("%.1f" % (sum(by_function.values()) / exits))
     if "--by-function" in sys.argv[4:]:
-        by_function = {}
-        for address, n in counts.items():
-            if address in locked_at:
-                by_function[locked_at[address]] = by_function.get(locked_at[address], 0) + n
         for function, n in sorted(by_function.items(), key=lambda item: -item[1]):
             if n / exits >= 0.05:
                 print("  %5.1f %s" % (n / exits, function))
-
 
 main()
