@@ -12,7 +12,7 @@ use std::ffi::c_int;
 
 use kvm_bindings::kvm_debug_exit_arch;
 
-use super::breakpoints::{CodeMemory, HardwareBreakpoint, Location, INT3};
+use super::breakpoints::{BreakpointTable, CodeMemory, HardwareBreakpoint, Location, INT3};
 use super::debugregs::DEBUG_REGISTERS;
 use super::decode::{
     decode_debug_exit, DebugCause, DebugEvent, BREAKPOINT_EXCEPTION, DEBUG_EXCEPTION, DR6_BS, DR6_HIT_MASK,
@@ -20,13 +20,13 @@ use super::decode::{
 use super::pagewalk::{PagingRegisters, RememberedWalks};
 use super::trap_flag::RegistersBeforeStep;
 use super::vcpu_state::{CodePage, Programming, ResumePoint, StepOver, VcpuDebug};
-use super::{program, trap_flag, BreakType};
+use super::{program, trap_flag, BreakType, HeldTable};
 use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, ExitData, InternalError, OtherExit};
 use crate::lock;
-use crate::vcpu::{paging_registers_of, RunnerGuard, Vcpu};
-use crate::x86;
+use crate::vcpu::exit_registers::StopRegisters;
+use crate::vcpu::{RunnerGuard, Vcpu};
 
 /// How an `int3` reached the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,8 +35,9 @@ enum Int3Exit {
     /// the `int3`.
     DebugExit,
     /// `KVM_EXIT_INTERNAL_ERROR` from the instruction emulator, which cannot
-    /// run `int3` (emulating hosts): RIP points at the `int3`.
-    EmulationFailure,
+    /// run `int3` (emulating hosts): RIP points at the `int3`. With the
+    /// paging registers the exit read (the re-arm at the stop uses them).
+    EmulationFailure { paging: PagingRegisters },
 }
 
 /// True when the emulator failed on an `int3`.
@@ -62,12 +63,12 @@ enum Verdict {
 
 /// The linear address of the instruction `vcpu` is at.
 pub(crate) fn current_pc(vcpu: &Vcpu) -> Result<u64> {
-    vcpu.read_registers(x86::linear_pc)
+    vcpu.read_stop_registers(StopRegisters::linear_pc)
 }
 
 /// [`current_pc`] and the paging registers, in one register read.
 fn pc_and_paging(vcpu: &Vcpu) -> Result<(u64, PagingRegisters)> {
-    vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), paging_registers_of(sregs)))
+    vcpu.read_stop_registers(|registers| (registers.linear_pc(), registers.paging))
 }
 
 /// Where the vcpu's instruction pointer is: linear, and guest-physical
@@ -96,7 +97,7 @@ impl CodeAt {
     /// registers, in the same register read.
     fn with_registers(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<(CodeAt, RegistersBeforeStep)> {
         let (pc, registers) =
-            vcpu.read_registers(|regs, sregs| (x86::linear_pc(regs, sregs), RegistersBeforeStep::of(regs, sregs)))?;
+            vcpu.read_stop_registers(|registers| (registers.linear_pc(), RegistersBeforeStep::of(registers)))?;
         Ok((CodeAt::at(ctx, code_page, pc, &registers.paging()), registers))
     }
 
@@ -131,9 +132,10 @@ pub enum Entry {
 pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let mut changed = vcpu.take_debug_attention();
     let mut state = lock(&vcpu.debug);
+    let mut table = HeldTable::new(ctx.debugger());
     let mut code = None;
     if let Some(resume) = state.resume.take() {
-        code = Some(start_step_over(ctx, vcpu, &mut state, resume)?);
+        code = Some(start_step_over(ctx, vcpu, &mut state, &mut table, resume)?);
         changed = true;
     }
     // Whatever was asked, a single step KVM was not given is not lost.
@@ -151,14 +153,14 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
             // does.
             step_past_one_byte_instruction(vcpu)?;
             if let Some(step) = state.step_over.take() {
-                finish_step_over(ctx, vcpu, step)?;
+                finish_step_over(ctx, vcpu, step, &mut table)?;
             }
-            program(ctx, vcpu, &mut state)?;
+            program(ctx, vcpu, &mut state, &mut table)?;
             return Ok(Entry::Halted);
         }
     }
     if changed {
-        program(ctx, vcpu, &mut state)?;
+        program(ctx, vcpu, &mut state, &mut table)?;
     }
     if std::mem::take(&mut state.restore_trap_flag) && !state.programming().single_steps() {
         trap_flag::set(vcpu)?;
@@ -171,12 +173,12 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
 /// to do (no step over to start, no trap flag to give back), so that the
 /// entry need not look at the state again. The attention is taken before
 /// the state is computed: a change asked for meanwhile asks again.
-fn program_at_exit(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug) -> Result<()> {
+fn program_at_exit(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, table: &mut HeldTable<'_>) -> Result<()> {
     if state.entry_has_work() {
         return Ok(());
     }
     vcpu.take_debug_attention();
-    program(ctx, vcpu, state)
+    program(ctx, vcpu, state, table)
 }
 
 /// Moves RIP past the one-byte instruction (`hlt`, `int3`) it points at.
@@ -246,6 +248,7 @@ pub(super) fn finish_watched_instruction(
         return Ok(next);
     }
     let mut state = lock(&vcpu.debug);
+    let mut table = HeldTable::new(ctx.debugger());
     let plain_step = |arch: &kvm_debug_exit_arch| {
         arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 && arch.dr6 & DR6_HIT_MASK == 0
     };
@@ -260,8 +263,9 @@ pub(super) fn finish_watched_instruction(
     };
     if !state.stepping_through {
         if let Some(step) = state.step_over.take() {
-            finish_step_over(ctx, vcpu, step)?;
-            give_back_trap_flag(ctx, vcpu, &mut state, &DebugEvent::single_step(current_pc(vcpu)?))?;
+            finish_step_over(ctx, vcpu, step, &mut table)?;
+            let event = DebugEvent::single_step(current_pc(vcpu)?);
+            give_back_trap_flag(ctx, vcpu, &mut state, &event, &mut table)?;
         }
     }
     vcpu.request_debug_attention();
@@ -273,10 +277,16 @@ pub(super) fn finish_watched_instruction(
 /// table decides, not the stop: a breakpoint may have moved from a debug
 /// register into memory (or been removed) since. Returns the instruction
 /// the vcpu resumes on, as it will fetch it.
-fn start_step_over(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, resume: ResumePoint) -> Result<CodeAt> {
+fn start_step_over(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    state: &mut VcpuDebug,
+    table: &mut HeldTable<'_>,
+    resume: ResumePoint,
+) -> Result<CodeAt> {
     let (mut code, registers) = CodeAt::with_registers(ctx, vcpu, &mut state.code_page)?;
     if code.pc == resume.pc {
-        step_over_at(ctx, vcpu, state, resume, &mut code, &registers)?;
+        step_over_at(ctx, vcpu, state, table.get(), resume, &mut code, &registers)?;
     }
     Ok(code)
 }
@@ -286,12 +296,12 @@ fn step_over_at(
     ctx: &Context,
     vcpu: &Vcpu,
     state: &mut VcpuDebug,
+    table: &mut BreakpointTable,
     resume: ResumePoint,
     code: &mut CodeAt,
     registers: &RegistersBeforeStep,
 ) -> Result<()> {
     let gpa = code.gpa;
-    let mut table = ctx.debugger().table();
     // An execution breakpoint in a debug register at the same address.
     // (It may be off for a step over it in progress: then this stop is
     // the int3 the step ran into.)
@@ -316,11 +326,10 @@ fn step_over_at(
             code.byte = mem.read_byte(gpa).ok();
         }
     }
-    drop(table);
     // KVM hides the guest's TF while it single-steps: note it now, unless
     // the VMM's own single step already hides it.
     if state.step_over.is_some() && !state.programming().single_steps() {
-        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, code, registers)?);
+        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, code, registers, table)?);
     }
     Ok(())
 }
@@ -330,9 +339,15 @@ fn step_over_at(
 /// it), and now the `#DB` the stepped instruction owed it, before any
 /// breakpoint at the next instruction (which faults again after the
 /// guest's handler returns). True when that `#DB` was delivered.
-fn give_back_trap_flag(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, event: &DebugEvent) -> Result<bool> {
+fn give_back_trap_flag(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    state: &mut VcpuDebug,
+    event: &DebugEvent,
+    table: &mut HeldTable<'_>,
+) -> Result<bool> {
     let Some(flag) = state.trap_flag.take() else { return Ok(false) };
-    trap_flag::clear_leaked(ctx, vcpu, &flag.stack)?;
+    trap_flag::clear_leaked(ctx, vcpu, &flag.stack, table)?;
     state.restore_trap_flag = flag.after;
     let step_or_fetch = match event.cause {
         DebugCause::SingleStep => true,
@@ -348,17 +363,17 @@ fn give_back_trap_flag(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, event:
 
 /// The step over a breakpoint is done: its patch lands (armed again if it
 /// is still wanted), and the registers are reprogrammed.
-fn finish_step_over(ctx: &Context, vcpu: &Vcpu, step: StepOver) -> Result<()> {
+fn finish_step_over(ctx: &Context, vcpu: &Vcpu, step: StepOver, table: &mut HeldTable<'_>) -> Result<()> {
     if let StepOver::Patch { gpa, .. } = step {
-        ctx.debugger().table().land(gpa, &*ctx.memory())?;
+        table.get().land(gpa, &*ctx.memory())?;
     }
     vcpu.request_debug_attention();
     Ok(())
 }
 
 /// Whose `int3` is at linear `pc`.
-fn judge_int3(ctx: &Context, vcpu: &Vcpu, state: &VcpuDebug, pc: u64) -> Result<Verdict> {
-    let table = ctx.debugger().table();
+fn judge_int3(ctx: &Context, vcpu: &Vcpu, state: &VcpuDebug, table: &mut HeldTable<'_>, pc: u64) -> Result<Verdict> {
+    let table = table.get();
     let gpa = match table.software_at(pc).map(|b| b.location) {
         Some(Location::Patched(gpa)) => Some(gpa),
         _ => ctx.translate_gva(vcpu, pc).ok().map(|t| t.gpa),
@@ -393,7 +408,7 @@ fn judge_debug_exception(
     state: &VcpuDebug,
     entered: &Programming,
     event: &mut DebugEvent,
-    register: impl Fn(u8) -> Option<HardwareBreakpoint>,
+    register: impl FnOnce(u8) -> Option<HardwareBreakpoint>,
     guest_trap_flag: impl FnOnce() -> bool,
 ) -> Verdict {
     let n = match event.cause {
@@ -422,7 +437,7 @@ fn judge_debug_exception(
 /// True when the guest's RFLAGS has TF set (the guest single-steps itself).
 fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
     const TF: u64 = 1 << 8;
-    vcpu.read_registers(|regs, _| regs.rflags & TF != 0).unwrap_or(false)
+    vcpu.read_stop_registers(|registers| registers.rflags & TF != 0).unwrap_or(false)
 }
 
 /// Handles `KVM_EXIT_DEBUG`, decoded against the debug state the vcpu
@@ -436,15 +451,18 @@ pub(super) fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_ar
         return report(ctx, vcpu, state, plain_step_event(arch));
     }
     let Some(entered) = state.programming_at(generation) else { return Ok(0) };
+    let mut table = HeldTable::new(ctx.debugger());
     let mut event =
         if is_bare_step(arch) { plain_step_event(arch) } else { decode_debug_exit(arch, &entered.registers()) };
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
-        let stepped_over = state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step)).transpose()?;
-        if stepped_over.is_some() && give_back_trap_flag(ctx, vcpu, &mut state, &event)? {
+        let stepped_over =
+            state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step, &mut table)).transpose()?;
+        if stepped_over.is_some() && give_back_trap_flag(ctx, vcpu, &mut state, &event, &mut table)? {
             return Ok(0);
         }
         let stepped_through = state.stepping_through;
         if stepped_through {
+            table.release();
             drop(state);
             let stored = super::progress::finish_step_through(ctx, vcpu)?;
             if let Some(hit) = stored {
@@ -454,21 +472,21 @@ pub(super) fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_ar
         }
         let libraries_step = stepped_over.is_some() || stepped_through;
         if libraries_step && event.cause == DebugCause::SingleStep && !state.stepping() {
-            program_at_exit(ctx, vcpu, &mut state)?;
+            program_at_exit(ctx, vcpu, &mut state, &mut table)?;
             return Ok(0);
         }
     }
     let verdict = match event.cause {
-        DebugCause::Int3 => judge_int3(ctx, vcpu, &state, event.pc)?,
+        DebugCause::Int3 => judge_int3(ctx, vcpu, &state, &mut table, event.pc)?,
         _ => judge_debug_exception(
             &state,
             &entered,
             &mut event,
-            |n| ctx.debugger().table().register(n as usize).copied(),
+            |n| table.get().register(n as usize).copied(),
             || guest_sets_trap_flag(vcpu),
         ),
     };
-    act(ctx, vcpu, state, event, verdict, Int3Exit::DebugExit, None)
+    act(ctx, vcpu, state, &mut table, event, verdict, Int3Exit::DebugExit)
 }
 
 /// True for the exit nearly every single step ends in: a step the VMM asked
@@ -503,31 +521,36 @@ pub(super) fn on_emulation_failure(ctx: &Context, vcpu: &Vcpu, error: &InternalE
         // One register read for the judgement and the re-arm at the stop.
         let (pc, paging) = pc_and_paging(vcpu)?;
         let state = lock(&vcpu.debug);
-        let verdict = judge_int3(ctx, vcpu, &state, pc)?;
-        act(ctx, vcpu, state, DebugEvent::int3(pc), verdict, Int3Exit::EmulationFailure, Some(&paging))
+        let mut table = HeldTable::new(ctx.debugger());
+        let verdict = judge_int3(ctx, vcpu, &state, &mut table, pc)?;
+        let shape = Int3Exit::EmulationFailure { paging };
+        act(ctx, vcpu, state, &mut table, DebugEvent::int3(pc), verdict, shape)
     })())
 }
 
 /// Carries out a verdict. The VMM's callback runs after every lock is
-/// released. `paging`: the vcpu's paging registers, where the exit read them.
+/// released.
 fn act(
     ctx: &Context,
     vcpu: &Vcpu,
     mut state: std::sync::MutexGuard<'_, VcpuDebug>,
+    table: &mut HeldTable<'_>,
     event: DebugEvent,
     verdict: Verdict,
     shape: Int3Exit,
-    paging: Option<&PagingRegisters>,
 ) -> Result<c_int> {
     match verdict {
         Verdict::Report(mut resume) => {
             if let Some(point) = resume.as_mut().filter(|point| point.register.is_some()) {
-                let table = ctx.debugger().table();
                 point.patch_at_stop =
-                    table.software_at(point.pc).is_some_and(|b| matches!(b.location, Location::Patched(_)));
+                    table.get().software_at(point.pc).is_some_and(|b| matches!(b.location, Location::Patched(_)));
             }
             state.resume = resume;
-            report_with(ctx, vcpu, state, event, paging)
+            let paging = match shape {
+                Int3Exit::EmulationFailure { paging } => Some(paging),
+                Int3Exit::DebugExit => None,
+            };
+            report_with(ctx, vcpu, state, table, event, paging.as_ref())
         }
         Verdict::Resume => Ok(0),
         Verdict::ReinjectBreakpoint => {
@@ -537,7 +560,7 @@ fn act(
         }
         Verdict::SteppedIntoGuestInt3 => {
             if let Some(step) = state.step_over.take() {
-                finish_step_over(ctx, vcpu, step)?;
+                finish_step_over(ctx, vcpu, step, table)?;
             }
             // The #BP is delivered once KVM's step is off, which clears TF:
             // a trap flag the guest had set itself is not in its frame.
@@ -558,23 +581,25 @@ fn act(
 /// Tells the VMM (or an attached gdb) about `event` on `vcpu`, after every
 /// lock is released; the stop also re-arms breakpoints. A stop on a
 /// library breakpoint asks for attention: the next entry steps over it.
-#[inline]
+#[inline(always)]
 pub(crate) fn report(
     ctx: &Context,
     vcpu: &Vcpu,
     state: std::sync::MutexGuard<'_, VcpuDebug>,
     event: DebugEvent,
 ) -> Result<c_int> {
-    report_with(ctx, vcpu, state, event, None)
+    report_with(ctx, vcpu, state, &mut HeldTable::new(ctx.debugger()), event, None)
 }
 
-/// [`report`], given the vcpu's paging registers where the exit read them
-/// (else the re-arm reads them).
-#[inline]
+/// [`report`], with the breakpoint table where the stop already holds it,
+/// and the vcpu's paging registers where the exit read them (else the
+/// re-arm reads them).
+#[inline(always)]
 fn report_with(
     ctx: &Context,
     vcpu: &Vcpu,
     mut state: std::sync::MutexGuard<'_, VcpuDebug>,
+    table: &mut HeldTable<'_>,
     event: DebugEvent,
     paging: Option<&PagingRegisters>,
 ) -> Result<c_int> {
@@ -584,7 +609,7 @@ fn report_with(
     if resumes {
         vcpu.request_debug_attention();
     }
-    rearm_breakpoints(ctx, vcpu, paging)?;
+    rearm_breakpoints(ctx, vcpu, table, paging)?;
     if ctx.stopper().attached() {
         // gdb owns the debug events: stop everything and tell it.
         ctx.stopper().report(ctx, vcpu, event);
@@ -593,19 +618,31 @@ fn report_with(
     Ok(ctx.callbacks().debug(vcpu.index(), event.break_type as c_int, event.watch_addr))
 }
 
-/// At a stop, arm again the breakpoints the guest overwrote or remapped.
-#[inline]
-fn rearm_breakpoints(ctx: &Context, vcpu: &Vcpu, paging: Option<&PagingRegisters>) -> Result<()> {
-    if !ctx.debugger().has_breakpoints() {
-        return Ok(());
-    }
-    rearm_table(ctx, vcpu, paging)
+/// At a stop, arm again the breakpoints the guest overwrote or remapped;
+/// then release the table.
+#[inline(always)]
+fn rearm_breakpoints(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    table: &mut HeldTable<'_>,
+    paging: Option<&PagingRegisters>,
+) -> Result<()> {
+    let rearmed = match ctx.debugger().has_breakpoints() {
+        true => rearm_table(ctx, vcpu, table.get(), paging),
+        false => Ok(()),
+    };
+    table.release();
+    rearmed
 }
 
 /// [`rearm_breakpoints`] once the table may hold some.
 #[inline(never)]
-fn rearm_table(ctx: &Context, vcpu: &Vcpu, paging: Option<&PagingRegisters>) -> Result<()> {
-    let mut table = ctx.debugger().table();
+fn rearm_table(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    table: &mut BreakpointTable,
+    paging: Option<&PagingRegisters>,
+) -> Result<()> {
     if table.is_empty() {
         return Ok(());
     }
@@ -619,8 +656,6 @@ fn rearm_table(ctx: &Context, vcpu: &Vcpu, paging: Option<&PagingRegisters>) -> 
     let translate =
         |gva, remembered: &mut RememberedWalks<1>| remembered.translate(&regs, &*mem, gva).map_err(|_| Errno::FAULT);
     if table.rearm(translate, &*mem) {
-        drop(mem);
-        drop(table);
         for other in ctx.vcpus() {
             other.request_debug_attention();
         }
@@ -630,7 +665,7 @@ fn rearm_table(ctx: &Context, vcpu: &Vcpu, paging: Option<&PagingRegisters>) -> 
 
 /// Delivers the guest's own `int3` to its `#BP` handler.
 fn inject_breakpoint(vcpu: &Vcpu, shape: Int3Exit) -> Result<()> {
-    if shape == Int3Exit::EmulationFailure {
+    if matches!(shape, Int3Exit::EmulationFailure { .. }) {
         // The emulator stopped before the int3; a trap-style #BP returns
         // after it. (On VMX/SVM, KVM advances RIP by the exit's length.)
         step_past_one_byte_instruction(vcpu)?;

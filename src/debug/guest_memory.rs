@@ -45,15 +45,25 @@ impl Context {
     /// across pages, showing original bytes under software breakpoints.
     /// Nothing is copied unless the whole range is mapped (`EFAULT`).
     pub fn read_guest_virt(&self, vcpu: &Vcpu, gva: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_guest_virt_showing(vcpu, gva, buf, &self.debugger().table())
+    }
+
+    /// [`Context::read_guest_virt`] with the breakpoint table already held.
+    pub(crate) fn read_guest_virt_showing(
+        &self,
+        vcpu: &Vcpu,
+        gva: u64,
+        buf: &mut [u8],
+        table: &BreakpointTable,
+    ) -> Result<()> {
         let regs = vcpu.paging_registers()?;
-        let table = self.debugger().table();
         let mem = self.memory();
         check_mapped(&regs, &mem, gva, buf.len())?;
         for (at, offset, n) in page_runs(gva, buf.len()) {
             let gpa = physical(&regs, &mem, at, n)?;
             let chunk = &mut buf[offset..offset + n];
             mem.read(gpa, chunk)?;
-            show_originals(&table, gpa, chunk);
+            show_originals(table, gpa, chunk);
         }
         Ok(())
     }
@@ -62,13 +72,23 @@ impl Context {
     /// breakpoint sits becomes its original; the `int3` stays. Nothing is
     /// written unless the whole range is mapped (`EFAULT`).
     pub fn write_guest_virt(&self, vcpu: &Vcpu, gva: u64, buf: &[u8]) -> Result<()> {
+        self.write_guest_virt_keeping(vcpu, gva, buf, &mut self.debugger().table())
+    }
+
+    /// [`Context::write_guest_virt`] with the breakpoint table already held.
+    pub(crate) fn write_guest_virt_keeping(
+        &self,
+        vcpu: &Vcpu,
+        gva: u64,
+        buf: &[u8],
+        table: &mut BreakpointTable,
+    ) -> Result<()> {
         let regs = vcpu.paging_registers()?;
-        let mut table = self.debugger().table();
         let mem = self.memory();
         check_mapped(&regs, &mem, gva, buf.len())?;
         for (at, offset, n) in page_runs(gva, buf.len()) {
             let gpa = physical(&regs, &mem, at, n)?;
-            write_keeping_breakpoints(&mut table, &mem, gpa, &buf[offset..offset + n])?;
+            write_keeping_breakpoints(table, &mem, gpa, &buf[offset..offset + n])?;
         }
         Ok(())
     }
@@ -79,16 +99,22 @@ impl Context {
     /// page's bytes are not all RAM.
     pub fn read_instruction(&self, vcpu: &Vcpu, pc: u64) -> ([u8; 15], usize) {
         match vcpu.paging_registers() {
-            Ok(regs) => self.read_instruction_at(&regs, pc, None),
+            Ok(regs) => self.read_instruction_at(&regs, pc, None, &self.debugger().table()),
             Err(_) => ([0; 15], 0),
         }
     }
 
-    /// [`Context::read_instruction`] with the paging registers `regs`, and
-    /// `pc`'s guest-physical address where the caller translated it.
-    pub fn read_instruction_at(&self, regs: &PagingRegisters, pc: u64, pc_gpa: Option<u64>) -> ([u8; 15], usize) {
+    /// [`Context::read_instruction`] with the paging registers `regs`, `pc`'s
+    /// guest-physical address where the caller translated it, and the
+    /// breakpoint table held.
+    pub(crate) fn read_instruction_at(
+        &self,
+        regs: &PagingRegisters,
+        pc: u64,
+        pc_gpa: Option<u64>,
+        table: &BreakpointTable,
+    ) -> ([u8; 15], usize) {
         let mut bytes = [0u8; 15];
-        let table = self.debugger().table();
         let mem = self.memory();
         for (at, offset, n) in page_runs(pc, bytes.len()) {
             let gpa = match pc_gpa {
@@ -102,10 +128,10 @@ impl Context {
             if mem.read(gpa, chunk).is_err() {
                 // The readable start of the piece, where RAM ends inside it.
                 let readable = (0..n).take_while(|&i| mem.read(gpa + i as u64, &mut chunk[i..=i]).is_ok()).count();
-                show_originals(&table, gpa, &mut chunk[..readable]);
+                show_originals(table, gpa, &mut chunk[..readable]);
                 return (bytes, offset + readable);
             }
-            show_originals(&table, gpa, chunk);
+            show_originals(table, gpa, chunk);
         }
         (bytes, bytes.len())
     }

@@ -168,18 +168,50 @@ impl Debugger {
     }
 }
 
+/// The breakpoint table, locked at its first use in one phase of a stop
+/// (the judgement and the re-arm; the step over and the programming that
+/// follows) and held to the phase's end: the phase takes the lock once.
+/// Lock order: first used with the vcpu's debug state held (or none), never
+/// with guest memory or the vcpu fd held; released before a callback.
+pub(crate) struct HeldTable<'a> {
+    debugger: &'a Debugger,
+    guard: Option<MutexGuard<'a, BreakpointTable>>,
+}
+
+impl<'a> HeldTable<'a> {
+    /// Not locked yet.
+    #[inline]
+    pub(crate) fn new(debugger: &'a Debugger) -> HeldTable<'a> {
+        HeldTable { debugger, guard: None }
+    }
+
+    /// The table, locked now if it is not yet.
+    #[inline]
+    pub(crate) fn get(&mut self) -> &mut BreakpointTable {
+        self.guard.get_or_insert_with(|| lock(&self.debugger.table))
+    }
+
+    /// Unlocks the table (it is locked again at the next [`HeldTable::get`]).
+    #[inline]
+    pub(crate) fn release(&mut self) {
+        self.guard = None;
+    }
+}
+
 /// The guest debug state `vcpu` should have now.
-fn desired_debug(ctx: &Context, state: &vcpu_state::VcpuDebug) -> kvm_guest_debug {
-    let table = ctx.debugger().table();
+fn desired_debug(ctx: &Context, state: &vcpu_state::VcpuDebug, table: &mut HeldTable<'_>) -> kvm_guest_debug {
+    let table = table.get();
     let library = LibraryDebug { slots: table.slots(), patches: table.has_patches() };
     effective_debug(state, &library, ctx.debugger().blockirq())
 }
 
-/// Gives KVM the debug state of `vcpu` if it changed. Blocks while the vcpu
-/// is inside `KVM_RUN`.
-fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug) -> Result<()> {
+/// Gives KVM the debug state of `vcpu` if it changed, and releases
+/// `table`. Blocks while the vcpu is inside `KVM_RUN`.
+fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug, table: &mut HeldTable<'_>) -> Result<()> {
     vcpu.set_stepping(state.stepping() || state.step_over.is_some() || state.stepping_through);
-    let desired = desired_debug(ctx, state);
+    let desired = desired_debug(ctx, state, table);
+    // Not held across the ioctl, which may wait for a vcpu to leave the guest.
+    table.release();
     vcpu.set_sync_registers(desired.control != 0);
     if desired != state.programmed || std::mem::take(&mut state.single_step_lost) {
         // The generation is stored while the vcpu is still held out of the
@@ -211,7 +243,7 @@ impl Context {
         self.debugger().has_breakpoints.store(has_breakpoints, Ordering::Release);
         changed?;
         for vcpu in self.vcpus() {
-            program(self, vcpu, &mut lock(&vcpu.debug))?;
+            program(self, vcpu, &mut lock(&vcpu.debug), &mut HeldTable::new(self.debugger()))?;
         }
         Ok(())
     }
@@ -225,7 +257,7 @@ impl Context {
         let mut state = lock(&vcpu.debug);
         let previous = state.request;
         state.request = request;
-        program(self, vcpu, &mut state).inspect_err(|_| state.request = previous)
+        program(self, vcpu, &mut state, &mut HeldTable::new(self.debugger())).inspect_err(|_| state.request = previous)
     }
 
     /// `kvm_set_singlestep`.
@@ -233,7 +265,7 @@ impl Context {
         let mut state = lock(&vcpu.debug);
         state.singlestep = enable;
         vcpu.request_debug_attention();
-        program(self, vcpu, &mut state)
+        program(self, vcpu, &mut state, &mut HeldTable::new(self.debugger()))
     }
 
     /// `kvm_insert_breakpoint`: a software breakpoint at `addr` (translated

@@ -30,6 +30,7 @@ use kvm_bindings::{kvm_regs, KVM_MP_STATE_RUNNABLE};
 use super::exits::{current_pc, discard_queued_exception};
 use super::trap_flag::{self, StackBefore};
 use super::watch::{first_changed, WatchHit, WatchedBytes};
+use super::HeldTable;
 use crate::context::{Context, ContextRef, LiveSlots};
 use crate::error::Result;
 use crate::lock;
@@ -295,6 +296,6 @@ pub fn finish_step_through(ctx: &Context, vcpu: &Vcpu) -> Result<Option<WatchHit
     lock(&vcpu.debug).stepping_through = false;
     vcpu.request_debug_attention();
     ctx.memory().land_protections(&LiveSlots::of(ctx)?)?;
-    trap_flag::clear_leaked(ctx, vcpu, &through.stack)?;
+    trap_flag::clear_leaked(ctx, vcpu, &through.stack, &mut HeldTable::new(ctx.debugger()))?;
     Ok(first_changed(&through.before, &ctx.memory()))
 }

@@ -8,14 +8,14 @@
 //! (`popf` and `iret` load it from the stack), and afterwards gives the
 //! guest back its flag and the trap the instruction owed it.
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
-
-use super::breakpoints::INT3;
+use super::breakpoints::{BreakpointTable, INT3};
 use super::exits::CodeAt;
 use super::pagewalk::PagingRegisters;
+use super::HeldTable;
 use crate::context::Context;
 use crate::error::Result;
-use crate::vcpu::{paging_registers_of, Vcpu};
+use crate::vcpu::exit_registers::StopRegisters;
+use crate::vcpu::Vcpu;
 
 /// RFLAGS.TF.
 pub(crate) const TRAP_FLAG: u64 = 1 << 8;
@@ -47,17 +47,17 @@ pub struct StackBefore {
 impl StackBefore {
     /// `vcpu`'s stack now.
     pub fn of(vcpu: &Vcpu) -> Result<StackBefore> {
-        vcpu.read_registers(StackBefore::from_registers)
+        vcpu.read_stop_registers(StackBefore::from_registers)
     }
 
-    fn from_registers(regs: &kvm_regs, sregs: &kvm_sregs) -> StackBefore {
-        let width = match (sregs.cr0 & 1 != 0, sregs.cs.l != 0) {
+    fn from_registers(registers: &StopRegisters) -> StackBefore {
+        let width = match (registers.paging.cr0 & 1 != 0, registers.cs.l != 0) {
             (_, true) => 8,
             (true, false) => 4,
             (false, false) => 2,
         };
-        let sp = sregs.ss.base.wrapping_add(regs.rsp);
-        StackBefore { sp, rflags: regs.rflags, cs: sregs.cs.selector, width }
+        let sp = registers.ss.base.wrapping_add(registers.rsp);
+        StackBefore { sp, rflags: registers.rflags, cs: registers.cs.selector, width }
     }
 }
 
@@ -65,11 +65,11 @@ impl StackBefore {
 /// (an `int3`, a fault), the RFLAGS it pushed carry the trap flag of the
 /// library's step: clear it there, or the guest single-steps itself after
 /// its `iret`. Nothing to do when the guest had TF set itself.
-pub fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore) -> Result<()> {
+pub(crate) fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore, table: &mut HeldTable<'_>) -> Result<()> {
     if before.rflags & TRAP_FLAG != 0 {
         return Ok(());
     }
-    let sp = vcpu.read_registers(|regs, sregs| sregs.ss.base.wrapping_add(regs.rsp))?;
+    let sp = vcpu.read_stop_registers(|registers| registers.ss.base.wrapping_add(registers.rsp))?;
     if sp >= before.sp || before.sp - sp > 8 * before.width {
         return Ok(());
     }
@@ -79,14 +79,15 @@ pub fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore) -> Result<
     // exceptions: four slots, or three where the stack's mapping ends
     // after them. Nothing readable: nothing was pushed, the instruction
     // only moved RSP (say, onto a page the guest maps when it faults).
-    let slots = [4, 3].into_iter().find(|&n| ctx.read_guest_virt(vcpu, sp, &mut frame[..n * w]).is_ok());
+    let table = table.get();
+    let slots = [4, 3].into_iter().find(|&n| ctx.read_guest_virt_showing(vcpu, sp, &mut frame[..n * w], table).is_ok());
     let Some(slots) = slots else { return Ok(()) };
     let slot = |i: usize| frame[i * w..(i + 1) * w].iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
     for flags_slot in 2..slots {
         let flags = slot(flags_slot);
         if slot(flags_slot - 1) as u16 == before.cs && flags & TRAP_FLAG != 0 && flags & 2 != 0 {
             let cleared = (flags & !TRAP_FLAG).to_le_bytes();
-            return ctx.write_guest_virt(vcpu, sp + (flags_slot * w) as u64, &cleared[..w]);
+            return ctx.write_guest_virt_keeping(vcpu, sp + (flags_slot * w) as u64, &cleared[..w], table);
         }
     }
     Ok(())
@@ -156,15 +157,15 @@ pub(crate) struct RegistersBeforeStep {
 
 impl RegistersBeforeStep {
     /// Taken from the vcpu's general and segment registers.
-    pub(crate) fn of(regs: &kvm_regs, sregs: &kvm_sregs) -> RegistersBeforeStep {
-        let long = sregs.cs.l != 0;
+    pub(crate) fn of(registers: &StopRegisters) -> RegistersBeforeStep {
+        let long = registers.cs.l != 0;
         RegistersBeforeStep {
-            trap_flag: regs.rflags & TRAP_FLAG != 0,
+            trap_flag: registers.rflags & TRAP_FLAG != 0,
             long,
-            default_operand: if long || sregs.cs.db != 0 { 4 } else { 2 },
-            stack: if long { regs.rsp } else { sregs.ss.base.wrapping_add(regs.rsp & 0xffff_ffff) },
-            stack_before: StackBefore::from_registers(regs, sregs),
-            paging: paging_registers_of(sregs),
+            default_operand: if long || registers.cs.db != 0 { 4 } else { 2 },
+            stack: if long { registers.rsp } else { registers.ss.base.wrapping_add(registers.rsp & 0xffff_ffff) },
+            stack_before: StackBefore::from_registers(registers),
+            paging: registers.paging,
         }
     }
 
@@ -182,12 +183,13 @@ pub(crate) fn before_step(
     vcpu: &Vcpu,
     code: &CodeAt,
     registers: &RegistersBeforeStep,
+    table: &BreakpointTable,
 ) -> Result<TrapFlagAcrossStep> {
     let RegistersBeforeStep { trap_flag: before, long, default_operand, stack, stack_before, paging } = *registers;
     // The guest's bytes: originals under software breakpoints.
     let byte_at = |linear: u64| -> Option<u8> {
         let mut byte = [0u8];
-        ctx.read_guest_virt(vcpu, linear, &mut byte).ok().map(|()| byte[0])
+        ctx.read_guest_virt_showing(vcpu, linear, &mut byte, table).ok().map(|()| byte[0])
     };
     // Nearly every instruction tells by its first byte that it keeps TF.
     // Not an int3, which may be a breakpoint's: its original byte counts
@@ -196,7 +198,7 @@ pub(crate) fn before_step(
     let effect = match code.byte {
         Some(first) if first != INT3 && !may_load_trap_flag(first, long) => Effect::Keeps,
         _ => {
-            let (bytes, len) = ctx.read_instruction_at(&paging, code.pc, code.gpa);
+            let (bytes, len) = ctx.read_instruction_at(&paging, code.pc, code.gpa, table);
             effect_of(&bytes[..len], default_operand, long)
         }
     };

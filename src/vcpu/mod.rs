@@ -2,8 +2,11 @@
 //!
 //! - [`pause`]: keeping the vcpu out of the guest while another thread
 //!   uses it;
-//! - [`kick`]: the reserved signal that gets a thread out of `KVM_RUN`.
+//! - [`kick`]: the reserved signal that gets a thread out of `KVM_RUN`;
+//! - [`exit_registers`]: what a stop reads of the registers, and the
+//!   runner's copy of it from the last debug exit.
 
+pub mod exit_registers;
 pub mod kick;
 pub mod pause;
 
@@ -12,9 +15,13 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, kvm_sync_regs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+use kvm_bindings::{
+    kvm_regs, kvm_run, kvm_sregs, kvm_sync_regs, KVM_EXIT_DEBUG, KVM_EXIT_INTERNAL_ERROR, KVM_SYNC_X86_REGS,
+    KVM_SYNC_X86_SREGS,
+};
 use kvm_ioctls::VcpuFd;
 
+use self::exit_registers::{ExitRegisters, StopRegisters};
 use self::pause::{PauseGate, PauseGuard};
 use crate::debug::pagewalk::PagingRegisters;
 use crate::debug::vcpu_state::VcpuDebug;
@@ -66,6 +73,9 @@ pub struct Vcpu {
     /// The [`Vcpu::state_epoch`] at which `kvm_run` held synced registers (the
     /// last exit's), or `u64::MAX`.
     synced_epoch: AtomicU64,
+    /// The registers of the last debug or internal-error exit that synced
+    /// them, for the runner alone: its reads at a stop take no fd mutex.
+    exit_registers: ExitRegisters,
     /// Set while the running thread is parked.
     parked: AtomicBool,
     /// The thread inside `kvm_run`, for kicking it out of the guest. The
@@ -89,7 +99,9 @@ pub struct Vcpu {
 // SAFETY: `run_page` points into the mmap owned by `fd`, which lives as long
 // as this value; it is only written through `kick_from_signal_handler`.
 unsafe impl Send for Vcpu {}
-// SAFETY: as above; everything else is behind a mutex or atomic.
+// SAFETY: as above; `exit_registers` is only used by the thread inside
+// `kvm_run` for this vcpu (claimed once, see `claim_runner`); everything
+// else is behind a mutex or atomic.
 unsafe impl Sync for Vcpu {}
 
 /// The paging registers among the segment registers.
@@ -168,6 +180,7 @@ impl Vcpu {
             can_sync_registers,
             sync_registers: AtomicU64::new(0),
             synced_epoch: AtomicU64::new(u64::MAX),
+            exit_registers: ExitRegisters::default(),
             parked: AtomicBool::new(false),
             runner_thread: Mutex::new(None),
             gate: PauseGate::default(),
@@ -228,7 +241,9 @@ impl Vcpu {
         if kick::runs_on_this_thread(self) {
             // The runner (at a stop) has its exit's registers at hand and
             // needs no pause: no cache either, where they are.
-            if let Some(regs) = self.with_fd(|fd| self.synced_paging_registers(fd)) {
+            // SAFETY: this thread is the runner; the closure only copies.
+            let copied = unsafe { self.exit_registers.read(self.state_epoch(), |registers| registers.paging) };
+            if let Some(regs) = copied.ok().or_else(|| self.with_fd(|fd| self.synced_paging_registers(fd))) {
                 return Ok(regs);
             }
         }
@@ -503,7 +518,16 @@ impl Vcpu {
         // Without synced registers there is nothing to store: the epoch
         // only grows, so `synced_epoch` already differs from it.
         if synced != 0 {
-            self.synced_epoch.store(self.state_epoch(), Ordering::Release);
+            let epoch = self.state_epoch();
+            self.synced_epoch.store(epoch, Ordering::Release);
+            // SAFETY: the runner, in the entry window (see `close_entry_window`).
+            let run = unsafe { self.run_page_in_window() };
+            if matches!(run.exit_reason, KVM_EXIT_DEBUG | KVM_EXIT_INTERNAL_ERROR) {
+                // SAFETY: the run asked for KVM_SYNC_X86_REGS and _SREGS, so
+                // the kernel filled the `regs` member; the runner is in no
+                // `read` of the copy (it is in `KVM_RUN`'s return).
+                unsafe { self.exit_registers.store(epoch, &run.s.regs) };
+            }
         }
     }
 
@@ -550,6 +574,24 @@ impl Vcpu {
             let sregs = fd.get_sregs().map_err(Errno::from)?;
             Ok(f(&regs, &sregs))
         })
+    }
+
+    /// Calls `f` with what a stop reads of the registers: the runner's copy
+    /// from its last debug exit where it is current (no fd mutex), else as
+    /// [`Vcpu::read_registers`]. `f` must not call back into the vcpu.
+    #[inline]
+    pub fn read_stop_registers<R>(&self, f: impl FnOnce(&StopRegisters) -> R) -> Result<R> {
+        let f = if kick::runs_on_this_thread(self) {
+            // SAFETY: this thread is the runner, and `f` does not call back
+            // into the vcpu.
+            match unsafe { self.exit_registers.read(self.state_epoch(), f) } {
+                Ok(r) => return Ok(r),
+                Err(f) => f,
+            }
+        } else {
+            f
+        };
+        self.read_registers(|regs, sregs| f(&StopRegisters::of(regs, sregs)))
     }
 
     /// Lets KVM finish the instruction of the last port or MMIO exit without

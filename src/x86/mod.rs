@@ -13,16 +13,28 @@ const EFER_LMA: u64 = 1 << 10;
 /// True in 64-bit mode (long mode with a 64-bit code segment), where RIP is
 /// a linear address by itself.
 pub fn in_64bit_mode(sregs: &kvm_sregs) -> bool {
-    sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0
+    code_is_64bit(&sregs.cs, sregs.efer)
+}
+
+/// [`in_64bit_mode`], from the code segment and EFER alone.
+#[inline]
+fn code_is_64bit(cs: &kvm_segment, efer: u64) -> bool {
+    efer & EFER_LMA != 0 && cs.l != 0
 }
 
 /// The linear address of the instruction at RIP: CS base + RIP, in 32 bits,
 /// outside 64-bit mode.
 pub fn linear_pc(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
-    if in_64bit_mode(sregs) {
-        regs.rip
+    linear_address_of_ip(regs.rip, &sregs.cs, sregs.efer)
+}
+
+/// [`linear_pc`], from RIP, the code segment and EFER alone.
+#[inline]
+pub fn linear_address_of_ip(rip: u64, cs: &kvm_segment, efer: u64) -> u64 {
+    if code_is_64bit(cs, efer) {
+        rip
     } else {
-        sregs.cs.base.wrapping_add(regs.rip) & 0xffff_ffff
+        cs.base.wrapping_add(rip) & 0xffff_ffff
     }
 }
 
