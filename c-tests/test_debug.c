@@ -20,6 +20,9 @@ DECLARE_GUEST_LABEL(straight, third);
 DECLARE_GUEST_LABEL(straight, fourth);
 DECLARE_GUEST_LABEL(straight, fifth);
 DECLARE_GUEST_LABEL(straight, last);
+DECLARE_GUEST(one_byte_steps);
+DECLARE_GUEST_LABEL(one_byte_steps, second);
+DECLARE_GUEST_LABEL(one_byte_steps, last);
 DECLARE_GUEST(string_out);
 DECLARE_GUEST(loop3);
 DECLARE_GUEST_LABEL(loop3, body);
@@ -62,20 +65,30 @@ struct debug_log {
     int outs;
     int debug_result; /* what the debug callback returns: 0 runs on */
     int entries;      /* counted by count_entry, the pre_kvm_run hook */
+    /* The debug callback moves RIP from `move_rip_from` to `move_rip_to`,
+     * once (never while `move_rip_from` is 0). */
+    uint64_t move_rip_from, move_rip_to;
 };
 
 static int log_debug(void *opaque, int vcpu, int type, uint64_t watch)
 {
     struct debug_log *log = opaque;
     struct kvm_regs regs;
+    int have_regs = kvm_get_regs(log->kvm, vcpu, &regs) == 0;
     if (log->n < MAX_EVENTS) {
         struct debug_event *e = &log->ev[log->n];
         e->vcpu = vcpu;
         e->type = type;
         e->watch = watch;
-        e->rip = kvm_get_regs(log->kvm, vcpu, &regs) == 0 ? regs.rip : 0;
+        e->rip = have_regs ? regs.rip : 0;
     }
     log->n++;
+    if (have_regs && log->move_rip_from && regs.rip == log->move_rip_from) {
+        regs.rip = log->move_rip_to;
+        log->move_rip_from = 0;
+        if (kvm_set_regs(log->kvm, vcpu, &regs) < 0)
+            log->move_rip_from = ~0ULL; /* reported by the test as not moved */
+    }
     return log->debug_result;
 }
 
@@ -296,6 +309,76 @@ static void single_step_reports_each_instruction(void)
     }
     CHECK_EQ(log.outs, 2);
     CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 0), 0);
+    test_vm_destroy(&vm);
+}
+
+/* Single steps that each move RIP by one byte: each is reported, and only
+ * the `hlt` halts (where the host reports stepping it as a step past it,
+ * the library tells it from the others by its byte). */
+static void single_steps_of_one_byte_instructions_halt_only_at_the_hlt(void)
+{
+    const uint64_t second = GUEST_LABEL_ADDR(one_byte_steps, second), last = GUEST_LABEL_ADDR(one_byte_steps, last);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+    int i;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, one_byte_steps) == 0);
+    log.debug_result = 0;
+    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.n, 4);
+    for (i = 0; i < 4 && i < log.n; i++) {
+        CHECK_EQ(log.ev[i].type, KVM_GDB_SINGLESTEP);
+        CHECK_EQ(log.ev[i].rip, second + i);
+    }
+    CHECK_EQ(second + 3, last);
+    CHECK_EQ(rip_of(&vm, 0), last + 1);
+    test_vm_destroy(&vm);
+}
+
+/* The VMM moves RIP in the debug callback of a single step: the next step
+ * starts where it put RIP. Onto the `hlt` (from `fourth`): the halt ends
+ * the run and port 0x11 is never written. Off it (from `last` back to
+ * `third`): the `hlt` is not run, the guest does `mov`, `add` and `out`
+ * again, and halts the second time. */
+static void a_step_starts_where_the_vmm_moved_rip_at_the_last_one(void)
+{
+    const uint64_t third = GUEST_LABEL_ADDR(straight, third), fourth = GUEST_LABEL_ADDR(straight, fourth);
+    const uint64_t fifth = GUEST_LABEL_ADDR(straight, fifth), last = GUEST_LABEL_ADDR(straight, last);
+    struct kvm_callbacks cb;
+    struct debug_log log;
+    struct test_vm vm;
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    log.debug_result = 0;
+    log.move_rip_from = fourth;
+    log.move_rip_to = last;
+    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.move_rip_from, 0);
+    CHECK_EQ(log.outs, 1);
+    CHECK_EQ(rip_of(&vm, 0), last + 1);
+    test_vm_destroy(&vm);
+
+    REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
+    log.debug_result = 0;
+    log.move_rip_from = last;
+    log.move_rip_to = third;
+    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    CHECK_EQ(log.move_rip_from, 0);
+    /* second, third, fourth, fifth, last (moved), fourth, fifth, last */
+    CHECK_EQ(log.n, 8);
+    if (log.n == 8) {
+        CHECK_EQ(log.ev[5].rip, fourth);
+        CHECK_EQ(log.ev[6].rip, fifth);
+        CHECK_EQ(log.ev[7].rip, last);
+    }
+    CHECK_EQ(log.outs, 3);
+    CHECK_EQ(log.ports[2], 0x11);
+    CHECK_EQ(log.values[2], 5);
+    CHECK_EQ(rip_of(&vm, 0), last + 1);
     test_vm_destroy(&vm);
 }
 
@@ -930,6 +1013,8 @@ int main(void)
     RUN(removed_breakpoint_restores_the_byte_and_the_guest_continues);
     RUN(hardware_breakpoint_hits_and_resumes);
     RUN(single_step_reports_each_instruction);
+    RUN(a_step_starts_where_the_vmm_moved_rip_at_the_last_one);
+    RUN(single_steps_of_one_byte_instructions_halt_only_at_the_hlt);
     RUN(single_step_onto_an_unmapped_page_faults_in_the_guest);
     RUN(step_over_a_breakpoint_that_moves_the_stack_off_the_map);
     RUN(single_stepped_string_output_delivers_every_byte);

@@ -19,6 +19,18 @@ LABEL(straight, last)
     hlt
 GUEST_END(straight)
 
+/* One-byte instructions, then a halt: each single step moves RIP by one
+ * byte, and only the last is a `hlt`. */
+GUEST_BEGIN(one_byte_steps)
+    nop
+LABEL(one_byte_steps, second)
+    cmc
+    cld
+    cmc
+LABEL(one_byte_steps, last)
+    hlt
+GUEST_END(one_byte_steps)
+
 /* Writes the 6000 bytes at GUEST_DATA to port 0x12 with one `rep outsb`:
  * more than the kernel's I/O page, so it leaves the guest in pieces. */
 GUEST_BEGIN(string_out)

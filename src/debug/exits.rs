@@ -127,7 +127,10 @@ pub enum Entry {
 /// debug state if it changed. Between two single steps it has not: every
 /// change asks for attention, and only then is the state computed again.
 /// Its work besides programming is [`VcpuDebug::entry_has_work`]'s; where
-/// there is none, an exit may program instead (`program_at_exit`).
+/// there is none, an exit may program instead (`program_at_exit`). On hosts
+/// whose single steps skip halts, a step about to run a `hlt` is a halt:
+/// looked at here for the library's step over a breakpoint, and at the
+/// exit for the VMM's own steps ([`stepped_a_halt`]).
 #[inline(never)]
 pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let mut changed = vcpu.take_debug_attention();
@@ -142,9 +145,16 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let library_step = state.step_over.is_some() || state.stepping_through;
     changed |= state.programming().single_steps() != (state.stepping() || library_step);
     let stepping = state.stepping() || state.step_over.is_some();
+    state.halt_check = None;
     if stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm()) {
         let code = match code {
             Some(code) => code,
+            None if state.step_over.is_none() => {
+                // The VMM's step: whether it runs a `hlt` is looked at at
+                // its exit, and only where RIP moved by one byte.
+                state.halt_check = Some((current_pc(vcpu)?, vcpu.state_epoch()));
+                return finish_entry(ctx, vcpu, &mut state, &mut table, changed);
+            }
             None => CodeAt::of(ctx, vcpu, &mut state.code_page)?,
         };
         if at_hlt(&code) {
@@ -159,13 +169,40 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
             return Ok(Entry::Halted);
         }
     }
+    finish_entry(ctx, vcpu, &mut state, &mut table, changed)
+}
+
+/// The end of [`before_entry`]: KVM's debug state where it `changed`, and
+/// the guest's trap flag given back.
+#[inline(always)]
+fn finish_entry(
+    ctx: &Context,
+    vcpu: &Vcpu,
+    state: &mut VcpuDebug,
+    table: &mut HeldTable<'_>,
+    changed: bool,
+) -> Result<Entry> {
     if changed {
-        program(ctx, vcpu, &mut state, &mut table)?;
+        program(ctx, vcpu, state, table)?;
     }
     if std::mem::take(&mut state.restore_trap_flag) && !state.programming().single_steps() {
         trap_flag::set(vcpu)?;
     }
     Ok(Entry::Enter)
+}
+
+/// True when the VMM's single step that entered as `halt_check` says (see
+/// [`VcpuDebug::halt_check`]) and exited at linear `pc` ran a `hlt`: the
+/// guest ran nothing else since (one run, no register write), RIP moved by
+/// one byte, and the byte it left is `hlt`. Emulating hosts report such a
+/// step past the `hlt` instead of the halt VMX reports.
+fn stepped_a_halt(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) -> Result<bool> {
+    let Some((entry_pc, entry_epoch)) = state.halt_check.take() else { return Ok(false) };
+    if pc != entry_pc.wrapping_add(1) || vcpu.state_epoch() != entry_epoch.wrapping_add(1) {
+        return Ok(false);
+    }
+    let paging = vcpu.read_stop_registers(|registers| registers.paging)?;
+    Ok(at_hlt(&CodeAt::at(ctx, &mut state.code_page, entry_pc, &paging)))
 }
 
 /// At an exit that changed the debug state (the end of the library's own
@@ -339,6 +376,7 @@ fn step_over_at(
 /// it), and now the `#DB` the stepped instruction owed it, before any
 /// breakpoint at the next instruction (which faults again after the
 /// guest's handler returns). True when that `#DB` was delivered.
+#[inline(always)]
 fn give_back_trap_flag(
     ctx: &Context,
     vcpu: &Vcpu,
@@ -445,6 +483,11 @@ fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
 /// the event is dropped: never mistaken for the guest's own and injected.
 pub(super) fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
     let mut state = lock(&vcpu.debug);
+    if state.halt_check.is_some() && stepped_a_halt(ctx, vcpu, &mut state, arch.pc)? {
+        // What VMX reports: the halt, with RIP past the `hlt`.
+        drop(state);
+        return Ok(ctx.callbacks().halt(vcpu.index()));
+    }
     let generation = vcpu.entered_generation();
     if is_plain_step(&state, state.single_stepped_at(generation), arch) {
         state.resume = None;

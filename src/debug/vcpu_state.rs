@@ -119,6 +119,11 @@ pub struct VcpuDebug {
     /// The walk of RIP's page when it was last looked at (the `hlt`
     /// probe, the trap-flag decoder, a step over a breakpoint).
     pub code_page: CodePage,
+    /// The VMM's single step that entered without a look at its
+    /// instruction, on a host whose steps skip halts: the linear PC and the
+    /// vcpu's state epoch at the entry. Its exit looks whether it was a
+    /// `hlt` (see `exits::before_entry`).
+    pub halt_check: Option<(u64, u64)>,
 }
 
 impl VcpuDebug {

@@ -99,3 +99,23 @@ impl ExitRegisters {
         Ok(f(registers))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_is_read_only_at_the_epoch_it_was_taken_at() {
+        let copies = ExitRegisters::default();
+        let mut synced = kvm_sync_regs::default();
+        synced.regs.rip = 0x1234;
+        synced.sregs.cr3 = 0x5000;
+        // SAFETY: this test is the only thread using the copy.
+        unsafe {
+            assert!(copies.read(0, |r| r.rip).is_err(), "no copy before the first exit");
+            copies.store(7, &synced);
+            assert_eq!(copies.read(7, |r| (r.rip, r.paging.cr3)).ok(), Some((0x1234, 0x5000)));
+            assert!(copies.read(8, |r| r.rip).is_err(), "a write or a run since: not current");
+        }
+    }
+}
