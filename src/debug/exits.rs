@@ -130,7 +130,7 @@ pub enum Entry {
 /// there is none, an exit may program instead (`program_at_exit`). On hosts
 /// whose single steps skip halts, a step about to run a `hlt` is a halt:
 /// looked at here for the library's step over a breakpoint, and at the
-/// exit for the VMM's own steps ([`stepped_a_halt`]).
+/// exit for the VMM's own steps (`stepped_a_halt`).
 #[inline(never)]
 pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     let mut changed = vcpu.take_debug_attention();
