@@ -67,6 +67,25 @@ def test_100_stepi_give_the_exact_rip_sequence():
         check(value("$rbx") == 20, "rbx %d after 20 loop turns" % value("$rbx"))
 
 
+def test_stepi_after_a_register_write_steps_one_instruction():
+    # KVM_SET_REGS takes away the trap flag of KVM's single step on VMX and
+    # SVM: a stepi after `set` must still stop after one instruction.
+    with debugged_vmm() as vmm:
+        run("break *%#x" % vmm["step_loop"])
+        stop_event_after("continue")
+        run("delete")
+        run("stepi")
+        run("stepi")
+        check(value("$rip") == vmm["step_xor"], "rip %#x after two stepi" % value("$rip"))
+        run("set $rcx = 40")
+        run("stepi")
+        check(value("$rip") == vmm["step_cmp"], "rip %#x after set $rcx and stepi" % value("$rip"))
+        run("set $pc = %#x" % vmm["step_add"])
+        run("stepi")
+        check(value("$rip") == vmm["step_xor"], "rip %#x after set $pc and stepi" % value("$rip"))
+        check(value("$rcx") == 42, "rcx %d: the written value, plus 2" % value("$rcx"))
+
+
 def test_info_registers_show_what_the_guest_set():
     with debugged_vmm() as vmm:
         run("break *%#x" % vmm["regs_set"])

@@ -144,12 +144,14 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     // Whatever was asked, a single step KVM was not given is not lost.
     let library_step = state.step_over.is_some() || state.stepping_through;
     changed |= state.programming().single_steps() != (state.stepping() || library_step);
+    // A register write since takes KVM's single step away: give it again.
+    changed |= state.programming().single_steps() && vcpu.state_writes() != state.writes_at_programming;
     let stepping = state.stepping() || state.step_over.is_some();
     state.halt_check = None;
     if stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm()) {
         let code = match code {
             Some(code) => code,
-            None if state.step_over.is_none() => {
+            None if !library_step => {
                 // The VMM's step: whether it runs a `hlt` is looked at at
                 // its exit, and only where RIP moved by one byte.
                 state.halt_check = Some((current_pc(vcpu)?, vcpu.state_epoch()));
@@ -323,7 +325,7 @@ fn start_step_over(
 ) -> Result<CodeAt> {
     let (mut code, registers) = CodeAt::with_registers(ctx, vcpu, &mut state.code_page)?;
     if code.pc == resume.pc {
-        step_over_at(ctx, vcpu, state, table.get(), resume, &mut code, &registers)?;
+        step_over_at(ctx, state, table.get(), resume, &mut code, &registers)?;
     }
     Ok(code)
 }
@@ -331,7 +333,6 @@ fn start_step_over(
 /// [`start_step_over`] once the vcpu is at the breakpoint's address.
 fn step_over_at(
     ctx: &Context,
-    vcpu: &Vcpu,
     state: &mut VcpuDebug,
     table: &mut BreakpointTable,
     resume: ResumePoint,
@@ -366,7 +367,7 @@ fn step_over_at(
     // KVM hides the guest's TF while it single-steps: note it now, unless
     // the VMM's own single step already hides it.
     if state.step_over.is_some() && !state.programming().single_steps() {
-        state.trap_flag = Some(trap_flag::before_step(ctx, vcpu, code, registers, table)?);
+        state.trap_flag = Some(trap_flag::before_step(ctx, code, registers, table)?);
     }
     Ok(())
 }

@@ -45,22 +45,23 @@ impl Context {
     /// across pages, showing original bytes under software breakpoints.
     /// Nothing is copied unless the whole range is mapped (`EFAULT`).
     pub fn read_guest_virt(&self, vcpu: &Vcpu, gva: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_guest_virt_showing(vcpu, gva, buf, &self.debugger().table())
+        let regs = vcpu.paging_registers()?;
+        self.read_guest_virt_showing(&regs, gva, buf, &self.debugger().table())
     }
 
-    /// [`Context::read_guest_virt`] with the breakpoint table already held.
+    /// [`Context::read_guest_virt`] through the paging registers `regs`,
+    /// with the breakpoint table already held.
     pub(crate) fn read_guest_virt_showing(
         &self,
-        vcpu: &Vcpu,
+        regs: &PagingRegisters,
         gva: u64,
         buf: &mut [u8],
         table: &BreakpointTable,
     ) -> Result<()> {
-        let regs = vcpu.paging_registers()?;
         let mem = self.memory();
-        check_mapped(&regs, &mem, gva, buf.len())?;
+        check_mapped(regs, &mem, gva, buf.len())?;
         for (at, offset, n) in page_runs(gva, buf.len()) {
-            let gpa = physical(&regs, &mem, at, n)?;
+            let gpa = physical(regs, &mem, at, n)?;
             let chunk = &mut buf[offset..offset + n];
             mem.read(gpa, chunk)?;
             show_originals(table, gpa, chunk);
@@ -72,22 +73,23 @@ impl Context {
     /// breakpoint sits becomes its original; the `int3` stays. Nothing is
     /// written unless the whole range is mapped (`EFAULT`).
     pub fn write_guest_virt(&self, vcpu: &Vcpu, gva: u64, buf: &[u8]) -> Result<()> {
-        self.write_guest_virt_keeping(vcpu, gva, buf, &mut self.debugger().table())
+        let regs = vcpu.paging_registers()?;
+        self.write_guest_virt_keeping(&regs, gva, buf, &mut self.debugger().table())
     }
 
-    /// [`Context::write_guest_virt`] with the breakpoint table already held.
+    /// [`Context::write_guest_virt`] through the paging registers `regs`,
+    /// with the breakpoint table already held.
     pub(crate) fn write_guest_virt_keeping(
         &self,
-        vcpu: &Vcpu,
+        regs: &PagingRegisters,
         gva: u64,
         buf: &[u8],
         table: &mut BreakpointTable,
     ) -> Result<()> {
-        let regs = vcpu.paging_registers()?;
         let mem = self.memory();
-        check_mapped(&regs, &mem, gva, buf.len())?;
+        check_mapped(regs, &mem, gva, buf.len())?;
         for (at, offset, n) in page_runs(gva, buf.len()) {
-            let gpa = physical(&regs, &mem, at, n)?;
+            let gpa = physical(regs, &mem, at, n)?;
             write_keeping_breakpoints(table, &mem, gpa, &buf[offset..offset + n])?;
         }
         Ok(())

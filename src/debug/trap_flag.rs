@@ -69,7 +69,8 @@ pub(crate) fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore, tab
     if before.rflags & TRAP_FLAG != 0 {
         return Ok(());
     }
-    let sp = vcpu.read_stop_registers(|registers| registers.ss.base.wrapping_add(registers.rsp))?;
+    let (sp, paging) =
+        vcpu.read_stop_registers(|registers| (registers.ss.base.wrapping_add(registers.rsp), registers.paging))?;
     if sp >= before.sp || before.sp - sp > 8 * before.width {
         return Ok(());
     }
@@ -80,14 +81,15 @@ pub(crate) fn clear_leaked(ctx: &Context, vcpu: &Vcpu, before: &StackBefore, tab
     // after them. Nothing readable: nothing was pushed, the instruction
     // only moved RSP (say, onto a page the guest maps when it faults).
     let table = table.get();
-    let slots = [4, 3].into_iter().find(|&n| ctx.read_guest_virt_showing(vcpu, sp, &mut frame[..n * w], table).is_ok());
+    let slots =
+        [4, 3].into_iter().find(|&n| ctx.read_guest_virt_showing(&paging, sp, &mut frame[..n * w], table).is_ok());
     let Some(slots) = slots else { return Ok(()) };
     let slot = |i: usize| frame[i * w..(i + 1) * w].iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
     for flags_slot in 2..slots {
         let flags = slot(flags_slot);
         if slot(flags_slot - 1) as u16 == before.cs && flags & TRAP_FLAG != 0 && flags & 2 != 0 {
             let cleared = (flags & !TRAP_FLAG).to_le_bytes();
-            return ctx.write_guest_virt_keeping(vcpu, sp + (flags_slot * w) as u64, &cleared[..w], table);
+            return ctx.write_guest_virt_keeping(&paging, sp + (flags_slot * w) as u64, &cleared[..w], table);
         }
     }
     Ok(())
@@ -180,7 +182,6 @@ impl RegistersBeforeStep {
 /// `code` is the instruction at RIP, `registers` the vcpu's as it is there.
 pub(crate) fn before_step(
     ctx: &Context,
-    vcpu: &Vcpu,
     code: &CodeAt,
     registers: &RegistersBeforeStep,
     table: &BreakpointTable,
@@ -189,7 +190,7 @@ pub(crate) fn before_step(
     // The guest's bytes: originals under software breakpoints.
     let byte_at = |linear: u64| -> Option<u8> {
         let mut byte = [0u8];
-        ctx.read_guest_virt_showing(vcpu, linear, &mut byte, table).ok().map(|()| byte[0])
+        ctx.read_guest_virt_showing(&paging, linear, &mut byte, table).ok().map(|()| byte[0])
     };
     // Nearly every instruction tells by its first byte that it keeps TF.
     // Not an int3, which may be a breakpoint's: its original byte counts

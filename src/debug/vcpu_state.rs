@@ -124,6 +124,12 @@ pub struct VcpuDebug {
     /// vcpu's state epoch at the entry. Its exit looks whether it was a
     /// `hlt` (see `exits::before_entry`).
     pub halt_check: Option<(u64, u64)>,
+    /// The vcpu's state writes ([`Vcpu::state_writes`](crate::vcpu::Vcpu::state_writes))
+    /// when KVM was last given its debug state. A register write since
+    /// takes away the trap flag of KVM's single step (`KVM_SET_REGS` keeps
+    /// it only at the RIP where the step was given), so a step is given
+    /// again after one.
+    pub writes_at_programming: u64,
 }
 
 impl VcpuDebug {

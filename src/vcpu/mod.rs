@@ -227,6 +227,12 @@ impl Vcpu {
         self.state_writes.fetch_add(1, Ordering::Release);
     }
 
+    /// Counts the writes of vcpu state ([`Vcpu::state_changed`]).
+    #[inline]
+    pub fn state_writes(&self) -> u64 {
+        self.state_writes.load(Ordering::Acquire)
+    }
+
     /// Changes whenever the vcpu's registers may have changed: the guest
     /// ran, or someone wrote them. Two counts that only grow, so that their
     /// sum grows at each; the runner's count costs no locked instruction
