@@ -287,6 +287,27 @@ static void hardware_breakpoint_hits_and_resumes(void)
     test_vm_destroy(&vm);
 }
 
+/* Single-steps vcpu 0 of `vm` until the guest halts (`kvm_run` returns the
+ * halt callback's 1), the debug callback running on. */
+static void step_to_the_halt(struct test_vm *vm, struct debug_log *log)
+{
+    log->debug_result = 0;
+    CHECK_EQ(kvm_set_singlestep(vm->kvm, 0, 1), 0);
+    CHECK_EQ(kvm_run(vm->kvm, 0), 1);
+}
+
+/* The log holds exactly `n` single steps, reported at `rips`. */
+static void check_steps_at(const struct debug_log *log, const uint64_t *rips, int n)
+{
+    int i;
+
+    CHECK_EQ(log->n, n);
+    for (i = 0; i < n && i < log->n; i++) {
+        CHECK_EQ(log->ev[i].type, KVM_GDB_SINGLESTEP);
+        CHECK_EQ(log->ev[i].rip, rips[i]);
+    }
+}
+
 static void single_step_reports_each_instruction(void)
 {
     const uint64_t expected[] = {
@@ -296,17 +317,10 @@ static void single_step_reports_each_instruction(void)
     struct kvm_callbacks cb;
     struct debug_log log;
     struct test_vm vm;
-    int i;
 
     REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
-    log.debug_result = 0;
-    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
-    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
-    CHECK_EQ(log.n, 5);
-    for (i = 0; i < 5 && i < log.n; i++) {
-        CHECK_EQ(log.ev[i].type, KVM_GDB_SINGLESTEP);
-        CHECK_EQ(log.ev[i].rip, expected[i]);
-    }
+    step_to_the_halt(&vm, &log);
+    check_steps_at(&log, expected, 5);
     CHECK_EQ(log.outs, 2);
     CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 0), 0);
     test_vm_destroy(&vm);
@@ -318,20 +332,14 @@ static void single_step_reports_each_instruction(void)
 static void single_steps_of_one_byte_instructions_halt_only_at_the_hlt(void)
 {
     const uint64_t second = GUEST_LABEL_ADDR(one_byte_steps, second), last = GUEST_LABEL_ADDR(one_byte_steps, last);
+    const uint64_t expected[] = { second, second + 1, second + 2, second + 3 };
     struct kvm_callbacks cb;
     struct debug_log log;
     struct test_vm vm;
-    int i;
 
     REQUIRE(DEBUG_VM(&vm, &log, &cb, one_byte_steps) == 0);
-    log.debug_result = 0;
-    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
-    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
-    CHECK_EQ(log.n, 4);
-    for (i = 0; i < 4 && i < log.n; i++) {
-        CHECK_EQ(log.ev[i].type, KVM_GDB_SINGLESTEP);
-        CHECK_EQ(log.ev[i].rip, second + i);
-    }
+    step_to_the_halt(&vm, &log);
+    check_steps_at(&log, expected, 4);
     CHECK_EQ(second + 3, last);
     CHECK_EQ(rip_of(&vm, 0), last + 1);
     test_vm_destroy(&vm);
@@ -344,37 +352,30 @@ static void single_steps_of_one_byte_instructions_halt_only_at_the_hlt(void)
  * again, and halts the second time. */
 static void a_step_starts_where_the_vmm_moved_rip_at_the_last_one(void)
 {
-    const uint64_t third = GUEST_LABEL_ADDR(straight, third), fourth = GUEST_LABEL_ADDR(straight, fourth);
-    const uint64_t fifth = GUEST_LABEL_ADDR(straight, fifth), last = GUEST_LABEL_ADDR(straight, last);
+    const uint64_t second = GUEST_LABEL_ADDR(straight, second), third = GUEST_LABEL_ADDR(straight, third);
+    const uint64_t fourth = GUEST_LABEL_ADDR(straight, fourth), fifth = GUEST_LABEL_ADDR(straight, fifth);
+    const uint64_t last = GUEST_LABEL_ADDR(straight, last);
+    /* the fifth step is reported at `last` and moved back to `third` */
+    const uint64_t moved_back[] = { second, third, fourth, fifth, last, fourth, fifth, last };
     struct kvm_callbacks cb;
     struct debug_log log;
     struct test_vm vm;
 
     REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
-    log.debug_result = 0;
     log.move_rip_from = fourth;
     log.move_rip_to = last;
-    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
-    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    step_to_the_halt(&vm, &log);
     CHECK_EQ(log.move_rip_from, 0);
     CHECK_EQ(log.outs, 1);
     CHECK_EQ(rip_of(&vm, 0), last + 1);
     test_vm_destroy(&vm);
 
     REQUIRE(DEBUG_VM(&vm, &log, &cb, straight) == 0);
-    log.debug_result = 0;
     log.move_rip_from = last;
     log.move_rip_to = third;
-    CHECK_EQ(kvm_set_singlestep(vm.kvm, 0, 1), 0);
-    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    step_to_the_halt(&vm, &log);
     CHECK_EQ(log.move_rip_from, 0);
-    /* second, third, fourth, fifth, last (moved), fourth, fifth, last */
-    CHECK_EQ(log.n, 8);
-    if (log.n == 8) {
-        CHECK_EQ(log.ev[5].rip, fourth);
-        CHECK_EQ(log.ev[6].rip, fifth);
-        CHECK_EQ(log.ev[7].rip, last);
-    }
+    check_steps_at(&log, moved_back, 8);
     CHECK_EQ(log.outs, 3);
     CHECK_EQ(log.ports[2], 0x11);
     CHECK_EQ(log.values[2], 5);

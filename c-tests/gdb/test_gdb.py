@@ -37,6 +37,13 @@ class Skip(Exception):
     pass
 
 
+def run_to_once(vmm, label):
+    """Continues to the guest's `label` with a breakpoint deleted there."""
+    run("break *%#x" % vmm[label])
+    stop_event_after("continue")
+    run("delete")
+
+
 def test_break_at_an_address_stops_there_with_the_right_rip():
     with debugged_vmm() as vmm:
         check(value("$rip") == vmm["main"], "LIBKVM_GDB: not held before the first instruction")
@@ -49,9 +56,7 @@ def test_break_at_an_address_stops_there_with_the_right_rip():
 
 def test_100_stepi_give_the_exact_rip_sequence():
     with debugged_vmm() as vmm:
-        run("break *%#x" % vmm["step_loop"])
-        stop_event_after("continue")
-        run("delete")
+        run_to_once(vmm, "step_loop")
         cycle = [vmm[l] for l in ("step_add", "step_xor", "step_cmp", "step_jne", "step_loop")]
         seen = []
         start = time.monotonic()
@@ -71,9 +76,7 @@ def test_stepi_after_a_register_write_steps_one_instruction():
     # KVM_SET_REGS takes away the trap flag of KVM's single step on VMX and
     # SVM: a stepi after `set` must still stop after one instruction.
     with debugged_vmm() as vmm:
-        run("break *%#x" % vmm["step_loop"])
-        stop_event_after("continue")
-        run("delete")
+        run_to_once(vmm, "step_loop")
         run("stepi")
         run("stepi")
         check(value("$rip") == vmm["step_xor"], "rip %#x after two stepi" % value("$rip"))
@@ -131,9 +134,7 @@ def test_hbreak_stops_with_a_hardware_breakpoint():
         check(value("$rip") == vmm["after_write"], "rip %#x" % value("$rip"))
         check(value("*(long *)%#x" % vmm["variable"]) == 0xABCDEF, "store before the breakpoint ran")
         run("delete")
-        run("break *%#x" % vmm["step_loop"])
-        stop_event_after("continue")
-        run("delete")
+        run_to_once(vmm, "step_loop")
         release_guest(vmm)
         run("detach")
         expect_clean_exit(vmm)
@@ -198,9 +199,7 @@ def test_threads_are_vcpus_and_a_breakpoint_on_the_second_stops_it():
 
 def test_scheduler_locking_steps_one_vcpu_while_the_other_stays():
     with debugged_vmm() as vmm:
-        run("break *%#x" % vmm["step_loop"])
-        stop_event_after("continue")
-        run("delete")
+        run_to_once(vmm, "step_loop")
         run("thread 2")
         other_rip = value("$rip")
         run("thread 1")

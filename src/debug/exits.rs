@@ -144,19 +144,21 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     // Whatever was asked, a single step KVM was not given is not lost.
     let library_step = state.step_over.is_some() || state.stepping_through;
     changed |= state.programming().single_steps() != (state.stepping() || library_step);
-    // A register write since takes KVM's single step away: give it again.
-    changed |= state.programming().single_steps() && vcpu.state_writes() != state.writes_at_programming;
+    // A register write since took KVM's single step away, as a lost step.
+    if state.programming().single_steps() && vcpu.state_writes() != state.writes_at_programming {
+        state.single_step_lost = true;
+        changed = true;
+    }
     let stepping = state.stepping() || state.step_over.is_some();
     state.halt_check = None;
-    if stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm()) {
+    let probe = stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm());
+    if probe && code.is_none() && !library_step {
+        // The VMM's step: whether it runs a `hlt` is looked at at its exit,
+        // and only where RIP moved by one byte.
+        state.halt_check = Some((current_pc(vcpu)?, vcpu.state_epoch()));
+    } else if probe {
         let code = match code {
             Some(code) => code,
-            None if !library_step => {
-                // The VMM's step: whether it runs a `hlt` is looked at at
-                // its exit, and only where RIP moved by one byte.
-                state.halt_check = Some((current_pc(vcpu)?, vcpu.state_epoch()));
-                return finish_entry(ctx, vcpu, &mut state, &mut table, changed);
-            }
             None => CodeAt::of(ctx, vcpu, &mut state.code_page)?,
         };
         if at_hlt(&code) {
@@ -171,21 +173,8 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
             return Ok(Entry::Halted);
         }
     }
-    finish_entry(ctx, vcpu, &mut state, &mut table, changed)
-}
-
-/// The end of [`before_entry`]: KVM's debug state where it `changed`, and
-/// the guest's trap flag given back.
-#[inline(always)]
-fn finish_entry(
-    ctx: &Context,
-    vcpu: &Vcpu,
-    state: &mut VcpuDebug,
-    table: &mut HeldTable<'_>,
-    changed: bool,
-) -> Result<Entry> {
     if changed {
-        program(ctx, vcpu, state, table)?;
+        program(ctx, vcpu, &mut state, &mut table)?;
     }
     if std::mem::take(&mut state.restore_trap_flag) && !state.programming().single_steps() {
         trap_flag::set(vcpu)?;
@@ -484,7 +473,7 @@ fn guest_sets_trap_flag(vcpu: &Vcpu) -> bool {
 /// the event is dropped: never mistaken for the guest's own and injected.
 pub(super) fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_arch) -> Result<c_int> {
     let mut state = lock(&vcpu.debug);
-    if state.halt_check.is_some() && stepped_a_halt(ctx, vcpu, &mut state, arch.pc)? {
+    if stepped_a_halt(ctx, vcpu, &mut state, arch.pc)? {
         // What VMX reports: the halt, with RIP past the `hlt`.
         drop(state);
         return Ok(ctx.callbacks().halt(vcpu.index()));

@@ -36,7 +36,7 @@ use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use kvm_bindings::{kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_SINGLESTEP};
+use kvm_bindings::{kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
 
 use self::breakpoints::BreakpointTable;
 use self::vcpu_state::{effective_debug, LibraryDebug};
@@ -213,10 +213,8 @@ fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug, table:
     // Not held across the ioctl, which may wait for a vcpu to leave the guest.
     table.release();
     vcpu.set_sync_registers(desired.control != 0);
-    let writes = vcpu.state_writes();
-    let rewritten = desired.control & KVM_GUESTDBG_SINGLESTEP != 0 && writes != state.writes_at_programming;
-    if desired != state.programmed || std::mem::take(&mut state.single_step_lost) || rewritten {
-        state.writes_at_programming = writes;
+    if desired != state.programmed || std::mem::take(&mut state.single_step_lost) {
+        state.writes_at_programming = vcpu.state_writes();
         // The generation is stored while the vcpu is still held out of the
         // guest, so that no entry runs with the new state under the old
         // generation (a debug exit notes the generation it entered with).

@@ -127,8 +127,8 @@ pub struct VcpuDebug {
     /// The vcpu's state writes ([`Vcpu::state_writes`](crate::vcpu::Vcpu::state_writes))
     /// when KVM was last given its debug state. A register write since
     /// takes away the trap flag of KVM's single step (`KVM_SET_REGS` keeps
-    /// it only at the RIP where the step was given), so a step is given
-    /// again after one.
+    /// it only at the RIP where the step was given): the next entry counts
+    /// that step as lost (`single_step_lost`), and gives it again.
     pub writes_at_programming: u64,
 }
 
