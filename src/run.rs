@@ -109,7 +109,9 @@ fn prepare_entry(
         // The hooks may have changed the debug state.
         attention = vcpu.attention();
     }
-    if attention.debug_entry() {
+    // The next of a run of single steps finds the debug state as its last
+    // exit left it (`Vcpu::note_steady_step`).
+    if attention.debug_entry() && !(attention.only_stepping() && vcpu.steps_steadily()) {
         match debug::exits::before_entry(ctx, vcpu) {
             Ok(Entry::Enter) => {}
             Ok(Entry::Halted) => return Err(callbacks.halt(vcpu.index())),

@@ -122,10 +122,12 @@ pub enum Entry {
 }
 
 /// Before an entry where the vcpu's [`Attention`](crate::vcpu::Attention)
-/// asks for it (the debug state changed, or the vcpu single-steps): start a
-/// step over the breakpoint the vcpu stopped on, and give KVM the current
-/// debug state if it changed. Between two single steps it has not: every
-/// change asks for attention, and only then is the state computed again.
+/// asks for it (the debug state changed, or the vcpu single-steps, unless
+/// the step's exit found nothing for this entry: `note_steady_step`):
+/// start a step over the breakpoint the vcpu stopped on, and give KVM the
+/// current debug state if it changed. Between two single steps it has not:
+/// every change asks for attention, and only then is the state computed
+/// again.
 /// Its work besides programming is [`VcpuDebug::entry_has_work`]'s; where
 /// there is none, an exit may program instead (`program_at_exit`). On hosts
 /// whose single steps skip halts, a step about to run a `hlt` is a halt:
@@ -194,6 +196,25 @@ fn stepped_a_halt(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) ->
     }
     let paging = vcpu.read_stop_registers(|registers| registers.paging)?;
     Ok(at_hlt(&CodeAt::at(ctx, &mut state.code_page, entry_pc, &paging)))
+}
+
+/// At the exit of a plain single step (one the VMM asked for) at linear
+/// `pc`: where the next entry would find nothing to do (KVM was given the
+/// step and still has it, nothing to resume over, no register written
+/// since), the entry's part is done here, the `hlt` check set up where the
+/// host needs it, and the run loop told that it may enter without looking
+/// at the debug state ([`Vcpu::note_steady_step`]). A register write or a
+/// change of the debug state before the entry makes it look after all.
+fn note_steady_step(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) {
+    if !state.programming().single_steps()
+        || state.entry_has_work()
+        || vcpu.state_writes() != state.writes_at_programming
+    {
+        return;
+    }
+    let probe = !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm());
+    state.halt_check = probe.then(|| (pc, vcpu.state_epoch()));
+    vcpu.note_steady_step();
 }
 
 /// At an exit that changed the debug state (the end of the library's own
@@ -481,6 +502,7 @@ pub(super) fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_ar
     let generation = vcpu.entered_generation();
     if is_plain_step(&state, state.single_stepped_at(generation), arch) {
         state.resume = None;
+        note_steady_step(ctx, vcpu, &mut state, arch.pc);
         return report(ctx, vcpu, state, plain_step_event(arch));
     }
     let Some(entered) = state.programming_at(generation) else { return Ok(0) };

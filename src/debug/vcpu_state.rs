@@ -121,8 +121,9 @@ pub struct VcpuDebug {
     pub code_page: CodePage,
     /// The VMM's single step that entered without a look at its
     /// instruction, on a host whose steps skip halts: the linear PC and the
-    /// vcpu's state epoch at the entry. Its exit looks whether it was a
-    /// `hlt` (see `exits::before_entry`).
+    /// vcpu's state epoch at the entry (or at the exit of the step before,
+    /// where that left the entry nothing to do: `exits::note_steady_step`).
+    /// Its exit looks whether it was a `hlt` (see `exits::before_entry`).
     pub halt_check: Option<(u64, u64)>,
     /// The vcpu's state writes ([`Vcpu::state_writes`](crate::vcpu::Vcpu::state_writes))
     /// when KVM was last given its debug state. A register write since

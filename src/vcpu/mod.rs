@@ -54,6 +54,10 @@ pub struct Vcpu {
     /// The writes of vcpu state (the VMM's, the debugger's), counted from
     /// any thread.
     state_writes: AtomicU64,
+    /// The state epoch at which the last plain single step's exit found
+    /// nothing for the next entry to do (see [`Vcpu::note_steady_step`]);
+    /// written by the runner alone.
+    steady_step_epoch: AtomicU64,
     /// The paging registers at a [`Vcpu::state_epoch`] (see `paging_registers`).
     paging: Mutex<Option<(u64, PagingRegisters)>>,
     /// Debugging state; see [`crate::debug`].
@@ -146,6 +150,12 @@ impl Attention {
     pub fn stepping(self) -> bool {
         self.0 & Self::STEPPING != 0
     }
+
+    /// The vcpu single-steps, and nothing else needs looking at.
+    #[inline]
+    pub fn only_stepping(self) -> bool {
+        self.0 == Self::STEPPING
+    }
 }
 
 /// Proof that the calling thread is the one running this vcpu.
@@ -173,6 +183,7 @@ impl Vcpu {
             running: AtomicBool::new(false),
             guest_runs: AtomicU64::new(0),
             state_writes: AtomicU64::new(0),
+            steady_step_epoch: AtomicU64::new(u64::MAX),
             paging: Mutex::new(None),
             debug: Mutex::new(VcpuDebug::default()),
             progress: Mutex::new(Default::default()),
@@ -239,6 +250,21 @@ impl Vcpu {
     /// per exit.
     pub fn state_epoch(&self) -> u64 {
         self.guest_runs.load(Ordering::Acquire).wrapping_add(self.state_writes.load(Ordering::Acquire))
+    }
+
+    /// Notes, at a single step's exit that left the debug state as KVM has
+    /// it, that the next entry need not look at it: until the guest runs
+    /// or someone writes the vcpu's state, and unless the debug state is
+    /// changed meanwhile (which asks for attention). The runner's alone.
+    pub fn note_steady_step(&self) {
+        self.steady_step_epoch.store(self.state_epoch(), Ordering::Relaxed);
+    }
+
+    /// True while [`Vcpu::note_steady_step`] holds: nothing ran and nothing
+    /// was written since it was noted.
+    #[inline]
+    pub fn steps_steadily(&self) -> bool {
+        self.steady_step_epoch.load(Ordering::Relaxed) == self.state_epoch()
     }
 
     /// The paging registers (CR0, CR3, CR4, EFER), read from the vcpu once
