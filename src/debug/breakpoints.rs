@@ -172,12 +172,13 @@ impl BreakpointTable {
         self.registers.get(n).and_then(Option::as_ref)
     }
 
+    /// True when some breakpoint or watchpoint is in a debug register.
+    pub fn uses_registers(&self) -> bool {
+        self.registers.iter().any(Option::is_some)
+    }
+
     /// The debug registers as DR0-DR3/DR7 slots.
     pub fn slots(&self) -> [Option<DebugRegisterSlot>; DEBUG_REGISTERS] {
-        if self.registers.iter().all(Option::is_none) {
-            // Nearly always (software breakpoints only): nothing to convert.
-            return [None; DEBUG_REGISTERS];
-        }
         self.registers.map(|r| r.map(|r| r.slot()))
     }
 

@@ -201,8 +201,15 @@ impl<'a> HeldTable<'a> {
 /// The guest debug state `vcpu` should have now.
 fn desired_debug(ctx: &Context, state: &vcpu_state::VcpuDebug, table: &mut HeldTable<'_>) -> kvm_guest_debug {
     let table = table.get();
-    let library = LibraryDebug { slots: table.slots(), patches: table.has_patches() };
-    effective_debug(state, &library, ctx.debugger().blockirq())
+    let patches = table.has_patches();
+    let blockirq = ctx.debugger().blockirq();
+    if table.uses_registers() {
+        return effective_debug(state, &LibraryDebug { slots: table.slots(), patches }, blockirq);
+    }
+    // Nearly always (software breakpoints, steps): a constant, not a copy.
+    const PATCHES_ONLY: LibraryDebug = LibraryDebug { slots: [None; debugregs::DEBUG_REGISTERS], patches: true };
+    const NOTHING: LibraryDebug = LibraryDebug { slots: [None; debugregs::DEBUG_REGISTERS], patches: false };
+    effective_debug(state, if patches { &PATCHES_ONLY } else { &NOTHING }, blockirq)
 }
 
 /// Gives KVM the debug state of `vcpu` if it changed, and releases
