@@ -203,8 +203,9 @@ fn stepped_a_halt(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) ->
 /// step and still has it, nothing to resume over, no register written
 /// since), the entry's part is done here, the `hlt` check set up where the
 /// host needs it, and the run loop told that it may enter without looking
-/// at the debug state ([`Vcpu::note_steady_step`]). A register write or a
-/// change of the debug state before the entry makes it look after all.
+/// at the debug state ([`Vcpu::note_steady_step`]). A register write, or
+/// a change of the debug state that asks for attention, before the entry
+/// makes it look after all.
 fn note_steady_step(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) {
     if !state.programming().single_steps()
         || state.entry_has_work()

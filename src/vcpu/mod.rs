@@ -254,8 +254,9 @@ impl Vcpu {
 
     /// Notes, at a single step's exit that left the debug state as KVM has
     /// it, that the next entry need not look at it: until the guest runs
-    /// or someone writes the vcpu's state, and unless the debug state is
-    /// changed meanwhile (which asks for attention). The runner's alone.
+    /// or someone writes the vcpu's state. A change of the debug state
+    /// meanwhile asks for attention, or is given to KVM at once (a new
+    /// breakpoint, the VMM's own request). The runner's alone.
     pub fn note_steady_step(&self) {
         self.steady_step_epoch.store(self.state_epoch(), Ordering::Relaxed);
     }
