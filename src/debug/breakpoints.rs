@@ -144,7 +144,7 @@ fn checked_length(kind: BreakType, addr: u64, len: u64) -> Result<u64> {
 impl BreakpointTable {
     /// True when nothing is inserted.
     pub fn is_empty(&self) -> bool {
-        self.software.is_empty() && self.registers.iter().all(Option::is_none)
+        self.software.is_empty() && !self.uses_registers()
     }
 
     /// True when some breakpoint is an `int3` in memory.

@@ -146,14 +146,13 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     // Whatever was asked, a single step KVM was not given is not lost.
     let library_step = state.step_over.is_some() || state.stepping_through;
     changed |= state.programming().single_steps() != (state.stepping() || library_step);
-    // A register write since took KVM's single step away, as a lost step.
-    if state.programming().single_steps() && vcpu.state_writes() != state.writes_at_programming {
+    if single_step_written_away(&state, vcpu) {
         state.single_step_lost = true;
         changed = true;
     }
     let stepping = state.stepping() || state.step_over.is_some();
     state.halt_check = None;
-    let probe = stepping && !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm());
+    let probe = stepping && steps_skip_halts(ctx);
     if probe && code.is_none() && !library_step {
         // The VMM's step: whether it runs a `hlt` is looked at at its exit,
         // and only where RIP moved by one byte.
@@ -207,15 +206,26 @@ fn stepped_a_halt(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) ->
 /// a change of the debug state that asks for attention, before the entry
 /// makes it look after all.
 fn note_steady_step(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) {
-    if !state.programming().single_steps()
-        || state.entry_has_work()
-        || vcpu.state_writes() != state.writes_at_programming
-    {
+    if !state.programming().single_steps() || state.entry_has_work() || single_step_written_away(state, vcpu) {
         return;
     }
-    let probe = !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm());
-    state.halt_check = probe.then(|| (pc, vcpu.state_epoch()));
+    state.halt_check = steps_skip_halts(ctx).then(|| (pc, vcpu.state_epoch()));
     vcpu.note_steady_step();
+}
+
+/// True when KVM was given a single step and a register write since took
+/// it away (`KVM_SET_REGS` keeps KVM's trap flag only at the RIP the step
+/// was given at): a lost step, to be given again.
+#[inline]
+fn single_step_written_away(state: &VcpuDebug, vcpu: &Vcpu) -> bool {
+    state.programming().single_steps() && vcpu.state_writes() != state.writes_at_programming
+}
+
+/// True where single steps of a `hlt` are reported past it and the library
+/// makes them halts (an in-kernel irqchip halts in the kernel instead).
+#[inline]
+fn steps_skip_halts(ctx: &Context) -> bool {
+    !ctx.irqchip_in_kernel() && ctx.debugger().single_step_skips_halts(ctx.kvm())
 }
 
 /// At an exit that changed the debug state (the end of the library's own
