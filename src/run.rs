@@ -47,9 +47,11 @@ struct Hooks {
 /// post-run hook, and the exit's handler. Returns 0 to keep going.
 fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mut ExitData, hooks: Hooks) -> c_int {
     let callbacks = ctx.callbacks();
-    // One load and one flag when there is nothing to do (nearly every entry).
+    // One load and one flag when there is nothing to do (nearly every
+    // entry); the next of a run of single steps finds the debug state as its
+    // last exit left it (`Vcpu::note_steady_step`).
     let attention = vcpu.attention();
-    let request_window = if attention.is_clear() && !hooks.entry {
+    let request_window = if !hooks.entry && (attention.is_clear() || steps_steadily(vcpu, attention)) {
         false
     } else {
         match prepare_entry(ctx, vcpu, attention, hooks) {
@@ -109,9 +111,7 @@ fn prepare_entry(
         // The hooks may have changed the debug state.
         attention = vcpu.attention();
     }
-    // The next of a run of single steps finds the debug state as its last
-    // exit left it (`Vcpu::note_steady_step`).
-    if attention.debug_entry() && !(attention.only_stepping() && vcpu.steps_steadily()) {
+    if attention.debug_entry() && !steps_steadily(vcpu, attention) {
         match debug::exits::before_entry(ctx, vcpu) {
             Ok(Entry::Enter) => {}
             Ok(Entry::Halted) => return Err(callbacks.halt(vcpu.index())),
@@ -119,6 +119,13 @@ fn prepare_entry(
         }
     }
     Ok(request_window)
+}
+
+/// True when the vcpu single-steps and its last step's exit left the next
+/// entry nothing to do.
+#[inline(always)]
+fn steps_steadily(vcpu: &Vcpu, attention: Attention) -> bool {
+    attention.only_stepping() && vcpu.steps_steadily()
 }
 
 /// The VMM's `post_kvm_run` hook, and the writes queued in the coalesced

@@ -516,6 +516,19 @@ pub(super) fn on_debug_exit(ctx: &Context, vcpu: &Vcpu, arch: &kvm_debug_exit_ar
         note_steady_step(ctx, vcpu, &mut state, arch.pc);
         return report(ctx, vcpu, state, plain_step_event(arch));
     }
+    on_unusual_debug_exit(ctx, vcpu, state, generation, arch)
+}
+
+/// [`on_debug_exit`] for everything but a plain step: out of line, so that
+/// a run of single steps pays for none of it.
+#[inline(never)]
+fn on_unusual_debug_exit<'v>(
+    ctx: &Context,
+    vcpu: &'v Vcpu,
+    mut state: std::sync::MutexGuard<'v, VcpuDebug>,
+    generation: u64,
+    arch: &kvm_debug_exit_arch,
+) -> Result<c_int> {
     let Some(entered) = state.programming_at(generation) else { return Ok(0) };
     let mut table = HeldTable::new(ctx.debugger());
     let mut event =

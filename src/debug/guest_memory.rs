@@ -3,10 +3,10 @@
 //! software breakpoints.
 
 use super::breakpoints::{BreakpointTable, CodeMemory};
-use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation};
+use super::pagewalk::{translate, PagingRegisters, PhysicalMemory, Translation, MOST_ENTRIES};
 use crate::context::Context;
 use crate::error::{Errno, Result};
-use crate::memory::{page_runs, GuestMemory, WordPlace};
+use crate::memory::{page_runs, GuestMemory, PlacedWords, WordPlace};
 use crate::vcpu::Vcpu;
 
 impl PhysicalMemory for GuestMemory {
@@ -18,8 +18,9 @@ impl PhysicalMemory for GuestMemory {
         GuestMemory::read_u64_placed(self, gpa).ok()
     }
 
-    fn read_placed_u64(&self, place: WordPlace) -> Option<u64> {
-        GuestMemory::read_placed_u64(self, place)
+    #[inline(always)]
+    fn placed_words_hold(&self, words: &PlacedWords<MOST_ENTRIES>) -> Option<bool> {
+        GuestMemory::placed_words_hold(self, words)
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 
-use crate::memory::WordPlace;
+use crate::memory::{PlacedWords, WordPlace};
 
 /// Reads guest-physical memory for the walker.
 pub trait PhysicalMemory {
@@ -20,9 +20,10 @@ pub trait PhysicalMemory {
         self.read_u64(gpa).map(|value| (value, None))
     }
 
-    /// The u64 at `place` as it is now; `None` when the memory no longer
-    /// knows the place (then it is read by address).
-    fn read_placed_u64(&self, _place: WordPlace) -> Option<u64> {
+    /// True when the words of `words` still hold their values, read where
+    /// they lie; `None` when the memory cannot tell so (then they are read
+    /// by address).
+    fn placed_words_hold(&self, _words: &PlacedWords<MOST_ENTRIES>) -> Option<bool> {
         None
     }
 
@@ -167,12 +168,12 @@ pub fn translate(regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) ->
 }
 
 /// The most table entries one walk reads: five levels.
-const MOST_ENTRIES: usize = 5;
+pub(crate) const MOST_ENTRIES: usize = 5;
 
 /// A translation remembered with the table entries its walk read. The walk
 /// is a function of the paging registers and those entries alone, so it
 /// still holds while they are unchanged: checking them again is a few loads
-/// where a walk is hundreds of instructions (the per-step `hlt` probe).
+/// where a walk is hundreds of instructions (the per-step `hlt` check).
 #[derive(Clone, Copy, Debug)]
 pub struct RememberedTranslation {
     regs: PagingRegisters,
@@ -181,29 +182,12 @@ pub struct RememberedTranslation {
     /// The guest-physical address of that page.
     gpa_page: u64,
     /// Each entry read, as u64 reads (u32 entries are read as the u64
-    /// holding them, see `PhysicalMemory::read_u32`).
-    entries: [ReadEntry; MOST_ENTRIES],
+    /// holding them, see `PhysicalMemory::read_u32`): where, and its value.
+    entries: [(u64, u64); MOST_ENTRIES],
     len: usize,
-}
-
-/// A table entry a walk read: where, its value, and where in the host it
-/// lies (when the memory said), to be looked at again without a search.
-#[derive(Clone, Copy, Debug, Default)]
-struct ReadEntry {
-    gpa: u64,
-    value: u64,
-    place: Option<WordPlace>,
-}
-
-impl ReadEntry {
-    /// True when the entry still holds its value.
-    fn holds(&self, mem: &impl PhysicalMemory) -> bool {
-        let now = match self.place.and_then(|place| mem.read_placed_u64(place)) {
-            Some(value) => Some(value),
-            None => mem.read_u64(self.gpa),
-        };
-        now == Some(self.value)
-    }
+    /// The same entries where the memory said they lie in the host: looked
+    /// at again with a load each, without a slot search.
+    placed: PlacedWords<MOST_ENTRIES>,
 }
 
 impl RememberedTranslation {
@@ -213,7 +197,7 @@ impl RememberedTranslation {
         mem: &impl PhysicalMemory,
         gva: u64,
     ) -> Result<(Translation, RememberedTranslation), WalkError> {
-        let recording = Recording { mem, entries: Default::default(), len: Cell::new(0) };
+        let recording = Recording { mem, entries: Default::default(), len: Cell::new(0), placed: Default::default() };
         let translation = translate(regs, &recording, gva)?;
         let entries = std::array::from_fn(|i| recording.entries[i].get());
         let remembered = RememberedTranslation {
@@ -222,6 +206,7 @@ impl RememberedTranslation {
             gpa_page: translation.gpa & !0xfff,
             entries,
             len: recording.len.get(),
+            placed: recording.placed.get(),
         };
         Ok((translation, remembered))
     }
@@ -230,10 +215,32 @@ impl RememberedTranslation {
     /// still holds: the same paging registers, the same linear page, and
     /// every entry the walk read unchanged.
     pub fn translate(&self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Option<u64> {
-        let holds = *regs == self.regs
-            && gva >> 12 == self.page
-            && self.entries[..self.len].iter().all(|entry| entry.holds(mem));
-        holds.then_some(self.gpa_page | (gva & 0xfff))
+        let holds = self.is_for(regs, gva)
+            && match mem.placed_words_hold(&self.placed) {
+                Some(holds) => holds,
+                None => self.entries[..self.len].iter().all(|&(gpa, value)| mem.read_u64(gpa) == Some(value)),
+            };
+        holds.then(|| self.gpa_of(gva))
+    }
+
+    /// [`RememberedTranslation::translate`] where the memory can tell by
+    /// where the entries lie, else `None`: the nearly-always answer in a
+    /// few loads.
+    #[inline(always)]
+    fn translate_by_places(&self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Option<u64> {
+        let holds = self.is_for(regs, gva) && mem.placed_words_hold(&self.placed) == Some(true);
+        holds.then(|| self.gpa_of(gva))
+    }
+
+    /// True when the walk was of `gva`'s page with `regs`.
+    #[inline(always)]
+    fn is_for(&self, regs: &PagingRegisters, gva: u64) -> bool {
+        *regs == self.regs && gva >> 12 == self.page
+    }
+
+    #[inline(always)]
+    fn gpa_of(&self, gva: u64) -> u64 {
+        self.gpa_page | (gva & 0xfff)
     }
 }
 
@@ -255,18 +262,29 @@ impl<const N: usize> Default for RememberedWalks<N> {
 }
 
 impl<const N: usize> RememberedWalks<N> {
-    /// The guest-physical address of `gva`.
-    #[inline]
+    /// The guest-physical address of `gva`. Inlined, it is the check of
+    /// the remembered walks' entries where they lie; anything else is out
+    /// of line.
+    #[inline(always)]
     pub fn translate(&mut self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Result<u64, WalkError> {
-        match self.walks.iter().flatten().find_map(|walk| walk.translate(regs, mem, gva)) {
+        match self.walks.iter().flatten().find_map(|walk| walk.translate_by_places(regs, mem, gva)) {
             Some(gpa) => Ok(gpa),
-            None => self.walk_anew(regs, mem, gva),
+            None => self.translate_slowly(regs, mem, gva),
         }
     }
 
-    /// [`RememberedWalks::translate`] when no remembered walk holds.
+    /// [`RememberedWalks::translate`] when no walk holds by where its
+    /// entries lie: by their addresses, else a new walk.
     #[inline(never)]
-    fn walk_anew(&mut self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Result<u64, WalkError> {
+    fn translate_slowly(
+        &mut self,
+        regs: &PagingRegisters,
+        mem: &impl PhysicalMemory,
+        gva: u64,
+    ) -> Result<u64, WalkError> {
+        if let Some(gpa) = self.walks.iter().flatten().find_map(|walk| walk.translate(regs, mem, gva)) {
+            return Ok(gpa);
+        }
         let (translation, walk) = RememberedTranslation::walk(regs, mem, gva)?;
         self.walks[self.next] = Some(walk);
         self.next = (self.next + 1) % N;
@@ -278,8 +296,9 @@ impl<const N: usize> RememberedWalks<N> {
 /// [`MOST_ENTRIES`]; a walk reads no more).
 struct Recording<'m, M> {
     mem: &'m M,
-    entries: [Cell<ReadEntry>; MOST_ENTRIES],
+    entries: [Cell<(u64, u64)>; MOST_ENTRIES],
     len: Cell<usize>,
+    placed: Cell<PlacedWords<MOST_ENTRIES>>,
 }
 
 impl<M: PhysicalMemory> PhysicalMemory for Recording<'_, M> {
@@ -287,8 +306,11 @@ impl<M: PhysicalMemory> PhysicalMemory for Recording<'_, M> {
         let (value, place) = self.mem.read_u64_placed(gpa)?;
         let len = self.len.get();
         if let Some(slot) = self.entries.get(len) {
-            slot.set(ReadEntry { gpa, value, place });
+            slot.set((gpa, value));
             self.len.set(len + 1);
+            let mut placed = self.placed.get();
+            placed.push(place, value);
+            self.placed.set(placed);
         }
         Some(value)
     }
@@ -500,7 +522,7 @@ pub(super) mod tests {
         let regs = long_mode(0x1000, false);
         let (t, remembered) = RememberedTranslation::walk(&regs, &mem, 0x5123).unwrap();
         assert_eq!(t.gpa, 0x7123);
-        assert!(remembered.entries[..remembered.len].iter().all(|e| e.place.is_some()), "every entry placed");
+        assert_eq!(mem.placed_words_hold(&remembered.placed), Some(true), "every entry placed");
         assert_eq!(remembered.translate(&regs, &mem, 0x5abc), Some(0x7abc));
         // Each entry the guest changes undoes the walk, read where it lies.
         for (entry, value) in [(0x4000 + 5 * 8, 0x8000 | RW), (0x3000, 0x5000 | RW), (0x1000, 0)] {

@@ -119,13 +119,51 @@ impl Slot {
 }
 
 /// Where a u64 of guest memory lies in the host, found by
-/// [`GuestMemory::read_u64_placed`]: read again with
-/// [`GuestMemory::read_placed_u64`] without a slot search, for as long as
-/// the memory keeps the slots it had.
+/// [`GuestMemory::read_u64_placed`]: kept in [`PlacedWords`] to be read
+/// again without a slot search, for as long as the memory keeps the slots
+/// it had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WordPlace {
     layout: u64,
     host: u64,
+}
+
+/// Up to `N` u64s of guest memory with the values they held and where they
+/// lie in the host, all found in one slot layout: checked again by
+/// [`GuestMemory::placed_words_hold`] with one comparison of the layout and
+/// a load each (a remembered page walk's entries).
+#[derive(Clone, Copy, Debug)]
+pub struct PlacedWords<const N: usize> {
+    /// The layout every word was found in; [`NO_LAYOUT`] when one had no
+    /// place, or another layout, or did not fit: then none is checked so.
+    layout: u64,
+    /// Each word's host address and value.
+    words: [(u64, u64); N],
+    len: usize,
+}
+
+/// No [`GuestMemory`]'s layout ([`new_layout`] starts at 1).
+const NO_LAYOUT: u64 = 0;
+
+impl<const N: usize> Default for PlacedWords<N> {
+    fn default() -> Self {
+        PlacedWords { layout: NO_LAYOUT, words: [(0, 0); N], len: 0 }
+    }
+}
+
+impl<const N: usize> PlacedWords<N> {
+    /// Adds a word read as `value` at `place` (`None`: it had none).
+    pub fn push(&mut self, place: Option<WordPlace>, value: u64) {
+        let fits = self.len < N;
+        self.layout = match place {
+            Some(place) if fits && (self.len == 0 || place.layout == self.layout) => place.layout,
+            _ => NO_LAYOUT,
+        };
+        if fits {
+            self.words[self.len] = (place.map_or(0, |place| place.host), value);
+            self.len += 1;
+        }
+    }
 }
 
 /// Numbers the slot layouts of every [`GuestMemory`] apart, so that a place
@@ -600,19 +638,23 @@ impl GuestMemory {
         Ok((u64::from_le_bytes(bytes), None))
     }
 
-    /// The u64 at `place`, as it is now; `None` when the slots changed
-    /// since `place` was found (or it was found in another VM's memory).
-    pub fn read_placed_u64(&self, place: WordPlace) -> Option<u64> {
-        if place.layout != self.layout {
+    /// True when every word of `words` still holds its value, `None` when
+    /// that cannot be told by where they lie: the slots changed since they
+    /// were found, they were found in another VM's memory, or one had no
+    /// place.
+    #[inline]
+    pub fn placed_words_hold<const N: usize>(&self, words: &PlacedWords<N>) -> Option<bool> {
+        if words.layout != self.layout {
             return None;
         }
-        // SAFETY: layout numbers are unique, so these are the slots `place`
-        // was found in, in this memory: the slot that held the 8 bytes at
-        // `host` still does, and its host memory is live while it exists
-        // (a library mapping is unmapped only once no slot uses it, and the
-        // VMM's stays mapped while registered). Guest memory may be
-        // unaligned for a u64.
-        Some(u64::from_le(unsafe { (place.host as *const u64).read_unaligned() }))
+        // SAFETY: layout numbers are unique (and never `NO_LAYOUT`), so these
+        // are the slots the words were found in, in this memory: the slot
+        // that held each 8 bytes at its host address still does, and its host
+        // memory is live while it exists (a library mapping is unmapped only
+        // once no slot uses it, and the VMM's stays mapped while registered).
+        // Guest memory may be unaligned for a u64.
+        let now = |host: u64| u64::from_le(unsafe { (host as *const u64).read_unaligned() });
+        Some(words.words[..words.len].iter().all(|&(host, value)| now(host) == value))
     }
 
     /// The byte at `gpa`: one slot search and one load.
@@ -1007,32 +1049,47 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_placed_word_reads_the_current_value_until_the_slots_change() {
+    fn placed_words_are_checked_where_they_lie_until_the_slots_change() {
         let kvm = FakeKvm::default();
         let mut mem = GuestMemory::new(32);
         let (id, host) = library_ram(&mut mem, &kvm, 0x10000, 0x2000);
         mem.write(0x10ff8, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
-        let (value, place) = mem.read_u64_placed(0x10ff8).unwrap();
-        assert_eq!(value, 0x1122_3344_5566_7788);
-        let place = place.expect("one slot holds the word");
+        let placed = |mem: &GuestMemory, gpas: &[u64]| {
+            let mut words = PlacedWords::<2>::default();
+            for &gpa in gpas {
+                let (value, place) = mem.read_u64_placed(gpa).unwrap();
+                words.push(place, value);
+            }
+            words
+        };
+        let words = placed(&mem, &[0x10ff8, 0x10000]);
+        assert_eq!(words.words[0].1, 0x1122_3344_5566_7788);
+        assert_eq!(mem.placed_words_hold(&words), Some(true));
         mem.write_u8(0x10ff8, 0x99).unwrap();
-        assert_eq!(mem.read_placed_u64(place), Some(0x1122_3344_5566_7799), "read again as it is now");
+        assert_eq!(mem.placed_words_hold(&words), Some(false), "read again as it is now");
+        mem.write_u8(0x10ff8, 0x88).unwrap();
+        assert_eq!(mem.placed_words_hold(&words), Some(true));
 
         // Not the same place in another VM's memory with the same slots.
         let other_kvm = FakeKvm::default();
         let mut other = GuestMemory::new(32);
         library_ram(&mut other, &other_kvm, 0x10000, 0x2000);
-        assert_eq!(other.read_placed_u64(place), None);
+        assert_eq!(other.placed_words_hold(&words), None);
+        // One word too many: none is checked where it lies.
+        assert_eq!(mem.placed_words_hold(&placed(&mem, &[0x10ff8, 0x10000, 0x10008])), None);
 
-        // Any change of the slots forgets every place, even where the word stays.
+        // Any change of the slots forgets every place, even where the words stay.
         mem.add_slot(&kvm, ram(0x40000, 0x1000, 0x4000_0000)).unwrap();
-        assert_eq!(mem.read_placed_u64(place), None);
-        let (_, place) = mem.read_u64_placed(0x10ff8).unwrap();
+        assert_eq!(mem.placed_words_hold(&words), None);
+        let words = placed(&mem, &[0x10ff8]);
         mem.unback(&kvm, 0x11000, 0x1000).unwrap();
-        assert_eq!(mem.read_placed_u64(place.unwrap()), None);
-        // A word across two slots has no place; it is still read.
+        assert_eq!(mem.placed_words_hold(&words), None);
+        // A word across two slots has no place; it is still read, and none
+        // of the words with it is checked where it lies.
         mem.add_slot(&kvm, Slot { backing: Backing::Library(id), ..ram(0x11000, 0x1000, host + 0x1000) }).unwrap();
         let (value, place) = mem.read_u64_placed(0x10ffc).unwrap();
         assert_eq!((value & 0xffff_ffff, place), (0x1122_3344, None));
+        assert_eq!(mem.placed_words_hold(&placed(&mem, &[0x10ffc, 0x10ff8])), None);
+        assert_eq!(mem.placed_words_hold(&placed(&mem, &[0x10ff8, 0x10ffc])), None);
     }
 }
