@@ -537,6 +537,11 @@ pub(super) mod tests {
         assert_eq!(remembered.translate(&regs, &mem, 0x5123), Some(0x7123));
         set(&mem, 0x2000, 0x6000 | RW);
         assert_eq!(remembered.translate(&regs, &mem, 0x5123), None);
+
+        // Without paging a walk reads no entry: it holds where it lies too.
+        let off = PagingRegisters { cr0: 1, cr3: 0, cr4: 0, efer: 0 };
+        let (_, remembered) = RememberedTranslation::walk(&off, &mem, 0x5123).unwrap();
+        assert_eq!(remembered.translate_by_places(&off, &mem, 0x5abc), Some(0x5abc));
     }
 
     #[test]

@@ -638,14 +638,14 @@ impl GuestMemory {
         Ok((u64::from_le_bytes(bytes), None))
     }
 
-    /// True when every word of `words` still holds its value, `None` when
-    /// that cannot be told by where they lie: the slots changed since they
-    /// were found, they were found in another VM's memory, or one had no
-    /// place.
+    /// True when every word of `words` still holds its value (always where
+    /// there is none, a walk without paging), `None` when that cannot be
+    /// told by where they lie: the slots changed since they were found, they were found
+    /// in another VM's memory, or one had no place.
     #[inline]
     pub fn placed_words_hold<const N: usize>(&self, words: &PlacedWords<N>) -> Option<bool> {
         if words.layout != self.layout {
-            return None;
+            return (words.len == 0).then_some(true);
         }
         // SAFETY: layout numbers are unique (and never `NO_LAYOUT`), so these
         // are the slots the words were found in, in this memory: the slot
@@ -1062,6 +1062,7 @@ pub(crate) mod tests {
             }
             words
         };
+        assert_eq!(mem.placed_words_hold(&PlacedWords::<2>::default()), Some(true), "no words hold");
         let words = placed(&mem, &[0x10ff8, 0x10000]);
         assert_eq!(words.words[0].1, 0x1122_3344_5566_7788);
         assert_eq!(mem.placed_words_hold(&words), Some(true));
