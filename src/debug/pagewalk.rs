@@ -182,12 +182,9 @@ pub struct RememberedTranslation {
     /// The guest-physical address of that page.
     gpa_page: u64,
     /// Each entry read, as u64 reads (u32 entries are read as the u64
-    /// holding them, see `PhysicalMemory::read_u32`): where, and its value.
-    entries: [(u64, u64); MOST_ENTRIES],
-    len: usize,
-    /// The same entries where the memory said they lie in the host: looked
-    /// at again with a load each, without a slot search.
-    placed: PlacedWords<MOST_ENTRIES>,
+    /// holding them, see `PhysicalMemory::read_u32`), with where it lies in
+    /// the host when the memory said: looked at again with a load each.
+    entries: PlacedWords<MOST_ENTRIES>,
 }
 
 impl RememberedTranslation {
@@ -197,16 +194,13 @@ impl RememberedTranslation {
         mem: &impl PhysicalMemory,
         gva: u64,
     ) -> Result<(Translation, RememberedTranslation), WalkError> {
-        let recording = Recording { mem, entries: Default::default(), len: Cell::new(0), placed: Default::default() };
+        let recording = Recording { mem, entries: Default::default() };
         let translation = translate(regs, &recording, gva)?;
-        let entries = std::array::from_fn(|i| recording.entries[i].get());
         let remembered = RememberedTranslation {
             regs: *regs,
             page: gva >> 12,
             gpa_page: translation.gpa & !0xfff,
-            entries,
-            len: recording.len.get(),
-            placed: recording.placed.get(),
+            entries: recording.entries.get(),
         };
         Ok((translation, remembered))
     }
@@ -216,9 +210,9 @@ impl RememberedTranslation {
     /// every entry the walk read unchanged.
     pub fn translate(&self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Option<u64> {
         let holds = self.is_for(regs, gva)
-            && match mem.placed_words_hold(&self.placed) {
+            && match mem.placed_words_hold(&self.entries) {
                 Some(holds) => holds,
-                None => self.entries[..self.len].iter().all(|&(gpa, value)| mem.read_u64(gpa) == Some(value)),
+                None => self.entries.by_address().all(|(gpa, value)| mem.read_u64(gpa) == Some(value)),
             };
         holds.then(|| self.gpa_of(gva))
     }
@@ -228,7 +222,7 @@ impl RememberedTranslation {
     /// few loads.
     #[inline(always)]
     fn translate_by_places(&self, regs: &PagingRegisters, mem: &impl PhysicalMemory, gva: u64) -> Option<u64> {
-        let holds = self.is_for(regs, gva) && mem.placed_words_hold(&self.placed) == Some(true);
+        let holds = self.is_for(regs, gva) && mem.placed_words_hold(&self.entries) == Some(true);
         holds.then(|| self.gpa_of(gva))
     }
 
@@ -296,22 +290,15 @@ impl<const N: usize> RememberedWalks<N> {
 /// [`MOST_ENTRIES`]; a walk reads no more).
 struct Recording<'m, M> {
     mem: &'m M,
-    entries: [Cell<(u64, u64)>; MOST_ENTRIES],
-    len: Cell<usize>,
-    placed: Cell<PlacedWords<MOST_ENTRIES>>,
+    entries: Cell<PlacedWords<MOST_ENTRIES>>,
 }
 
 impl<M: PhysicalMemory> PhysicalMemory for Recording<'_, M> {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
         let (value, place) = self.mem.read_u64_placed(gpa)?;
-        let len = self.len.get();
-        if let Some(slot) = self.entries.get(len) {
-            slot.set((gpa, value));
-            self.len.set(len + 1);
-            let mut placed = self.placed.get();
-            placed.push(place, value);
-            self.placed.set(placed);
-        }
+        let mut entries = self.entries.get();
+        entries.push(gpa, place, value);
+        self.entries.set(entries);
         Some(value)
     }
 }
@@ -522,7 +509,7 @@ pub(super) mod tests {
         let regs = long_mode(0x1000, false);
         let (t, remembered) = RememberedTranslation::walk(&regs, &mem, 0x5123).unwrap();
         assert_eq!(t.gpa, 0x7123);
-        assert_eq!(mem.placed_words_hold(&remembered.placed), Some(true), "every entry placed");
+        assert_eq!(mem.placed_words_hold(&remembered.entries), Some(true), "every entry placed");
         assert_eq!(remembered.translate(&regs, &mem, 0x5abc), Some(0x7abc));
         // Each entry the guest changes undoes the walk, read where it lies.
         for (entry, value) in [(0x4000 + 5 * 8, 0x8000 | RW), (0x3000, 0x5000 | RW), (0x1000, 0)] {

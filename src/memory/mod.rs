@@ -128,18 +128,22 @@ pub struct WordPlace {
     host: u64,
 }
 
-/// Up to `N` u64s of guest memory with the values they held and where they
-/// lie in the host, all found in one slot layout: checked again by
-/// [`GuestMemory::placed_words_hold`] with one comparison of the layout and
-/// a load each (a remembered page walk's entries).
+/// Up to `N` u64s of guest memory read, with the values they held and,
+/// where all were found in one slot layout, where they lie in the host:
+/// checked again by [`GuestMemory::placed_words_hold`] with one comparison
+/// of the layout and a load each, else by address (a remembered page
+/// walk's entries).
 #[derive(Clone, Copy, Debug)]
 pub struct PlacedWords<const N: usize> {
     /// The layout every word was found in; [`NO_LAYOUT`] when one had no
     /// place, or another layout, or did not fit: then none is checked so.
     layout: u64,
-    /// Each word's host address and value.
-    words: [(u64, u64); N],
     len: usize,
+    /// Each word's host address (0 without a place) and value: apart from
+    /// the guest addresses, which only a check by address reads.
+    words: [(u64, u64); N],
+    /// Each word's guest-physical address.
+    gpas: [u64; N],
 }
 
 /// No [`GuestMemory`]'s layout ([`new_layout`] starts at 1).
@@ -147,13 +151,14 @@ const NO_LAYOUT: u64 = 0;
 
 impl<const N: usize> Default for PlacedWords<N> {
     fn default() -> Self {
-        PlacedWords { layout: NO_LAYOUT, words: [(0, 0); N], len: 0 }
+        PlacedWords { layout: NO_LAYOUT, words: [(0, 0); N], gpas: [0; N], len: 0 }
     }
 }
 
 impl<const N: usize> PlacedWords<N> {
-    /// Adds a word read as `value` at `place` (`None`: it had none).
-    pub fn push(&mut self, place: Option<WordPlace>, value: u64) {
+    /// Adds the word at `gpa` read as `value` at `place` (`None`: it had
+    /// none). Words past `N` are not kept.
+    pub fn push(&mut self, gpa: u64, place: Option<WordPlace>, value: u64) {
         let fits = self.len < N;
         self.layout = match place {
             Some(place) if fits && (self.len == 0 || place.layout == self.layout) => place.layout,
@@ -161,8 +166,14 @@ impl<const N: usize> PlacedWords<N> {
         };
         if fits {
             self.words[self.len] = (place.map_or(0, |place| place.host), value);
+            self.gpas[self.len] = gpa;
             self.len += 1;
         }
+    }
+
+    /// Each word's guest-physical address and the value it held.
+    pub fn by_address(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.gpas.iter().zip(&self.words[..self.len]).map(|(&gpa, &(_, value))| (gpa, value))
     }
 }
 
@@ -640,8 +651,8 @@ impl GuestMemory {
 
     /// True when every word of `words` still holds its value (always where
     /// there is none, a walk without paging), `None` when that cannot be
-    /// told by where they lie: the slots changed since they were found, they were found
-    /// in another VM's memory, or one had no place.
+    /// told by where they lie: the slots changed since they were found,
+    /// they were found in another VM's memory, or one had no place.
     #[inline]
     pub fn placed_words_hold<const N: usize>(&self, words: &PlacedWords<N>) -> Option<bool> {
         if words.layout != self.layout {
@@ -1058,13 +1069,13 @@ pub(crate) mod tests {
             let mut words = PlacedWords::<2>::default();
             for &gpa in gpas {
                 let (value, place) = mem.read_u64_placed(gpa).unwrap();
-                words.push(place, value);
+                words.push(gpa, place, value);
             }
             words
         };
         assert_eq!(mem.placed_words_hold(&PlacedWords::<2>::default()), Some(true), "no words hold");
         let words = placed(&mem, &[0x10ff8, 0x10000]);
-        assert_eq!(words.words[0].1, 0x1122_3344_5566_7788);
+        assert_eq!(words.by_address().collect::<Vec<_>>(), [(0x10ff8, 0x1122_3344_5566_7788), (0x10000, 0)]);
         assert_eq!(mem.placed_words_hold(&words), Some(true));
         mem.write_u8(0x10ff8, 0x99).unwrap();
         assert_eq!(mem.placed_words_hold(&words), Some(false), "read again as it is now");
