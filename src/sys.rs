@@ -1,16 +1,22 @@
 //! The KVM ioctls the 2008 API needs that `kvm-ioctls` does not wrap, and
-//! `KVM_RUN` itself.
+//! the two the runner issues without the vcpu's fd mutex: `KVM_RUN` and
+//! `KVM_SET_GUEST_DEBUG`.
 //!
 //! Each is a thin `vmm-sys-util` wrapper, named after its section in the
 //! kernel's `Documentation/virt/kvm/api.rst`, next to its only use.
 //! `kvm-ioctls` wraps `KVM_RUN` too, but its `VcpuFd::run` needs the fd
 //! borrowed mutably (so a lock around every entry) and decodes each exit
 //! into its own enum, which the run loop would decode again: together a
-//! third of the library's instructions per exit (`BENCHMARKS.md`).
+//! third of the library's instructions per exit (`BENCHMARKS.md`). Its
+//! `VcpuFd::set_guest_debug` is behind the same mutex, which a step over a
+//! breakpoint would take twice a hit besides the vcpu's debug state lock
+//! that already orders every programming.
 
 use std::os::fd::AsRawFd;
 
-use kvm_bindings::{kvm_interrupt, kvm_pit_state, kvm_signal_mask, kvm_tpr_access_ctl, kvm_vapic_addr, KVMIO};
+use kvm_bindings::{
+    kvm_guest_debug, kvm_interrupt, kvm_pit_state, kvm_signal_mask, kvm_tpr_access_ctl, kvm_vapic_addr, KVMIO,
+};
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
@@ -25,6 +31,7 @@ ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
 ioctl_iow_nr!(KVM_SET_SIGNAL_MASK, KVMIO, 0x8b, kvm_signal_mask);
 ioctl_iowr_nr!(KVM_TPR_ACCESS_REPORTING, KVMIO, 0x92, kvm_tpr_access_ctl);
 ioctl_iow_nr!(KVM_SET_VAPIC_ADDR, KVMIO, 0x93, kvm_vapic_addr);
+ioctl_iow_nr!(KVM_SET_GUEST_DEBUG, KVMIO, 0x9b, kvm_guest_debug);
 
 fn check(ret: i32) -> Result<i32> {
     if ret < 0 {
@@ -41,6 +48,13 @@ pub fn run(vcpu: &impl AsRawFd) -> Result<()> {
     // SAFETY: a vcpu ioctl with no argument; the kernel writes only the
     // vcpu's own mapping, which outlives the fd.
     check(unsafe { ioctl(vcpu, KVM_RUN()) }).map(drop)
+}
+
+/// `KVM_SET_GUEST_DEBUG` (vcpu): the debug state the next entries run with.
+#[inline]
+pub fn set_guest_debug(vcpu: &impl AsRawFd, debug: &kvm_guest_debug) -> Result<()> {
+    // SAFETY: the kernel reads one kvm_guest_debug.
+    check(unsafe { ioctl_with_ref(vcpu, KVM_SET_GUEST_DEBUG(), debug) }).map(drop)
 }
 
 /// `KVM_SET_NR_MMU_PAGES` (VM): the number of shadow MMU pages.

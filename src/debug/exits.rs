@@ -25,6 +25,7 @@ use crate::context::Context;
 use crate::error::{Errno, Result};
 use crate::exit::{Exit, ExitData, InternalError, OtherExit};
 use crate::lock;
+use crate::memory::GuestMemory;
 use crate::vcpu::exit_registers::StopRegisters;
 use crate::vcpu::{RunnerGuard, Vcpu};
 
@@ -93,19 +94,16 @@ impl CodeAt {
         Ok(CodeAt::at(ctx, code_page, pc, &regs))
     }
 
-    /// [`CodeAt::of`], and what the step over a breakpoint needs of the
-    /// registers, in the same register read.
-    fn with_registers(ctx: &Context, vcpu: &Vcpu, code_page: &mut CodePage) -> Result<(CodeAt, RegistersBeforeStep)> {
-        let (pc, registers) =
-            vcpu.read_stop_registers(|registers| (registers.linear_pc(), RegistersBeforeStep::of(registers)))?;
-        Ok((CodeAt::at(ctx, code_page, pc, &registers.paging()), registers))
-    }
-
     /// The instruction at linear `pc`, translated with `regs`.
     #[inline(always)]
     fn at(ctx: &Context, code_page: &mut CodePage, pc: u64, regs: &PagingRegisters) -> CodeAt {
-        let mem = ctx.memory();
-        let gpa = code_page.translate(regs, &*mem, pc).ok();
+        CodeAt::in_memory(&ctx.memory(), code_page, pc, regs)
+    }
+
+    /// [`CodeAt::at`], in guest memory the caller holds.
+    #[inline(always)]
+    fn in_memory(mem: &GuestMemory, code_page: &mut CodePage, pc: u64, regs: &PagingRegisters) -> CodeAt {
+        let gpa = code_page.translate(regs, mem, pc).ok();
         let byte = gpa.and_then(|gpa| mem.read_byte(gpa).ok());
         CodeAt { pc, gpa, byte }
     }
@@ -336,7 +334,8 @@ pub(super) fn finish_watched_instruction(
 /// original byte back (or turn the register off) for one single step. The
 /// table decides, not the stop: a breakpoint may have moved from a debug
 /// register into memory (or been removed) since. Returns the instruction
-/// the vcpu resumes on, as it will fetch it.
+/// the vcpu resumes on, as it will fetch it. Guest memory is locked once,
+/// for the instruction and the lift (after the table: the lock order).
 fn start_step_over(
     ctx: &Context,
     vcpu: &Vcpu,
@@ -344,21 +343,31 @@ fn start_step_over(
     table: &mut HeldTable<'_>,
     resume: ResumePoint,
 ) -> Result<CodeAt> {
-    let (mut code, registers) = CodeAt::with_registers(ctx, vcpu, &mut state.code_page)?;
-    if code.pc == resume.pc {
-        step_over_at(ctx, state, table.get(), resume, &mut code, &registers)?;
+    let (pc, registers) =
+        vcpu.read_stop_registers(|registers| (registers.linear_pc(), RegistersBeforeStep::of(registers)))?;
+    let held = table.get();
+    let mem = ctx.memory();
+    let mut code = CodeAt::in_memory(&mem, &mut state.code_page, pc, &registers.paging());
+    if code.pc != resume.pc {
+        return Ok(code);
+    }
+    step_over_at(state, held, &mem, resume, &mut code)?;
+    drop(mem);
+    // KVM hides the guest's TF while it single-steps: note it now, unless
+    // the VMM's own single step already hides it.
+    if state.step_over.is_some() && !state.programming().single_steps() {
+        state.trap_flag = Some(trap_flag::before_step(ctx, &code, &registers, table.get())?);
     }
     Ok(code)
 }
 
 /// [`start_step_over`] once the vcpu is at the breakpoint's address.
 fn step_over_at(
-    ctx: &Context,
     state: &mut VcpuDebug,
     table: &mut BreakpointTable,
+    mem: &GuestMemory,
     resume: ResumePoint,
     code: &mut CodeAt,
-    registers: &RegistersBeforeStep,
 ) -> Result<()> {
     let gpa = code.gpa;
     // An execution breakpoint in a debug register at the same address.
@@ -378,17 +387,11 @@ fn step_over_at(
         // now; one inserted since is stepped over with the register.
         state.step_over = register.map(|n| StepOver::Register { n });
     } else if let Some(gpa) = gpa {
-        let mem = ctx.memory();
-        if table.lift(gpa, &*mem)? {
+        if table.lift(gpa, mem)? {
             state.step_over = Some(StepOver::Patch { gpa, register });
             // The vcpu now fetches the original byte.
             code.byte = mem.read_byte(gpa).ok();
         }
-    }
-    // KVM hides the guest's TF while it single-steps: note it now, unless
-    // the VMM's own single step already hides it.
-    if state.step_over.is_some() && !state.programming().single_steps() {
-        state.trap_flag = Some(trap_flag::before_step(ctx, code, registers, table)?);
     }
     Ok(())
 }

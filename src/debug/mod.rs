@@ -225,11 +225,7 @@ fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug, table:
         // The generation is stored while the vcpu is still held out of the
         // guest, so that no entry runs with the new state under the old
         // generation (a debug exit notes the generation it entered with).
-        vcpu.ioctl(|fd| {
-            fd.set_guest_debug(&desired)?;
-            vcpu.set_debug_generation(state.set_programmed(desired));
-            Ok::<(), kvm_ioctls::Error>(())
-        })?;
+        vcpu.set_guest_debug(&desired, || vcpu.set_debug_generation(state.set_programmed(desired)))?;
     }
     Ok(())
 }

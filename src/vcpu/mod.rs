@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use kvm_bindings::{
-    kvm_regs, kvm_run, kvm_sregs, kvm_sync_regs, KVM_EXIT_DEBUG, KVM_EXIT_INTERNAL_ERROR, KVM_SYNC_X86_REGS,
-    KVM_SYNC_X86_SREGS,
+    kvm_guest_debug, kvm_regs, kvm_run, kvm_sregs, kvm_sync_regs, KVM_EXIT_DEBUG, KVM_EXIT_INTERNAL_ERROR,
+    KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
 };
 use kvm_ioctls::VcpuFd;
 
@@ -444,6 +444,26 @@ impl Vcpu {
     /// the guest.
     pub fn wait_paused(&self, guard: &PauseGuard<'_>) {
         self.gate.wait_out(guard, || self.kick());
+    }
+
+    /// Gives KVM `debug` (`KVM_SET_GUEST_DEBUG`), then calls `given` while
+    /// the vcpu is still out of the guest. The caller holds the vcpu's
+    /// debug state, which orders every programming: so the runner issues
+    /// it on the fd without the fd mutex (KVM serializes it with the other
+    /// threads' calls), and any other thread as [`Vcpu::ioctl`] does, with
+    /// the vcpu paused.
+    #[inline]
+    pub fn set_guest_debug(&self, debug: &kvm_guest_debug, given: impl FnOnce()) -> Result<()> {
+        if kick::runs_on_this_thread(self) {
+            sys::set_guest_debug(&self.raw_fd, debug)?;
+            given();
+            return Ok(());
+        }
+        self.ioctl(|fd| {
+            fd.set_guest_debug(debug)?;
+            given();
+            Ok::<(), kvm_ioctls::Error>(())
+        })
     }
 
     /// Records the generation of the debug state just given to KVM.
