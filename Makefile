@@ -40,7 +40,7 @@ HEADER_TESTS := $(BUILD)/header_c99 $(BUILD)/header_newer_kernel $(BUILD)/header
 GUEST_OBJS := $(patsubst c-tests/guests/%.S,$(BUILD)/guests/%.o,$(wildcard c-tests/guests/*.S))
 TEST_SUPPORT := $(BUILD)/guest.o $(BUILD)/guests.a
 
-.PHONY: all header lib test test-svm cargo-test c-tests check-leaks check-install demo debug-demo bench bench-instructions bench-gdb-qemu install clean FORCE
+.PHONY: all header lib hooks-lib test test-svm cargo-test c-tests check-leaks check-install demo debug-demo bench bench-instructions bench-gdb-qemu install clean FORCE
 
 all: header
 
@@ -96,6 +96,19 @@ $(BUILD)/guest.o: c-tests/guest.c c-tests/guest.h $(HEADER) | $(BUILD)
 
 $(BUILD)/test_%: c-tests/test_%.c c-tests/check.h $(TEST_SUPPORT) $(HEADER) $(STATIC_LIB) | $(BUILD)
 	$(CC) $(TEST_CFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC_LIB) $(LDLIBS)
+
+# The library's test build (feature test-hooks, in its own target
+# directory), for the C tests that put another thread's call at a point of
+# the library's own (libkvm_test_call_at): test_races.
+HOOKS_LIB := target/hooks/release/libkvm.a
+hooks-lib:
+	$(CARGO) build --release --lib --features test-hooks --target-dir target/hooks
+
+$(HOOKS_LIB): hooks-lib
+	@:
+
+$(BUILD)/test_races: c-tests/test_races.c c-tests/check.h $(TEST_SUPPORT) $(HEADER) $(HOOKS_LIB) | $(BUILD)
+	$(CC) $(TEST_CFLAGS) -DLIBKVM_TEST_HOOKS -o $@ $< $(TEST_SUPPORT) $(HOOKS_LIB) $(LDLIBS)
 
 # test_core's guest: a freestanding C kernel with symbols, in the higher
 # half, carried inside the test program.

@@ -67,6 +67,18 @@ struct kvm_debug_guest {
 // Extension: a single step completed (`#DB` with DR6.BS).
 #define KVM_GDB_SINGLESTEP 5
 
+#if defined(LIBKVM_TEST_HOOKS)
+// Test builds: in `kvm_run`, before the next entry into the guest, once
+// the entry looked at the debug state.
+#define LIBKVM_HOOK_BEFORE_ENTRY 1
+#endif
+
+#if defined(LIBKVM_TEST_HOOKS)
+// Test builds: in the next write of vcpu state, once it is counted and
+// before the vcpu is paused for it.
+#define LIBKVM_HOOK_WRITE_COUNTED 2
+#endif
+
 // `kvm_dump_guest_core` flag: also segments by the guest-virtual
 // addresses vcpu 0's page tables map (`p_vaddr` = what the guest's symbols
 // use, as for a higher-half kernel), besides one per RAM slot.
@@ -248,6 +260,13 @@ struct kvm_core_vcpu_state {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+#if defined(LIBKVM_TEST_HOOKS)
+// Test builds only (feature `test-hooks`): calls `f` once, when the
+// calling thread next reaches `point` (`LIBKVM_HOOK_BEFORE_ENTRY` or
+// `LIBKVM_HOOK_WRITE_COUNTED`). `-EINVAL` for another point or a NULL `f`.
+int libkvm_test_call_at(int point, void (*f)(void));
+#endif
 
 // Opens `/dev/kvm`, checks the KVM API version and returns a new context
 // that calls `callbacks` (copied) with `opaque`. NULL with `errno` on failure.

@@ -59,6 +59,8 @@ fn run_once(ctx: &Context, vcpu: &Vcpu, runner: &RunnerGuard<'_>, exit_data: &mu
             Err(r) => return r,
         }
     };
+    #[cfg(feature = "test-hooks")]
+    crate::capi::test_hooks::reached(crate::capi::test_hooks::HookPoint::BeforeEntry);
     let exit = vcpu.enter(runner, request_window, exit_data);
     if hooks.exit || ctx.coalesced_mmio_in_use() {
         after_kvm_run(ctx, vcpu);

@@ -54,8 +54,7 @@ unsafe fn set_state<T>(
     status_result(|| {
         // SAFETY: the caller's promise above.
         let ((_, vcpu), value) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_ref(value)?) };
-        vcpu.state_changed();
-        vcpu.ioctl(|fd| write(fd, value))
+        vcpu.write_state(|fd| write(fd, value))
     })
 }
 
@@ -187,8 +186,7 @@ pub unsafe extern "C" fn kvm_set_msrs(kvm: kvm_context_t, vcpu: c_int, msrs: *mu
         // SAFETY: C passes a context from kvm_init and `n` entries.
         let ((_, vcpu), entries) = unsafe { (checked_vcpu(kvm, vcpu)?, checked_slice_mut(msrs, checked_count(n)?)?) };
         let request = Msrs::from_entries(entries).map_err(|_| Errno(libc::E2BIG))?;
-        vcpu.state_changed();
-        Ok(vcpu.ioctl(|fd| fd.set_msrs(&request))? as c_int)
+        Ok(vcpu.write_state(|fd| fd.set_msrs(&request))? as c_int)
     })
 }
 

@@ -243,8 +243,7 @@ fn program_at_exit(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, table: &mu
 fn step_past_one_byte_instruction(vcpu: &Vcpu) -> Result<()> {
     let (mut regs, _) = vcpu.regs_and_sregs()?;
     regs.rip = regs.rip.wrapping_add(1);
-    vcpu.state_changed();
-    vcpu.ioctl(|fd| fd.set_regs(&regs))
+    vcpu.write_state(|fd| fd.set_regs(&regs))
 }
 
 /// True when the instruction at `code` is `hlt`. Not where RIP's page is

@@ -36,7 +36,7 @@ use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use kvm_bindings::{kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ};
+use kvm_bindings::{kvm_guest_debug, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_SINGLESTEP};
 
 use self::breakpoints::BreakpointTable;
 use self::vcpu_state::{effective_debug, LibraryDebug};
@@ -225,7 +225,11 @@ fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug, table:
         // The generation is stored while the vcpu is still held out of the
         // guest, so that no entry runs with the new state under the old
         // generation (a debug exit notes the generation it entered with).
-        vcpu.set_guest_debug(&desired, || vcpu.set_debug_generation(state.set_programmed(desired)))?;
+        vcpu.set_guest_debug(&desired, || {
+            let steps = desired.control & KVM_GUESTDBG_SINGLESTEP != 0;
+            vcpu.note_step_given(steps.then_some(state.writes_at_programming));
+            vcpu.set_debug_generation(state.set_programmed(desired));
+        })?;
     }
     Ok(())
 }

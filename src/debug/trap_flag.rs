@@ -221,8 +221,7 @@ pub fn set(vcpu: &Vcpu) -> Result<()> {
         return Ok(());
     }
     regs.rflags |= TRAP_FLAG;
-    vcpu.state_changed();
-    vcpu.ioctl(|fd| fd.set_regs(&regs))
+    vcpu.write_state(|fd| fd.set_regs(&regs))
 }
 
 #[cfg(test)]

@@ -258,13 +258,12 @@ impl MultiThreadBase for VmTarget<'_> {
 /// part KVM may refuse), then the general and FPU registers; a refusal
 /// puts back what was written before it.
 fn write_all_registers(vcpu: &Vcpu, regs: &VcpuRegisters) -> Result<()> {
-    vcpu.with_fd(|fd| {
+    vcpu.write_state(|fd| -> Result<()> {
         let old_regs = fd.get_regs().map_err(Errno::from)?;
         let old_sregs = fd.get_sregs().map_err(Errno::from)?;
         let old_fpu = fd.get_fpu().map_err(Errno::from)?;
         let (mut new_regs, mut new_sregs, mut new_fpu) = (old_regs, old_sregs, old_fpu);
         registers::to_kvm(regs, &mut new_regs, &mut new_sregs, &mut new_fpu);
-        vcpu.state_changed();
         if new_sregs != old_sregs {
             fd.set_sregs(&new_sregs).map_err(Errno::from)?;
         }

@@ -98,7 +98,13 @@ pub struct Vcpu {
     /// The generation the vcpu last entered the guest with: its exits are
     /// decoded against that debug state, whatever changed since.
     entered_generation: AtomicU64,
+    /// The `state_writes` at which KVM was given a single step, or
+    /// [`NO_STEP_GIVEN`] (see [`Vcpu::step_written_away`]).
+    step_given_at: AtomicU64,
 }
+
+/// [`Vcpu::note_step_given`] without a step.
+const NO_STEP_GIVEN: u64 = u64::MAX;
 
 // SAFETY: `run_page` points into the mmap owned by `fd`, which lives as long
 // as this value; it is only written through `kick_from_signal_handler`.
@@ -199,6 +205,7 @@ impl Vcpu {
             progress_kick: AtomicBool::new(false),
             debug_generation: AtomicU64::new(0),
             entered_generation: AtomicU64::new(0),
+            step_given_at: AtomicU64::new(NO_STEP_GIVEN),
         }
     }
 
@@ -236,6 +243,58 @@ impl Vcpu {
     /// Records that the vcpu's registers may have changed.
     pub fn state_changed(&self) {
         self.state_writes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Writes vcpu state with `f` on the fd, counted as a write twice:
+    /// before it (copies of the registers are stale from there on) and
+    /// after it, with the vcpu still out of the guest. A single step given
+    /// to KVM between the two, which the write may take away
+    /// (`KVM_SET_REGS` keeps KVM's trap flag only at the RIP the step was
+    /// given at), so sees a write after it, and is given again before the
+    /// vcpu enters (see [`Vcpu::note_step_given`]).
+    pub fn write_state<R, E: Into<Errno>>(
+        &self,
+        f: impl FnOnce(&mut VcpuFd) -> std::result::Result<R, E>,
+    ) -> Result<R> {
+        self.state_changed();
+        #[cfg(feature = "test-hooks")]
+        crate::capi::test_hooks::reached(crate::capi::test_hooks::HookPoint::WriteCounted);
+        self.with_fd(|fd| {
+            let written = f(fd);
+            self.state_changed();
+            written
+        })
+        .map_err(Into::into)
+    }
+
+    /// Notes the [`Vcpu::state_writes`] at which KVM was given a single
+    /// step, or `None` when it was given none. Under the vcpu's debug
+    /// state lock, where the debug state is given to KVM.
+    pub fn note_step_given(&self, writes: Option<u64>) {
+        self.step_given_at.store(writes.unwrap_or(NO_STEP_GIVEN), Ordering::Relaxed);
+    }
+
+    /// Runner, in the entry window: true when KVM was given a single step
+    /// and the vcpu's state was written since. Only a thread that paused
+    /// the vcpu after the entry looked at its debug state can have written
+    /// it, and no write can start now: the step may be lost, and is given
+    /// again before entering. One load and a compare without a step.
+    #[inline(always)]
+    fn step_written_away(&self) -> bool {
+        let given = self.step_given_at.load(Ordering::Relaxed);
+        given != NO_STEP_GIVEN && given != self.state_writes.load(Ordering::Acquire)
+    }
+
+    /// Runner: leaves the entry window without entering, as if kicked, so
+    /// that the run loop looks at the debug state again (see
+    /// [`Vcpu::step_written_away`]).
+    #[cold]
+    #[inline(never)]
+    fn leave_window_unentered(&self) -> Errno {
+        self.gate.left_guest();
+        self.request_debug_attention();
+        self.kicked.store(true, Ordering::Release);
+        Errno(libc::EINTR)
     }
 
     /// Counts the writes of vcpu state ([`Vcpu::state_changed`]).
@@ -529,6 +588,9 @@ impl Vcpu {
         exit_data: &mut ExitData,
     ) -> Result<Exit> {
         self.open_entry_window();
+        if self.step_written_away() {
+            return Err(self.leave_window_unentered());
+        }
         // SAFETY: the window is open, and this thread is the runner.
         let run = unsafe { self.run_page_in_window() };
         run.request_interrupt_window = u8::from(request_interrupt_window);

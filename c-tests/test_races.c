@@ -1,0 +1,158 @@
+/*
+ * Another thread's call at the worst moment of the run loop, put there
+ * with the test hooks of the library's test build (libkvm_test_call_at):
+ * each thread stops at a hook point until the other got to its own.
+ *
+ * A register write from another thread, counted before the runner gives
+ * KVM the VMM's single step and done after it, keeps the step: on VMX and
+ * SVM, KVM_SET_REGS away from the RIP a step was given at takes KVM's trap
+ * flag away, and the vcpu would run on unstepped (this emulating host
+ * keeps the step by itself, so here the test shows that the library
+ * still reports every step, not that it gives the step again).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+
+#include "check.h"
+#include "guest.h"
+
+enum { RAM = 4 << 20, NOPS = 64, STEPS_BEFORE = 3, MAX_STOPS = 2 * NOPS };
+/* Where the writer moves RIP: back into the run of nops. */
+#define MOVED_TO (GUEST_CODE + 8)
+
+/* The two threads' meeting points, in order. */
+enum phase {
+    STEPPING,
+    WRITER_GOES,      /* the runner, in its third step's callback, lets the writer write */
+    WRITE_COUNTED,    /* the writer counted its write; it has not paused the vcpu yet */
+    RUNNER_AT_ENTRY,  /* the runner looked at the debug state and is about to enter */
+    WRITTEN,          /* the writer's KVM_SET_REGS is done */
+};
+
+static pthread_mutex_t phase_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t phase_changed = PTHREAD_COND_INITIALIZER;
+static int phase = STEPPING;
+/* The line of a wait that timed out (a hook never reached), or 0. */
+static int timed_out;
+
+static int current_phase(void)
+{
+    return __atomic_load_n(&phase, __ATOMIC_ACQUIRE);
+}
+
+static void advance_to(int next)
+{
+    pthread_mutex_lock(&phase_lock);
+    __atomic_store_n(&phase, next, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&phase_changed);
+    pthread_mutex_unlock(&phase_lock);
+}
+
+/* Waits up to 10 s for `wanted`, noting `line` in timed_out if it does not come. */
+static void wait_for(int wanted, int line)
+{
+    struct timespec deadline;
+    int r = 0;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&phase_lock);
+    while (current_phase() < wanted && r == 0)
+        r = pthread_cond_timedwait(&phase_changed, &phase_lock, &deadline);
+    pthread_mutex_unlock(&phase_lock);
+    if (current_phase() < wanted)
+        timed_out = line;
+}
+
+/* The writer's hook: counted, not yet paused. */
+static void writer_counted(void)
+{
+    advance_to(WRITE_COUNTED);
+    wait_for(RUNNER_AT_ENTRY, __LINE__);
+}
+
+/* The runner's hook: the step is given, the entry comes next. */
+static void runner_at_entry(void)
+{
+    advance_to(RUNNER_AT_ENTRY);
+    wait_for(WRITTEN, __LINE__);
+}
+
+struct stops {
+    kvm_context_t kvm;
+    uint64_t rip[MAX_STOPS];
+    int n;
+};
+
+static int note_stop(void *opaque, int vcpu, int break_type, uint64_t watchpoint)
+{
+    struct stops *stops = opaque;
+    struct kvm_regs regs;
+    (void)break_type;
+    (void)watchpoint;
+    if (kvm_get_regs(stops->kvm, vcpu, &regs) != 0 || stops->n == MAX_STOPS)
+        return 1;
+    stops->rip[stops->n++] = regs.rip;
+    if (stops->n == STEPS_BEFORE) {
+        if (libkvm_test_call_at(LIBKVM_HOOK_BEFORE_ENTRY, runner_at_entry) != 0)
+            timed_out = __LINE__;
+        advance_to(WRITER_GOES);
+        wait_for(WRITE_COUNTED, __LINE__);
+    }
+    return 0;
+}
+
+static void *move_rip(void *opaque)
+{
+    struct stops *stops = opaque;
+    struct kvm_regs regs;
+    wait_for(WRITER_GOES, __LINE__);
+    if (timed_out || kvm_get_regs(stops->kvm, 0, &regs) != 0 ||
+        libkvm_test_call_at(LIBKVM_HOOK_WRITE_COUNTED, writer_counted) != 0) {
+        timed_out = __LINE__;
+        return NULL;
+    }
+    regs.rip = MOVED_TO;
+    if (kvm_set_regs(stops->kvm, 0, &regs) != 0)
+        timed_out = __LINE__;
+    advance_to(WRITTEN);
+    return NULL;
+}
+
+static void a_register_write_around_the_entrys_look_keeps_the_single_step(void)
+{
+    static struct stops stops;
+    struct kvm_callbacks callbacks = { .debug = note_stop, .halt = test_stop_on_halt };
+    uint8_t code[NOPS + 1];
+    struct test_vm vm;
+    pthread_t writer;
+    int i, n = 0;
+
+    memset(code, 0x90, NOPS);
+    code[NOPS] = 0xf4; /* hlt */
+    REQUIRE(test_vm_create(&vm, &callbacks, &stops, RAM, 0) == 0);
+    stops.kvm = vm.kvm;
+    test_vm_load(&vm, GUEST_CODE, code, code + sizeof code);
+    REQUIRE(test_vcpu_long_mode(&vm, 0, GUEST_CODE) == 0);
+    REQUIRE(kvm_set_singlestep(vm.kvm, 0, 1) == 0);
+    REQUIRE(pthread_create(&writer, NULL, move_rip, &stops) == 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    pthread_join(writer, NULL);
+    CHECK_EQ(timed_out, 0);
+    CHECK_EQ(current_phase(), WRITTEN);
+    /* A stop after each of the first nops, then after each from the new
+     * RIP on, the last at the hlt. */
+    for (i = 1; i <= STEPS_BEFORE && n < stops.n; i++, n++)
+        CHECK_EQ(stops.rip[n], GUEST_CODE + i);
+    for (i = 1; MOVED_TO + i <= GUEST_CODE + NOPS && n < stops.n; i++, n++)
+        CHECK_EQ(stops.rip[n], MOVED_TO + i);
+    CHECK_EQ(stops.n, STEPS_BEFORE + (GUEST_CODE + NOPS - MOVED_TO));
+    test_vm_destroy(&vm);
+}
+
+int main(void)
+{
+    check_set_timeout(120);
+    RUN(a_register_write_around_the_entrys_look_keeps_the_single_step);
+    return check_summary();
+}
