@@ -32,15 +32,17 @@ use crate::{lock, sys};
 /// A vcpu of a [`Context`](crate::context::Context).
 ///
 /// The fd sits behind a mutex, except for `KVM_RUN` and the copy of its
-/// exit: the thread in `kvm_run` does those in an entry window that the
-/// pause gate guards. Any other thread that uses the fd first pauses the
-/// vcpu (see [`pause`]): the vcpu is kicked out of the guest and stays out
-/// until the call is done, so no call waits for the guest's own next exit.
+/// exit, which the thread in `kvm_run` does in an entry window that the
+/// pause gate guards, and its `KVM_SET_GUEST_DEBUG`, which the vcpu's
+/// debug state lock orders (see [`Vcpu::set_guest_debug`]). Any other
+/// thread that uses the fd first pauses the vcpu (see [`pause`]): the vcpu
+/// is kicked out of the guest and stays out until the call is done, so no
+/// call waits for the guest's own next exit.
 pub struct Vcpu {
     index: u32,
     fd: Mutex<VcpuFd>,
-    /// The fd's number, for `KVM_RUN` in the entry window (the fd mutex
-    /// is not taken there; see [`Vcpu::enter`]).
+    /// The fd's number, for the runner's `KVM_RUN` in the entry window
+    /// and its `KVM_SET_GUEST_DEBUG` (the fd mutex is not taken for them).
     raw_fd: RawFd,
     /// The `kvm_run` mapping, for the users that do not take the mutex:
     /// the runner in its entry window, and the kick signal handler setting
