@@ -144,7 +144,7 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
     // Whatever was asked, a single step KVM was not given is not lost.
     let library_step = state.step_over.is_some() || state.stepping_through;
     changed |= state.programming().single_steps() != (state.stepping() || library_step);
-    if single_step_written_away(&state, vcpu) {
+    if vcpu.single_step_written_away() {
         state.single_step_lost = true;
         changed = true;
     }
@@ -204,19 +204,11 @@ fn stepped_a_halt(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) ->
 /// a change of the debug state that asks for attention, before the entry
 /// makes it look after all.
 fn note_steady_step(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, pc: u64) {
-    if !state.programming().single_steps() || state.entry_has_work() || single_step_written_away(state, vcpu) {
+    if !state.programming().single_steps() || state.entry_has_work() || vcpu.single_step_written_away() {
         return;
     }
     state.halt_check = steps_skip_halts(ctx).then(|| (pc, vcpu.state_epoch()));
     vcpu.note_steady_step();
-}
-
-/// True when KVM was given a single step and a register write since took
-/// it away (`KVM_SET_REGS` keeps KVM's trap flag only at the RIP the step
-/// was given at): a lost step, to be given again.
-#[inline]
-fn single_step_written_away(state: &VcpuDebug, vcpu: &Vcpu) -> bool {
-    state.programming().single_steps() && vcpu.state_writes() != state.writes_at_programming
 }
 
 /// True where single steps of a `hlt` are reported past it and the library

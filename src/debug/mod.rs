@@ -221,13 +221,15 @@ fn program(ctx: &Context, vcpu: &Vcpu, state: &mut vcpu_state::VcpuDebug, table:
     table.release();
     vcpu.set_sync_registers(desired.control != 0);
     if desired != state.programmed || std::mem::take(&mut state.single_step_lost) {
-        state.writes_at_programming = vcpu.state_writes();
+        // Read before KVM gets the step: a write from here on counts as one
+        // after it (see `Vcpu::single_step_written_away`).
+        let writes = vcpu.state_writes();
         // The generation is stored while the vcpu is still held out of the
         // guest, so that no entry runs with the new state under the old
         // generation (a debug exit notes the generation it entered with).
         vcpu.set_guest_debug(&desired, || {
             let steps = desired.control & KVM_GUESTDBG_SINGLESTEP != 0;
-            vcpu.note_step_given(steps.then_some(state.writes_at_programming));
+            vcpu.note_step_given(steps.then_some(writes));
             vcpu.set_debug_generation(state.set_programmed(desired));
         })?;
     }

@@ -125,12 +125,6 @@ pub struct VcpuDebug {
     /// where that left the entry nothing to do: `exits::note_steady_step`).
     /// Its exit looks whether it was a `hlt` (see `exits::before_entry`).
     pub halt_check: Option<(u64, u64)>,
-    /// The vcpu's state writes ([`Vcpu::state_writes`](crate::vcpu::Vcpu::state_writes))
-    /// when KVM was last given its debug state. A register write since
-    /// takes away the trap flag of KVM's single step (`KVM_SET_REGS` keeps
-    /// it only at the RIP where the step was given): the next entry counts
-    /// that step as lost (`single_step_lost`), and gives it again.
-    pub writes_at_programming: u64,
 }
 
 impl VcpuDebug {

@@ -101,7 +101,7 @@ pub struct Vcpu {
     /// decoded against that debug state, whatever changed since.
     entered_generation: AtomicU64,
     /// The `state_writes` at which KVM was given a single step, or
-    /// [`NO_STEP_GIVEN`] (see [`Vcpu::step_written_away`]).
+    /// [`NO_STEP_GIVEN`] (see [`Vcpu::single_step_written_away`]).
     step_given_at: AtomicU64,
 }
 
@@ -276,20 +276,22 @@ impl Vcpu {
         self.step_given_at.store(writes.unwrap_or(NO_STEP_GIVEN), Ordering::Relaxed);
     }
 
-    /// Runner, in the entry window: true when KVM was given a single step
-    /// and the vcpu's state was written since. Only a thread that paused
-    /// the vcpu after the entry looked at its debug state can have written
-    /// it, and no write can start now: the step may be lost, and is given
-    /// again before entering. One load and a compare without a step.
+    /// True when KVM was given a single step and the vcpu's state was
+    /// written since: `KVM_SET_REGS` keeps KVM's trap flag only at the RIP
+    /// the step was given at, so the step may be lost, and is given again.
+    /// Looked at before each entry under the debug state lock, and again in
+    /// the entry window, where no write can start: a thread that paused the
+    /// vcpu after the entry looked may have written in between. One load
+    /// and a compare without a step.
     #[inline(always)]
-    fn step_written_away(&self) -> bool {
+    pub fn single_step_written_away(&self) -> bool {
         let given = self.step_given_at.load(Ordering::Relaxed);
         given != NO_STEP_GIVEN && given != self.state_writes.load(Ordering::Acquire)
     }
 
     /// Runner: leaves the entry window without entering, as if kicked, so
     /// that the run loop looks at the debug state again (see
-    /// [`Vcpu::step_written_away`]).
+    /// [`Vcpu::single_step_written_away`]).
     #[cold]
     #[inline(never)]
     fn leave_window_unentered(&self) -> Errno {
@@ -590,7 +592,7 @@ impl Vcpu {
         exit_data: &mut ExitData,
     ) -> Result<Exit> {
         self.open_entry_window();
-        if self.step_written_away() {
+        if self.single_step_written_away() {
             return Err(self.leave_window_unentered());
         }
         // SAFETY: the window is open, and this thread is the runner.
