@@ -482,6 +482,12 @@ int main(int argc, char **argv)
         core_dumps();
         return 0;
     }
+    if (argc > 1 && strcmp(argv[1], "exits") == 0) {
+        compare("pio_exit", PIO, pio_forever_start, pio_forever_end, 1000);
+        compare("mmio_exit", MMIO, mmio_forever_start, mmio_forever_end, 1000);
+        compare("hlt_exit", HLT, hlt_forever_start, hlt_forever_end, 1000);
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "debug") == 0) {
         compare("singlestep_exit", STEP, nops_forever_start, nops_forever_end, 1000);
         compare("breakpoint_hit_resume", BREAKPOINT, nops_forever_start, nops_forever_end, 300);

@@ -221,10 +221,12 @@ fn steps_skip_halts(ctx: &Context) -> bool {
 /// At an exit that changed the debug state (the end of the library's own
 /// step): gives it to KVM now, where the next entry would have nothing else
 /// to do (no step over to start, no trap flag to give back), so that the
-/// entry need not look at the state again. The attention is taken before
-/// the state is computed: a change asked for meanwhile asks again.
+/// entry need not look at the state again; else asks the entry to. The
+/// attention is taken before the state is computed: a change asked for
+/// meanwhile asks again.
 fn program_at_exit(ctx: &Context, vcpu: &Vcpu, state: &mut VcpuDebug, table: &mut HeldTable<'_>) -> Result<()> {
     if state.entry_has_work() {
+        vcpu.request_debug_attention();
         return Ok(());
     }
     vcpu.take_debug_attention();
@@ -416,12 +418,19 @@ fn give_back_trap_flag(
 }
 
 /// The step over a breakpoint is done: its patch lands (armed again if it
-/// is still wanted), and the registers are reprogrammed.
+/// is still wanted), and the next entry gives KVM the debug state again.
 fn finish_step_over(ctx: &Context, vcpu: &Vcpu, step: StepOver, table: &mut HeldTable<'_>) -> Result<()> {
+    land_step_over(ctx, step, table)?;
+    vcpu.request_debug_attention();
+    Ok(())
+}
+
+/// [`finish_step_over`] where the caller gives KVM the debug state itself,
+/// or asks the entry to.
+fn land_step_over(ctx: &Context, step: StepOver, table: &mut HeldTable<'_>) -> Result<()> {
     if let StepOver::Patch { gpa, .. } = step {
         table.get().land(gpa, &*ctx.memory())?;
     }
-    vcpu.request_debug_attention();
     Ok(())
 }
 
@@ -528,26 +537,37 @@ fn on_unusual_debug_exit<'v>(
     let mut event =
         if is_bare_step(arch) { plain_step_event(arch) } else { decode_debug_exit(arch, &entered.registers()) };
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
-        let stepped_over =
-            state.step_over.take().map(|step| finish_step_over(ctx, vcpu, step, &mut table)).transpose()?;
-        if stepped_over.is_some() && give_back_trap_flag(ctx, vcpu, &mut state, &event, &mut table)? {
+        // A step over that ended gives KVM the debug state again: at this
+        // exit where it can (`program_at_exit`), else at the entry.
+        let stepped_over = state.step_over.take().map(|step| land_step_over(ctx, step, &mut table)).transpose()?;
+        let reprogram_at_entry = || {
+            if stepped_over.is_some() {
+                vcpu.request_debug_attention();
+            }
+        };
+        if stepped_over.is_some()
+            && give_back_trap_flag(ctx, vcpu, &mut state, &event, &mut table).inspect_err(|_| reprogram_at_entry())?
+        {
+            reprogram_at_entry();
             return Ok(0);
         }
         let stepped_through = state.stepping_through;
         if stepped_through {
             table.release();
             drop(state);
-            let stored = super::progress::finish_step_through(ctx, vcpu)?;
+            let stored = super::progress::finish_step_through(ctx, vcpu).inspect_err(|_| reprogram_at_entry())?;
             if let Some(hit) = stored {
+                reprogram_at_entry();
                 return super::watch::report_hit(ctx, vcpu, hit);
             }
             state = lock(&vcpu.debug);
         }
         let libraries_step = stepped_over.is_some() || stepped_through;
         if libraries_step && event.cause == DebugCause::SingleStep && !state.stepping() {
-            program_at_exit(ctx, vcpu, &mut state, &mut table)?;
+            program_at_exit(ctx, vcpu, &mut state, &mut table).inspect_err(|_| vcpu.request_debug_attention())?;
             return Ok(0);
         }
+        reprogram_at_entry();
     }
     let verdict = match event.cause {
         DebugCause::Int3 => judge_int3(ctx, vcpu, &state, &mut table, event.pc)?,

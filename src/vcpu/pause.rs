@@ -18,7 +18,8 @@
 //! moment for that), so back-to-back pauses from other threads cannot
 //! starve the guest.
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,8 +37,9 @@ const TURN_PATIENCE: Duration = Duration::from_millis(5);
 #[derive(Debug, Default)]
 pub struct PauseGate {
     /// Twice the entries so far, plus one while the runner is inside: odd
-    /// from just before `KVM_RUN` until just after it returns. One word, so
-    /// that an entry and an exit are one atomic add each.
+    /// from just before `KVM_RUN` until just after it returns. Only the
+    /// runner writes it: an entry is one atomic add (Dekker's handshake
+    /// needs it), an exit one plain store.
     entry: AtomicU64,
     /// Pauses held now (the low 32 bits, [`HELD_MASK`]), requests waiting
     /// for the runner's turn (counted in [`TURN_WAITER`]s), and
@@ -138,7 +140,13 @@ impl PauseGate {
     /// Runner: `KVM_RUN` returned.
     #[inline]
     pub fn left_guest(&self) {
-        self.entry.fetch_add(1, SeqCst);
+        // A store, not a locked add: only the runner writes `entry`. No
+        // requester sees the runner out before it is (the store releases
+        // its use of the vcpu); one that looks as it leaves may still see it
+        // in, and the look below may miss that requester's pause: then the
+        // requester's timed wait sees the runner out, as it does a wake-up
+        // lost below.
+        self.entry.store(self.entry.load(Relaxed) + 1, Release);
         if self.held() != 0 {
             // Without the lock, so that requesters taking it in a loop never
             // hold the runner up; a wake-up lost to that is made good by the
