@@ -9,6 +9,15 @@
  * flag away, and the vcpu would run on unstepped (this emulating host
  * keeps the step by itself, so here the test shows that the library
  * still reports every step, not that it gives the step again).
+ *
+ * A breakpoint inserted from another thread after the runner looked at the
+ * debug state and before it enters stops the vcpu: the inserting thread
+ * gives KVM the new state of a running vcpu itself, and leaves it to the
+ * runner where the vcpu was not running when it looked (the runner looks
+ * again in the entry window). On VMX and SVM a vcpu entering without
+ * software breakpoints turned on would run the int3 into the guest's own
+ * #BP (here, a triple fault); this emulating host stops at every int3, so
+ * here the tests show only that the stop is reported.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -21,13 +30,27 @@ enum { RAM = 4 << 20, NOPS = 64, STEPS_BEFORE = 3, MAX_STOPS = 2 * NOPS };
 /* Where the writer moves RIP: back into the run of nops. */
 #define MOVED_TO (GUEST_CODE + 8)
 
-/* The two threads' meeting points, in order. */
+/* Where the inserter puts its breakpoint: ahead in the run of nops. */
+#define INSERTED_AT (GUEST_CODE + 8)
+
+/* The two threads' meeting points, in order, of each test. */
 enum phase {
     STEPPING,
     WRITER_GOES,      /* the runner, in its third step's callback, lets the writer write */
     WRITE_COUNTED,    /* the writer counted its write; it has not paused the vcpu yet */
     RUNNER_AT_ENTRY,  /* the runner looked at the debug state and is about to enter */
     WRITTEN,          /* the writer's KVM_SET_REGS is done */
+};
+enum insert_phase {
+    RUNNING,
+    INSERTER_GOES,    /* the runner looked at the debug state and is about to enter */
+    INSERTED,         /* the inserter's kvm_insert_breakpoint returned */
+};
+enum deferred_phase {
+    NOT_RUNNING,
+    RUNNER_GOES,      /* the inserter found the vcpu not running; it has not asked it yet */
+    RUNNER_LOOKED,    /* the runner looked at the debug state and is about to enter */
+    ASKED,            /* the inserter's kvm_insert_breakpoint returned */
 };
 
 static pthread_mutex_t phase_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -150,9 +173,131 @@ static void a_register_write_around_the_entrys_look_keeps_the_single_step(void)
     test_vm_destroy(&vm);
 }
 
+/* The runner's hook in the second test: the inserter goes now. */
+static void let_the_inserter_go(void)
+{
+    advance_to(INSERTER_GOES);
+    wait_for(INSERTED, __LINE__);
+}
+
+struct hit {
+    kvm_context_t kvm;
+    int inserted;
+    int break_type;
+    uint64_t rip;
+};
+
+static int note_hit(void *opaque, int vcpu, int break_type, uint64_t watchpoint)
+{
+    struct hit *hit = opaque;
+    struct kvm_regs regs;
+    (void)watchpoint;
+    hit->break_type = break_type;
+    if (kvm_get_regs(hit->kvm, vcpu, &regs) == 0)
+        hit->rip = regs.rip;
+    return 1;
+}
+
+static void *insert_breakpoint(void *opaque)
+{
+    struct hit *hit = opaque;
+    wait_for(INSERTER_GOES, __LINE__);
+    if (!timed_out)
+        hit->inserted = kvm_insert_breakpoint(hit->kvm, 0, KVM_GDB_BREAKPOINT_SW, INSERTED_AT, 1);
+    advance_to(INSERTED);
+    return NULL;
+}
+
+static void a_breakpoint_inserted_after_the_entrys_look_stops_the_vcpu(void)
+{
+    static struct hit hit;
+    struct kvm_callbacks callbacks = { .debug = note_hit, .halt = test_stop_on_halt };
+    uint8_t code[NOPS + 1];
+    struct test_vm vm;
+    pthread_t inserter;
+
+    memset(code, 0x90, NOPS);
+    code[NOPS] = 0xf4; /* hlt */
+    __atomic_store_n(&phase, RUNNING, __ATOMIC_RELEASE);
+    timed_out = 0;
+    REQUIRE(test_vm_create(&vm, &callbacks, &hit, RAM, 0) == 0);
+    hit.kvm = vm.kvm;
+    hit.inserted = -1;
+    hit.break_type = -1;
+    test_vm_load(&vm, GUEST_CODE, code, code + sizeof code);
+    REQUIRE(test_vcpu_long_mode(&vm, 0, GUEST_CODE) == 0);
+    REQUIRE(pthread_create(&inserter, NULL, insert_breakpoint, &hit) == 0);
+    REQUIRE(libkvm_test_call_at(LIBKVM_HOOK_BEFORE_ENTRY, let_the_inserter_go) == 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    pthread_join(inserter, NULL);
+    CHECK_EQ(timed_out, 0);
+    CHECK_EQ(hit.inserted, 0);
+    CHECK_EQ(hit.break_type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(hit.rip, INSERTED_AT);
+    test_vm_destroy(&vm);
+}
+
+/* The inserter's hook in the third test: the vcpu was found not running. */
+static void let_the_runner_go(void)
+{
+    advance_to(RUNNER_GOES);
+    wait_for(RUNNER_LOOKED, __LINE__);
+}
+
+/* The runner's hook in the third test: it looked before it was asked. */
+static void runner_looked(void)
+{
+    advance_to(RUNNER_LOOKED);
+    wait_for(ASKED, __LINE__);
+}
+
+static void *insert_before_the_vcpu_runs(void *opaque)
+{
+    struct hit *hit = opaque;
+    if (libkvm_test_call_at(LIBKVM_HOOK_BEFORE_DEFERRED_PROGRAMMING, let_the_runner_go) != 0)
+        timed_out = __LINE__;
+    else
+        hit->inserted = kvm_insert_breakpoint(hit->kvm, 0, KVM_GDB_BREAKPOINT_SW, INSERTED_AT, 1);
+    advance_to(ASKED);
+    return NULL;
+}
+
+static void a_breakpoint_left_to_a_vcpu_that_starts_running_stops_it(void)
+{
+    static struct hit hit;
+    struct kvm_callbacks callbacks = { .debug = note_hit, .halt = test_stop_on_halt };
+    uint8_t code[NOPS + 1];
+    struct test_vm vm;
+    pthread_t inserter;
+
+    memset(code, 0x90, NOPS);
+    code[NOPS] = 0xf4; /* hlt */
+    __atomic_store_n(&phase, NOT_RUNNING, __ATOMIC_RELEASE);
+    timed_out = 0;
+    REQUIRE(test_vm_create(&vm, &callbacks, &hit, RAM, 0) == 0);
+    hit.kvm = vm.kvm;
+    hit.inserted = -1;
+    hit.break_type = -1;
+    test_vm_load(&vm, GUEST_CODE, code, code + sizeof code);
+    REQUIRE(test_vcpu_long_mode(&vm, 0, GUEST_CODE) == 0);
+    REQUIRE(pthread_create(&inserter, NULL, insert_before_the_vcpu_runs, &hit) == 0);
+    wait_for(RUNNER_GOES, __LINE__);
+    REQUIRE(libkvm_test_call_at(LIBKVM_HOOK_BEFORE_ENTRY, runner_looked) == 0);
+    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
+    pthread_join(inserter, NULL);
+    CHECK_EQ(timed_out, 0);
+    CHECK_EQ(current_phase(), ASKED);
+    CHECK_EQ(hit.inserted, 0);
+    CHECK_EQ(hit.break_type, KVM_GDB_BREAKPOINT_SW);
+    CHECK_EQ(hit.rip, INSERTED_AT);
+    test_vm_destroy(&vm);
+}
+
 int main(void)
 {
     check_set_timeout(120);
     RUN(a_register_write_around_the_entrys_look_keeps_the_single_step);
+    RUN(a_breakpoint_inserted_after_the_entrys_look_stops_the_vcpu);
+    RUN(a_breakpoint_left_to_a_vcpu_that_starts_running_stops_it);
     return check_summary();
 }

@@ -79,6 +79,13 @@ struct kvm_debug_guest {
 #define LIBKVM_HOOK_WRITE_COUNTED 2
 #endif
 
+#if defined(LIBKVM_TEST_HOOKS)
+// Test builds: in the next breakpoint change, once the table changed and
+// a vcpu was found not running, before it is asked to give KVM the new
+// debug state itself (the vcpus are paused).
+#define LIBKVM_HOOK_BEFORE_DEFERRED_PROGRAMMING 3
+#endif
+
 // `kvm_dump_guest_core` flag: also segments by the guest-virtual
 // addresses vcpu 0's page tables map (`p_vaddr` = what the guest's symbols
 // use, as for a higher-half kernel), besides one per RAM slot.
@@ -263,8 +270,9 @@ extern "C" {
 
 #if defined(LIBKVM_TEST_HOOKS)
 // Test builds only (feature `test-hooks`): calls `f` once, when the
-// calling thread next reaches `point` (`LIBKVM_HOOK_BEFORE_ENTRY` or
-// `LIBKVM_HOOK_WRITE_COUNTED`). `-EINVAL` for another point or a NULL `f`.
+// calling thread next reaches `point` (`LIBKVM_HOOK_BEFORE_ENTRY`,
+// `LIBKVM_HOOK_WRITE_COUNTED` or `LIBKVM_HOOK_BEFORE_DEFERRED_PROGRAMMING`).
+// `-EINVAL` for another point or a NULL `f`.
 int libkvm_test_call_at(int point, void (*f)(void));
 #endif
 

@@ -21,6 +21,8 @@ pub enum HookPoint {
     BeforeEntry,
     /// [`LIBKVM_HOOK_WRITE_COUNTED`].
     WriteCounted,
+    /// [`LIBKVM_HOOK_BEFORE_DEFERRED_PROGRAMMING`].
+    BeforeDeferredProgramming,
 }
 
 /// Test builds: in `kvm_run`, before the next entry into the guest, once
@@ -29,6 +31,10 @@ pub const LIBKVM_HOOK_BEFORE_ENTRY: c_int = 1;
 /// Test builds: in the next write of vcpu state, once it is counted and
 /// before the vcpu is paused for it.
 pub const LIBKVM_HOOK_WRITE_COUNTED: c_int = 2;
+/// Test builds: in the next breakpoint change, once the table changed and
+/// a vcpu was found not running, before it is asked to give KVM the new
+/// debug state itself (the vcpus are paused).
+pub const LIBKVM_HOOK_BEFORE_DEFERRED_PROGRAMMING: c_int = 3;
 
 thread_local! {
     static PANIC_AT: Cell<Option<HookPoint>> = const { Cell::new(None) };
@@ -41,14 +47,16 @@ pub fn panic_at(point: HookPoint) {
 }
 
 /// Test builds only (feature `test-hooks`): calls `f` once, when the
-/// calling thread next reaches `point` (`LIBKVM_HOOK_BEFORE_ENTRY` or
-/// `LIBKVM_HOOK_WRITE_COUNTED`). `-EINVAL` for another point or a NULL `f`.
+/// calling thread next reaches `point` (`LIBKVM_HOOK_BEFORE_ENTRY`,
+/// `LIBKVM_HOOK_WRITE_COUNTED` or `LIBKVM_HOOK_BEFORE_DEFERRED_PROGRAMMING`).
+/// `-EINVAL` for another point or a NULL `f`.
 #[no_mangle]
 pub extern "C" fn libkvm_test_call_at(point: c_int, f: Option<extern "C" fn()>) -> c_int {
     status_result(|| {
         let point = match point {
             LIBKVM_HOOK_BEFORE_ENTRY => HookPoint::BeforeEntry,
             LIBKVM_HOOK_WRITE_COUNTED => HookPoint::WriteCounted,
+            LIBKVM_HOOK_BEFORE_DEFERRED_PROGRAMMING => HookPoint::BeforeDeferredProgramming,
             _ => return Err(Errno::INVAL),
         };
         let f = f.ok_or(Errno::INVAL)?;

@@ -363,15 +363,12 @@ fn step_over_at(
     code: &mut CodeAt,
 ) -> Result<()> {
     let gpa = code.gpa;
-    // An execution breakpoint in a debug register at the same address.
-    // (It may be off for a step over it in progress: then this stop is
-    // the int3 the step ran into.)
-    let stepped_register = state.step_over.and_then(|step| step.register());
+    // An execution breakpoint in a debug register at the same address: the
+    // table's, which this entry gives KVM (a register inserted at this stop
+    // may not be programmed yet; one off for a step over in progress is
+    // still in the table, and this stop is the int3 that step ran into).
     let register = (0..DEBUG_REGISTERS as u8).find(|&n| {
-        (state.programmed_register(n) || stepped_register == Some(n))
-            && table
-                .register(n as usize)
-                .is_some_and(|r| r.addr == resume.pc && r.kind == BreakType::HardwareBreakpoint)
+        table.register(n as usize).is_some_and(|r| r.addr == resume.pc && r.kind == BreakType::HardwareBreakpoint)
     });
     let patched = gpa.is_some_and(|gpa| table.patch_at(gpa).is_some());
     if resume.register.is_some() && (resume.patch_at_stop || !patched) {

@@ -246,6 +246,14 @@ impl Context {
     /// gives each vcpu its new debug state before it goes back in: no vcpu
     /// runs an `int3` before KVM reports it, or runs on past a new debug
     /// register, and none is waited for beyond the kick.
+    ///
+    /// A vcpu that no thread runs, or that a debugger holds, is asked to
+    /// give KVM the state itself (its entry looks for the request once the
+    /// pause is over): a change then costs no `KVM_SET_GUEST_DEBUG`, and
+    /// one undone before the vcpu runs again (gdb lifts every breakpoint at
+    /// each stop and inserts them again to resume) costs none at all. A
+    /// running vcpu is given it here: a stream of changes from another
+    /// thread would otherwise send each of its entries round again.
     fn change_breakpoints(&self, change: impl FnOnce() -> Result<()>) -> Result<()> {
         let _paused = self.pause_vcpus();
         let changed = change();
@@ -253,7 +261,13 @@ impl Context {
         self.debugger().has_breakpoints.store(has_breakpoints, Ordering::Release);
         changed?;
         for vcpu in self.vcpus() {
-            program(self, vcpu, &mut lock(&vcpu.debug), &mut HeldTable::new(self.debugger()))?;
+            if vcpu.is_running() && !vcpu.is_held() {
+                program(self, vcpu, &mut lock(&vcpu.debug), &mut HeldTable::new(self.debugger()))?;
+            } else {
+                #[cfg(feature = "test-hooks")]
+                crate::capi::test_hooks::reached(crate::capi::test_hooks::HookPoint::BeforeDeferredProgramming);
+                vcpu.request_debug_attention();
+            }
         }
         Ok(())
     }

@@ -153,6 +153,12 @@ impl Attention {
         self.0 & (Self::DEBUG | Self::STEPPING) != 0
     }
 
+    /// The debug state changed and must be given to KVM.
+    #[inline]
+    pub fn debug_requested(self) -> bool {
+        self.0 & Self::DEBUG != 0
+    }
+
     /// The vcpu single-steps.
     #[inline]
     pub fn stepping(self) -> bool {
@@ -280,18 +286,32 @@ impl Vcpu {
     /// written since: `KVM_SET_REGS` keeps KVM's trap flag only at the RIP
     /// the step was given at, so the step may be lost, and is given again.
     /// Looked at before each entry under the debug state lock, and again in
-    /// the entry window, where no write can start: a thread that paused the
-    /// vcpu after the entry looked may have written in between. One load
-    /// and a compare without a step.
+    /// the entry window, where no write can start (`Vcpu::must_look_again`):
+    /// a thread that paused the vcpu after the entry looked may have written
+    /// in between. One load and a compare without a step.
     #[inline(always)]
     pub fn single_step_written_away(&self) -> bool {
         let given = self.step_given_at.load(Ordering::Relaxed);
         given != NO_STEP_GIVEN && given != self.state_writes.load(Ordering::Acquire)
     }
 
+    /// Runner, in the entry window: true when the debug state must be
+    /// looked at again before entering, since the run loop looked at it: a
+    /// request of [`Vcpu::request_debug_attention`] waits (a thread that
+    /// changed the breakpoints while the vcpu was paused asks the runner to
+    /// give KVM the new state: see `Context::change_breakpoints`), or the
+    /// single step was written away ([`Vcpu::single_step_written_away`]).
+    /// One load and a test on nearly every entry: a step given sets
+    /// [`Attention::STEPPING`] first.
+    #[inline(always)]
+    fn must_look_again(&self) -> bool {
+        let attention = self.attention();
+        attention.debug_entry() && (attention.debug_requested() || self.single_step_written_away())
+    }
+
     /// Runner: leaves the entry window without entering, as if kicked, so
     /// that the run loop looks at the debug state again (see
-    /// [`Vcpu::single_step_written_away`]).
+    /// [`Vcpu::must_look_again`]).
     #[cold]
     #[inline(never)]
     fn leave_window_unentered(&self) -> Errno {
@@ -592,7 +612,7 @@ impl Vcpu {
         exit_data: &mut ExitData,
     ) -> Result<Exit> {
         self.open_entry_window();
-        if self.single_step_written_away() {
+        if self.must_look_again() {
             return Err(self.leave_window_unentered());
         }
         // SAFETY: the window is open, and this thread is the runner.
