@@ -208,17 +208,22 @@ static void *insert_breakpoint(void *opaque)
     return NULL;
 }
 
-static void a_breakpoint_inserted_after_the_entrys_look_stops_the_vcpu(void)
+/* Runs the run of nops with `inserter` on another thread, from phase
+ * `start`: the runner's BEFORE_ENTRY hook `at_entry` is armed once phase
+ * `armed` is reached, and the vcpu must stop at the breakpoint the
+ * inserter put ahead of it (the inserter's last phase: `last`). */
+static void run_into_the_inserted_breakpoint(void *(*inserter)(void *), int start, int armed, void (*at_entry)(void),
+                                             int last)
 {
     static struct hit hit;
     struct kvm_callbacks callbacks = { .debug = note_hit, .halt = test_stop_on_halt };
     uint8_t code[NOPS + 1];
     struct test_vm vm;
-    pthread_t inserter;
+    pthread_t thread;
 
     memset(code, 0x90, NOPS);
     code[NOPS] = 0xf4; /* hlt */
-    __atomic_store_n(&phase, RUNNING, __ATOMIC_RELEASE);
+    __atomic_store_n(&phase, start, __ATOMIC_RELEASE);
     timed_out = 0;
     REQUIRE(test_vm_create(&vm, &callbacks, &hit, RAM, 0) == 0);
     hit.kvm = vm.kvm;
@@ -226,15 +231,22 @@ static void a_breakpoint_inserted_after_the_entrys_look_stops_the_vcpu(void)
     hit.break_type = -1;
     test_vm_load(&vm, GUEST_CODE, code, code + sizeof code);
     REQUIRE(test_vcpu_long_mode(&vm, 0, GUEST_CODE) == 0);
-    REQUIRE(pthread_create(&inserter, NULL, insert_breakpoint, &hit) == 0);
-    REQUIRE(libkvm_test_call_at(LIBKVM_HOOK_BEFORE_ENTRY, let_the_inserter_go) == 0);
+    REQUIRE(pthread_create(&thread, NULL, inserter, &hit) == 0);
+    wait_for(armed, __LINE__);
+    REQUIRE(libkvm_test_call_at(LIBKVM_HOOK_BEFORE_ENTRY, at_entry) == 0);
     CHECK_EQ(kvm_run(vm.kvm, 0), 1);
-    pthread_join(inserter, NULL);
+    pthread_join(thread, NULL);
     CHECK_EQ(timed_out, 0);
+    CHECK_EQ(current_phase(), last);
     CHECK_EQ(hit.inserted, 0);
     CHECK_EQ(hit.break_type, KVM_GDB_BREAKPOINT_SW);
     CHECK_EQ(hit.rip, INSERTED_AT);
     test_vm_destroy(&vm);
+}
+
+static void a_breakpoint_inserted_after_the_entrys_look_stops_the_vcpu(void)
+{
+    run_into_the_inserted_breakpoint(insert_breakpoint, RUNNING, RUNNING, let_the_inserter_go, INSERTED);
 }
 
 /* The inserter's hook in the third test: the vcpu was found not running. */
@@ -264,33 +276,7 @@ static void *insert_before_the_vcpu_runs(void *opaque)
 
 static void a_breakpoint_left_to_a_vcpu_that_starts_running_stops_it(void)
 {
-    static struct hit hit;
-    struct kvm_callbacks callbacks = { .debug = note_hit, .halt = test_stop_on_halt };
-    uint8_t code[NOPS + 1];
-    struct test_vm vm;
-    pthread_t inserter;
-
-    memset(code, 0x90, NOPS);
-    code[NOPS] = 0xf4; /* hlt */
-    __atomic_store_n(&phase, NOT_RUNNING, __ATOMIC_RELEASE);
-    timed_out = 0;
-    REQUIRE(test_vm_create(&vm, &callbacks, &hit, RAM, 0) == 0);
-    hit.kvm = vm.kvm;
-    hit.inserted = -1;
-    hit.break_type = -1;
-    test_vm_load(&vm, GUEST_CODE, code, code + sizeof code);
-    REQUIRE(test_vcpu_long_mode(&vm, 0, GUEST_CODE) == 0);
-    REQUIRE(pthread_create(&inserter, NULL, insert_before_the_vcpu_runs, &hit) == 0);
-    wait_for(RUNNER_GOES, __LINE__);
-    REQUIRE(libkvm_test_call_at(LIBKVM_HOOK_BEFORE_ENTRY, runner_looked) == 0);
-    CHECK_EQ(kvm_run(vm.kvm, 0), 1);
-    pthread_join(inserter, NULL);
-    CHECK_EQ(timed_out, 0);
-    CHECK_EQ(current_phase(), ASKED);
-    CHECK_EQ(hit.inserted, 0);
-    CHECK_EQ(hit.break_type, KVM_GDB_BREAKPOINT_SW);
-    CHECK_EQ(hit.rip, INSERTED_AT);
-    test_vm_destroy(&vm);
+    run_into_the_inserted_breakpoint(insert_before_the_vcpu_runs, NOT_RUNNING, RUNNER_GOES, runner_looked, ASKED);
 }
 
 int main(void)
