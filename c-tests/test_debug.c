@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "guest.h"
@@ -859,7 +860,7 @@ static int churn_debug(void *opaque, int vcpu, int type, uint64_t watch)
 {
     struct churn_run *c = opaque;
     (void)watch;
-    c->reports++;
+    __atomic_add_fetch(&c->reports, 1, __ATOMIC_RELAXED);
     if (type != KVM_GDB_BREAKPOINT_SW || rip_of_kvm(c->kvm, vcpu) != c->bp)
         c->wrong_reports++;
     return 0; /* run on: the library steps over the breakpoint */
@@ -881,6 +882,7 @@ static void breakpoint_churn_from_another_thread_never_leaves_an_int3(void)
     struct kvm_regs regs;
     struct test_vm vm;
     pthread_t thread;
+    uint64_t reports_before;
     int i, errors = 0;
 
     memset(&cb, 0, sizeof(cb));
@@ -897,6 +899,13 @@ static void breakpoint_churn_from_another_thread_never_leaves_an_int3(void)
     c.bp = GUEST_LABEL_ADDR(count_until_told, say);
     REQUIRE(kvm_insert_breakpoint(vm.kvm, 0, KVM_GDB_BREAKPOINT_SW, c.bp, 1) == 0);
     REQUIRE(pthread_create(&thread, NULL, churn_vcpu, &c) == 0);
+    /* The churn starts once the vcpu runs and has stepped over the
+     * breakpoint once: changes to a vcpu that does not run yet cost no
+     * ioctl, and 20000 of them could be over before it starts. */
+    for (i = 0; i < 10000 && __atomic_load_n(&c.reports, __ATOMIC_RELAXED) == 0 && !c.done; i++)
+        usleep(1000);
+    REQUIRE(__atomic_load_n(&c.reports, __ATOMIC_RELAXED) > 0);
+    reports_before = __atomic_load_n(&c.reports, __ATOMIC_RELAXED);
     for (i = 0; i < OPERATIONS && !c.done; i++) {
         int r;
         switch (i % 5) {
@@ -916,7 +925,8 @@ static void breakpoint_churn_from_another_thread_never_leaves_an_int3(void)
             errors++;
     }
     printf("  %d breakpoint changes while the guest stepped over %llu hits and said %llu numbers\n", i,
-           (unsigned long long)c.reports, (unsigned long long)c.outs);
+           (unsigned long long)(__atomic_load_n(&c.reports, __ATOMIC_RELAXED) - reports_before),
+           (unsigned long long)c.outs);
     CHECK_EQ(i, OPERATIONS); /* the guest was still running throughout */
     CHECK_EQ(errors, 0);
     *(volatile uint64_t *)(vm.mem + GUEST_DATA) = 1;
@@ -924,7 +934,7 @@ static void breakpoint_churn_from_another_thread_never_leaves_an_int3(void)
     CHECK_EQ(c.result, 1); /* the halt */
     CHECK_EQ(c.wrong_outs, 0);
     CHECK_EQ(c.wrong_reports, 0);
-    CHECK(c.reports > 0);
+    CHECK(c.reports > reports_before); /* hits during the churn */
     REQUIRE(kvm_get_regs(vm.kvm, 0, &regs) == 0);
     CHECK_EQ(regs.rax, c.outs);
     kvm_remove_all_breakpoints(vm.kvm);
