@@ -469,6 +469,20 @@ static void core_dumps(void)
 
 /* `exit_bench scale`, `exit_bench core` or `exit_bench debug` (single steps
  * and breakpoint hits) runs only that part. */
+/* Many short alternating rounds: the median shrugs off the machine's drift. */
+static void exit_comparisons(void)
+{
+    compare("pio_exit", PIO, pio_forever_start, pio_forever_end, 1000);
+    compare("mmio_exit", MMIO, mmio_forever_start, mmio_forever_end, 1000);
+    compare("hlt_exit", HLT, hlt_forever_start, hlt_forever_end, 1000);
+}
+
+static void debug_comparisons(void)
+{
+    compare("singlestep_exit", STEP, nops_forever_start, nops_forever_end, 1000);
+    compare("breakpoint_hit_resume", BREAKPOINT, nops_forever_start, nops_forever_end, 300);
+}
+
 int main(int argc, char **argv)
 {
     struct kvm_callbacks cb;
@@ -483,24 +497,16 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "exits") == 0) {
-        compare("pio_exit", PIO, pio_forever_start, pio_forever_end, 1000);
-        compare("mmio_exit", MMIO, mmio_forever_start, mmio_forever_end, 1000);
-        compare("hlt_exit", HLT, hlt_forever_start, hlt_forever_end, 1000);
+        exit_comparisons();
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "debug") == 0) {
-        compare("singlestep_exit", STEP, nops_forever_start, nops_forever_end, 1000);
-        compare("breakpoint_hit_resume", BREAKPOINT, nops_forever_start, nops_forever_end, 300);
+        debug_comparisons();
         return 0;
     }
-
-    /* Many short alternating rounds: the median shrugs off the machine's drift. */
     if (argc == 1) {
-        compare("pio_exit", PIO, pio_forever_start, pio_forever_end, 1000);
-        compare("mmio_exit", MMIO, mmio_forever_start, mmio_forever_end, 1000);
-        compare("hlt_exit", HLT, hlt_forever_start, hlt_forever_end, 1000);
-        compare("singlestep_exit", STEP, nops_forever_start, nops_forever_end, 1000);
-        compare("breakpoint_hit_resume", BREAKPOINT, nops_forever_start, nops_forever_end, 300);
+        exit_comparisons();
+        debug_comparisons();
     } else if (strcmp(argv[1], "rates") != 0) {
         fprintf(stderr, "usage: %s [exits|debug|rates|scale|core]\n", argv[0]);
         return 2;

@@ -166,7 +166,7 @@ pub fn before_entry(ctx: &Context, vcpu: &Vcpu) -> Result<Entry> {
             // does.
             step_past_one_byte_instruction(vcpu)?;
             if let Some(step) = state.step_over.take() {
-                finish_step_over(ctx, vcpu, step, &mut table)?;
+                finish_step_over(ctx, step, &mut table)?;
             }
             program(ctx, vcpu, &mut state, &mut table)?;
             return Ok(Entry::Halted);
@@ -314,7 +314,7 @@ pub(super) fn finish_watched_instruction(
     };
     if !state.stepping_through {
         if let Some(step) = state.step_over.take() {
-            finish_step_over(ctx, vcpu, step, &mut table)?;
+            finish_step_over(ctx, step, &mut table)?;
             let event = DebugEvent::single_step(current_pc(vcpu)?);
             give_back_trap_flag(ctx, vcpu, &mut state, &event, &mut table)?;
         }
@@ -415,20 +415,34 @@ fn give_back_trap_flag(
 }
 
 /// The step over a breakpoint is done: its patch lands (armed again if it
-/// is still wanted), and the next entry gives KVM the debug state again.
-fn finish_step_over(ctx: &Context, vcpu: &Vcpu, step: StepOver, table: &mut HeldTable<'_>) -> Result<()> {
-    land_step_over(ctx, step, table)?;
-    vcpu.request_debug_attention();
-    Ok(())
-}
-
-/// [`finish_step_over`] where the caller gives KVM the debug state itself,
-/// or asks the entry to.
-fn land_step_over(ctx: &Context, step: StepOver, table: &mut HeldTable<'_>) -> Result<()> {
+/// is still wanted). KVM is to get the debug state again: the caller gives
+/// it, or asks the entry to.
+fn finish_step_over(ctx: &Context, step: StepOver, table: &mut HeldTable<'_>) -> Result<()> {
     if let StepOver::Patch { gpa, .. } = step {
         table.get().land(gpa, &*ctx.memory())?;
     }
     Ok(())
+}
+
+/// Asks the vcpu's next entry to give KVM the debug state when dropped,
+/// unless [dismissed](EntryReprograms::dismiss): every way out of a debug
+/// exit that ended a step over asks, but the one that gives the state to
+/// KVM itself (`program_at_exit`).
+struct EntryReprograms<'v>(Option<&'v Vcpu>);
+
+impl EntryReprograms<'_> {
+    /// The exit gave KVM the state (or asked for it) itself.
+    fn dismiss(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for EntryReprograms<'_> {
+    fn drop(&mut self) {
+        if let Some(vcpu) = self.0 {
+            vcpu.request_debug_attention();
+        }
+    }
 }
 
 /// Whose `int3` is at linear `pc`.
@@ -534,37 +548,29 @@ fn on_unusual_debug_exit<'v>(
     let mut event =
         if is_bare_step(arch) { plain_step_event(arch) } else { decode_debug_exit(arch, &entered.registers()) };
     if arch.exception == DEBUG_EXCEPTION && arch.dr6 & DR6_BS != 0 {
+        let stepped_over = state.step_over.take().map(|step| finish_step_over(ctx, step, &mut table)).transpose()?;
         // A step over that ended gives KVM the debug state again: at this
         // exit where it can (`program_at_exit`), else at the entry.
-        let stepped_over = state.step_over.take().map(|step| land_step_over(ctx, step, &mut table)).transpose()?;
-        let reprogram_at_entry = || {
-            if stepped_over.is_some() {
-                vcpu.request_debug_attention();
-            }
-        };
-        if stepped_over.is_some()
-            && give_back_trap_flag(ctx, vcpu, &mut state, &event, &mut table).inspect_err(|_| reprogram_at_entry())?
-        {
-            reprogram_at_entry();
+        let reprograms = EntryReprograms(stepped_over.map(|()| vcpu));
+        if stepped_over.is_some() && give_back_trap_flag(ctx, vcpu, &mut state, &event, &mut table)? {
             return Ok(0);
         }
         let stepped_through = state.stepping_through;
         if stepped_through {
             table.release();
             drop(state);
-            let stored = super::progress::finish_step_through(ctx, vcpu).inspect_err(|_| reprogram_at_entry())?;
+            let stored = super::progress::finish_step_through(ctx, vcpu)?;
             if let Some(hit) = stored {
-                reprogram_at_entry();
                 return super::watch::report_hit(ctx, vcpu, hit);
             }
             state = lock(&vcpu.debug);
         }
         let libraries_step = stepped_over.is_some() || stepped_through;
         if libraries_step && event.cause == DebugCause::SingleStep && !state.stepping() {
-            program_at_exit(ctx, vcpu, &mut state, &mut table).inspect_err(|_| vcpu.request_debug_attention())?;
+            program_at_exit(ctx, vcpu, &mut state, &mut table)?;
+            reprograms.dismiss();
             return Ok(0);
         }
-        reprogram_at_entry();
     }
     let verdict = match event.cause {
         DebugCause::Int3 => judge_int3(ctx, vcpu, &state, &mut table, event.pc)?,
@@ -650,7 +656,8 @@ fn act(
         }
         Verdict::SteppedIntoGuestInt3 => {
             if let Some(step) = state.step_over.take() {
-                finish_step_over(ctx, vcpu, step, table)?;
+                finish_step_over(ctx, step, table)?;
+                vcpu.request_debug_attention();
             }
             // The #BP is delivered once KVM's step is off, which clears TF:
             // a trap flag the guest had set itself is not in its frame.

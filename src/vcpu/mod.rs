@@ -402,7 +402,7 @@ impl Vcpu {
     pub fn take_debug_attention(&self) -> bool {
         // A load first: between single steps nothing was asked, and a
         // locked read-modify-write would cost more than the check.
-        self.attention.load(Ordering::Acquire) & Attention::DEBUG != 0
+        self.attention().debug_requested()
             && self.attention.fetch_and(!Attention::DEBUG, Ordering::AcqRel) & Attention::DEBUG != 0
     }
 
