@@ -123,6 +123,26 @@ def test_x_over_a_breakpoint_shows_the_original_bytes():
         run("set breakpoint always-inserted off")
 
 
+def test_restore_and_dump_move_more_than_a_packet_byte_for_byte():
+    # gdb cuts both into packets of the stub's PacketSize: 20,000 bytes are
+    # several `X` writes and `m` reads, each as large as the stub allows.
+    directory = tempfile.mkdtemp(prefix="libkvm-gdb-bulk.")
+    try:
+        with debugged_vmm():
+            data = os.urandom(20000)
+            address = 0x200000  # RAM the guest does not use
+            sent, back = os.path.join(directory, "sent"), os.path.join(directory, "back")
+            with open(sent, "wb") as f:
+                f.write(data)
+            run("restore %s binary %#x" % (sent, address))
+            run("dump binary memory %s %#x %#x" % (back, address, address + len(data)))
+            with open(back, "rb") as f:
+                check(f.read() == data, "the bytes read back differ from those written")
+            check(value("{unsigned char}%#x" % (address + 12345)) == data[12345], "one byte read alone")
+    finally:
+        shutil.rmtree(directory)
+
+
 def test_hbreak_stops_with_a_hardware_breakpoint():
     vmm = Vmm("env")
     log = "/tmp/libkvm-gdb-remote-%d.log" % os.getpid()

@@ -49,10 +49,10 @@ impl Stream {
 ///
 /// Small on purpose: `gdbstub` 0.7 checks every packet against its whole
 /// buffer, reading the tail past the checksum a byte at a time for another
-/// `#`. At 64 KiB, once a read of memory had overwritten the old packets
-/// there, every packet cost some 60 µs more on this project's machine (a
-/// raw client's 64-byte `m`: 89-101 µs a round trip, against 27-31 µs at
-/// 4 KiB): most of the stub's time in gdb's eight exchanges per `stepi`.
+/// `#`. At 64 KiB, once reads of memory had overwritten the old packets
+/// whose `#` ended that search, a packet could cost some 60 µs more on this
+/// project's machine (a raw client's 64-byte `m` in a loop: 89-101 µs a
+/// round trip, against 27-31 µs at 4 KiB), and gdb's `stepi` a fifth more.
 /// A bulk read now takes 16 times the packets and about twice the time.
 pub(crate) const PACKET_SIZE: usize = 4 * 1024;
 /// A reply is sent in pieces of at most this many bytes: whatever a client
