@@ -350,6 +350,61 @@ def test_a_1gib_memory_read_streams_with_flat_rss():
         vmm.kill()
 
 
+def test_a_packet_longer_than_packetsize_ends_its_session_and_nothing_else():
+    vmm = Vmm()
+    try:
+        rsp = Rsp(vmm.address)
+        check(rsp.ask("?").startswith("T"), "no stop reply")
+        supported = rsp.ask("qSupported:multiprocess+")
+        size = int(next(f for f in supported.split(";") if f.startswith("PacketSize=")).split("=")[1], 16)
+        scratch = 0x200000  # RAM the guest does not use
+
+        def write(data):
+            """An M packet of `data`: its length on the wire, and the packet."""
+            body = b"M%x,%x:" % (scratch, len(data)) + data.hex().encode()
+            return len(body) + 4, b"$" + body + b"#%02x" % (sum(body) % 256)
+
+        # The longest packet the stub advertises, '$' and checksum included.
+        n = size // 2
+        while write(bytes(n))[0] > size:
+            n -= 1
+        fits = os.urandom(n)
+        length, packet = write(fits)
+        check(length <= size and length >= size - 1, "a packet of %d bytes for PacketSize %d" % (length, size))
+        rsp.send_raw(packet)
+        check(rsp.read_packet() == "OK", "the advertised size refused")
+        # One byte more: the stub ends the session without carrying it out.
+        length, packet = write(os.urandom(len(fits) + 1))
+        check(length > size, "the long packet is %d bytes" % length)
+        rsp.send_raw(packet)
+        try:
+            answer = rsp.read_packet()
+        except (ConnectionError, OSError):
+            answer = None
+        check(answer is None, "a packet over PacketSize answered %r" % answer)
+        rsp.close()
+        # A packet that never ends: the stub reads no more than its buffer.
+        before = None if REMOTE_VMM else vmm.status("VmRSS")
+        flood = Rsp(vmm.address)
+        try:
+            flood.send_raw(b"$" + b"a" * (32 << 20))
+        except OSError:
+            pass  # the stub closed its end
+        flood.close()
+        if before is not None:
+            grew = vmm.status("VmRSS") - before
+            check(grew < 4096, "RSS grew by %d KiB for a packet without end" % grew)
+        rsp = Rsp(vmm.address)
+        check(rsp.ask("?").startswith("T"), "no stop reply for the next client")
+        back = rsp.ask("m%x,%x" % (scratch, len(fits) + 1))
+        check(bytes.fromhex(back)[: len(fits)] == fits, "the packet that fitted was not written")
+        check(read_code(rsp, vmm) == vmm.code, "code changed")
+        rsp.close()
+        finish_cleanly(vmm)
+    finally:
+        vmm.kill()
+
+
 def test_g_that_the_vcpu_refuses_changes_no_register():
     vmm = Vmm()
     try:

@@ -196,7 +196,12 @@ fn session(
 
     let conn_fd = stream.fd();
     let mut target = VmTarget::new(ctx, inserted);
-    let Ok(stub) = GdbStub::builder(BufferedConnection::new(stream)).packet_buffer_size(PACKET_SIZE).build() else {
+    // A buffer gdbstub borrows, not one it owns: an owned one grew with
+    // every byte of a packet longer than the advertised size, as large as
+    // a client liked. Such a packet now ends the session.
+    let mut packet_buffer = vec![0u8; PACKET_SIZE];
+    let Ok(stub) = GdbStub::builder(BufferedConnection::new(stream)).with_packet_buffer(&mut packet_buffer).build()
+    else {
         return End::Detach;
     };
     let mut gdb = match stub.run_state_machine(&mut target) {
